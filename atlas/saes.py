@@ -1,0 +1,213 @@
+"""SAEs: SAELens objects throughout — load published or saved ones, or train TopK SAEs.
+
+Training runs on activations cached from the single harvest forward pass, so the model is never
+run again per layer. Inputs are scaled to mean norm sqrt(d_in) while training (SmolLM2's residual
+norms are ~170 with outlier dimensions); the scale is folded into the weights afterwards, so the
+saved SAE reads raw residuals and its activations stay on the normalised scale that the firing
+threshold assumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from sae_lens import SAE
+from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+from tqdm.auto import tqdm
+
+from atlas.errors import AtlasError
+from atlas.models import HookPoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SAEQuality:
+    """How well an SAE reconstructs held-out activations."""
+
+    l0: float
+    """Mean number of active (> 0) features per token."""
+    explained_variance: float
+    """1 - SSE / total variance of the held-out activations."""
+    dead_fraction: float
+    """Share of features never active on the held-out tokens."""
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyper-parameters of TopK SAE training on cached activations."""
+
+    d_sae: int
+    k: int
+    epochs: int = 4
+    batch_size: int = 1024
+    lr: float = 1e-3
+    seed: int = 0
+    aux_k: int = 256
+    """Dead latents used by the auxiliary loss that revives them (Gao et al. 2024)."""
+    aux_coef: float = 1 / 32
+    dead_after_tokens: int = 20_000
+    """A latent silent for this many training tokens counts as dead for the auxiliary loss."""
+
+
+def load_saved(path: Path, *, device: str = "cpu") -> SAE:
+    """An SAE saved in SAELens format (`SAE.load_from_disk`)."""
+    if not (path / "cfg.json").is_file():
+        raise AtlasError(f"{path} holds no SAE (cfg.json is missing); pass a folder written by "
+                         "SAE.save_model / an atlas build")
+    return SAE.load_from_disk(path, device=device)
+
+
+def load_published(release: str, sae_id: str, *, device: str = "cpu") -> SAE:
+    """A published SAE by SAELens release and id (needs the Hugging Face hub)."""
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    except Exception as exc:
+        raise AtlasError(f"SAE '{sae_id}' of release '{release}' could not be loaded "
+                         f"({type(exc).__name__}: {str(exc)[:200]}); check the names against "
+                         "SAELens' pretrained_saes.yaml and that the hub is reachable") from exc
+
+
+def hook_of(sae: SAE) -> HookPoint:
+    """The residual hook point an SAE reads, from its metadata."""
+    name = sae.cfg.metadata.hook_name
+    if not name:
+        raise AtlasError("the SAE's metadata names no hook_name; save it with "
+                         "metadata.hook_name like 'blocks.6.hook_resid_post'")
+    return HookPoint.parse(name)
+
+
+def check_width(sae: SAE, d_model: int, what: str) -> None:
+    """Raise a clear error when an SAE does not read vectors of the model's width."""
+    if sae.cfg.d_in != d_model:
+        raise AtlasError(f"SAE {what} reads vectors of width d_in={sae.cfg.d_in} but the model's "
+                         f"residual stream has d_model={d_model}; use an SAE trained on this "
+                         "model, or the model it was trained on")
+
+
+def norm_scale(acts: Float[torch.Tensor, "n d"]) -> float:
+    """Factor that brings the mean activation norm to sqrt(d) (SAELens 'expected_average_only_in')."""
+    return float(math.sqrt(acts.shape[1]) / acts.float().norm(dim=1).mean())
+
+
+def train_topk(acts: Float[torch.Tensor, "n d"], settings: TrainSettings, *,
+               hook: HookPoint, model_name: str, device: torch.device | str = "cpu",
+               desc: str = "train SAE") -> TopKSAE:
+    """Train a TopK SAE on cached activations and return it as a SAELens `TopKSAE`.
+
+    The decoder rows are kept at unit norm during training; the input scale is folded in at the
+    end (so the saved decoder rows have norm 1/scale and the SAE reads raw activations).
+    """
+    gen = torch.Generator().manual_seed(settings.seed)
+    n, d = acts.shape
+    scale = norm_scale(acts)
+    params = _init_params(acts, scale, settings.d_sae, gen, device)
+    opt = torch.optim.Adam(params.values(), lr=settings.lr)
+    steps = settings.epochs * math.ceil(n / settings.batch_size)
+    # Constant rate, then a linear decay to zero over the last fifth of training.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 5.0 * (1 - i / steps)))
+    silent = torch.zeros(settings.d_sae, device=device)
+    variance = ((acts.float() * scale) - params["b_dec"].cpu()).pow(2).sum(1).mean().item()
+    bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
+    for _ in range(settings.epochs):
+        for idx in torch.randperm(n, generator=gen).split(settings.batch_size):
+            x = acts[idx].to(device, torch.float32) * scale
+            loss, fired = _step_loss(x, params, silent, settings, variance)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            _project_decoder_grad(params["W_dec"])
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
+                silent += len(idx)
+                silent[fired] = 0
+            bar.update()
+            bar.set_postfix(fvu=f"{loss.item():.3f}")
+    bar.close()
+    return _to_sae_lens(params, scale, settings.k, hook=hook, model_name=model_name)
+
+
+def _init_params(acts: torch.Tensor, scale: float, d_sae: int, gen: torch.Generator,
+                 device) -> dict[str, torch.nn.Parameter]:
+    d = acts.shape[1]
+    w_dec = torch.randn(d_sae, d, generator=gen)
+    w_dec /= w_dec.norm(dim=1, keepdim=True)
+    sample = acts[torch.randperm(len(acts), generator=gen)[:50_000]].float() * scale
+    b_dec = sample.median(dim=0).values
+    raw = {"W_enc": w_dec.T.clone(), "W_dec": w_dec, "b_enc": torch.zeros(d_sae), "b_dec": b_dec}
+    return {k: torch.nn.Parameter(v.to(device)) for k, v in raw.items()}
+
+
+def _step_loss(x: torch.Tensor, p: dict[str, torch.Tensor], silent: torch.Tensor,
+               s: TrainSettings, variance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised reconstruction loss (+ AuxK loss on dead latents) and the latents that fired."""
+    pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    vals, idx = pre.topk(s.k, dim=1)
+    vals = vals.relu()
+    recon = _sparse_decode(vals, idx, p["W_dec"]) + p["b_dec"]
+    err = x - recon
+    loss = err.pow(2).sum(1).mean() / variance
+    dead = silent > s.dead_after_tokens
+    n_dead = int(dead.sum())
+    if n_dead:
+        aux_vals, aux_idx = pre.masked_fill(~dead, -torch.inf).topk(min(s.aux_k, n_dead), dim=1)
+        aux_recon = _sparse_decode(aux_vals.relu(), aux_idx, p["W_dec"])
+        target = err.detach()
+        aux = (target - aux_recon).pow(2).sum(1).mean() / target.pow(2).sum(1).mean().clamp(min=1e-8)
+        loss = loss + s.aux_coef * aux
+    return loss, idx[vals > 0].unique()
+
+
+def _sparse_decode(vals: torch.Tensor, idx: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
+    """sum_k vals[:, k] * w_dec[idx[:, k]] without building the dense (batch, d_sae) code."""
+    return torch.nn.functional.embedding_bag(idx, w_dec, per_sample_weights=vals, mode="sum")
+
+
+def _project_decoder_grad(w_dec: torch.nn.Parameter) -> None:
+    """Remove the gradient component along each (unit) decoder row, keeping rows on the sphere."""
+    if w_dec.grad is not None:
+        with torch.no_grad():
+            along = (w_dec.grad * w_dec).sum(1, keepdim=True)
+            w_dec.grad -= along * w_dec
+
+
+def _to_sae_lens(p: dict[str, torch.Tensor], scale: float, k: int, *, hook: HookPoint,
+                 model_name: str) -> TopKSAE:
+    d_in, d_sae = p["W_enc"].shape
+    cfg = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu",
+                        metadata=SAEMetadata(model_name=model_name, hook_name=hook.name,
+                                             hook_layer=hook.layer, trained_by="feature-atlas",
+                                             norm_scaling_factor=scale))
+    sae = TopKSAE(cfg)
+    sae.load_state_dict({k_: v.detach().cpu().float() for k_, v in p.items()})
+    sae.fold_activation_norm_scaling_factor(scale)
+    return sae.eval()
+
+
+@torch.no_grad()
+def evaluate(sae: SAE, acts: Float[torch.Tensor, "n d"], *, batch_size: int = 4096) -> SAEQuality:
+    """L0, explained variance and dead fraction of an SAE on (held-out) activations."""
+    sse = 0.0
+    active_sum = 0.0
+    ever = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    mean = acts.float().mean(0)
+    total = (acts.float() - mean).pow(2).sum().item()
+    dev = sae.W_dec.device
+    for chunk in acts.split(batch_size):
+        x = chunk.to(dev, torch.float32)
+        feats = sae.encode(x)
+        sse += (x - sae.decode(feats)).pow(2).sum().item()
+        active = feats > 0
+        active_sum += active.sum().item()
+        ever |= active.any(0).cpu()
+    n = len(acts)
+    return SAEQuality(l0=active_sum / n, explained_variance=1.0 - sse / max(total, 1e-12),
+                      dead_fraction=1.0 - ever.float().mean().item(), n_tokens=n)

@@ -1,0 +1,220 @@
+"""DuckDB store: schema migrations, writing a harvest in one transaction, reading it back.
+
+Store functions take an explicit `duckdb.DuckDBPyConnection`; nothing here uses DuckDB's
+module-level default connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from atlas.errors import AtlasError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_TABLE = "atlas_migrations"
+
+
+def sql_files() -> list[tuple[str, str]]:
+    """(name, text) of the schema and view files, in the order they apply."""
+    folder = resources.files("atlas.sql")
+    return sorted((f.name, f.read_text()) for f in folder.iterdir() if f.name.endswith(".sql"))
+
+
+def quote_identifier(name: str) -> str:
+    """Quote an SQL identifier (the one place identifiers enter SQL text)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the atlas database; a writable connection brings its schema up to date.
+
+    Raises:
+        AtlasError: the file is not a DuckDB database, or (read-only) holds no atlas.
+    """
+    path = Path(path)
+    if read_only and not path.exists():
+        raise AtlasError(f"{path} does not exist; build an atlas first with "
+                         f"`atlas build --db {path}`")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.Error as exc:
+        raise AtlasError(f"{path} is not a DuckDB database ({str(exc).splitlines()[0]}); "
+                         "pass another --db path, or move that file away") from None
+    if read_only:
+        _check_schema(con, path)
+    else:
+        migrate(con)
+    return con
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the .sql files not yet applied (views re-apply when their text changed)."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (name VARCHAR PRIMARY KEY, "
+                "checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
+    done = dict(con.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}").fetchall())
+    applied = []
+    for name, text in sql_files():
+        checksum = hashlib.sha256(text.encode()).hexdigest()
+        if done.get(name) == checksum:
+            continue
+        if name in done and "CREATE OR REPLACE" not in text:
+            raise AtlasError(f"schema file {name} changed after it was applied to this database; "
+                             "add the change as a new numbered .sql file instead")
+        con.execute("BEGIN")
+        con.execute(text)
+        con.execute(f"INSERT OR REPLACE INTO {MIGRATIONS_TABLE} VALUES (?, ?, ?)",
+                    [name, checksum, _now()])
+        con.execute("COMMIT")
+        applied.append(name)
+        log.info("applied %s", name)
+    return applied
+
+
+def _check_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
+              .fetchall()}
+    if MIGRATIONS_TABLE not in tables:
+        raise AtlasError(f"{path} is a DuckDB file but holds no atlas; build one with "
+                         f"`atlas build --db {path}`")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class SAERecord:
+    """A row of `saes`."""
+
+    sae_id: str
+    model_id: str
+    layer: int
+    hook: str
+    d_in: int
+    d_sae: int
+    architecture: str
+    k: int | None
+    source: str
+    path: str | None
+    l0: float | None
+    explained_variance: float | None
+    dead_fraction: float | None
+    quality_tokens: int | None
+
+
+@dataclass(frozen=True)
+class HarvestTables:
+    """Everything one SAE's harvest writes, as Arrow tables keyed by column name."""
+
+    harvest: dict
+    features: pa.Table
+    decoders: pa.Table
+    block_firings: pa.Table
+    cooccurrence: pa.Table
+    examples: pa.Table
+
+
+HARVEST_TABLES = ("features", "decoders", "block_firings", "cooccurrence", "examples")
+
+
+def write_model(con: duckdb.DuckDBPyConnection, *, model_id: str, source: str, n_layers: int,
+                d_model: int) -> None:
+    """Insert or replace a `models` row."""
+    con.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?)",
+                [model_id, source, n_layers, d_model])
+
+
+def write_corpus(con: duckdb.DuckDBPyConnection, *, corpus: dict, documents: pa.Table,
+                 blocks: pa.Table) -> None:
+    """Replace a corpus (its row, documents and blocks) in one transaction."""
+    cid = corpus["corpus_id"]
+    with _transaction(con):
+        for table in ("blocks", "documents", "corpora"):
+            con.execute(f"DELETE FROM {table} WHERE corpus_id = ?", [cid])
+        con.execute("INSERT INTO corpora VALUES (?, ?, ?, ?, ?, ?)",
+                    [cid, corpus["name"], corpus["model_id"], corpus["n_blocks"],
+                     corpus["block_size"], corpus["n_tokens"]])
+        _insert(con, "documents", documents)
+        _insert(con, "blocks", blocks)
+
+
+def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: HarvestTables, *,
+                  on_table: Callable[[str], None] | None = None) -> None:
+    """Replace everything stored for one SAE with a new harvest, in one transaction.
+
+    A crash or kill before COMMIT leaves the previous harvest exactly as it was.
+
+    Args:
+        on_table: called with each table's name after it is written (progress reporting).
+    """
+    with _transaction(con):
+        con.execute("DELETE FROM harvests WHERE sae_id = ?", [sae.sae_id])
+        for table in HARVEST_TABLES:
+            con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae.sae_id])
+        con.execute("INSERT OR REPLACE INTO saes VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(sae.__dict__.values()))
+        h = tables.harvest
+        con.execute("INSERT INTO harvests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [h["harvest_id"], sae.sae_id, h["corpus"], h["n_tokens"], h["n_blocks"],
+                     h["block_size"], h["threshold"], json.dumps(h["config"]), _now()])
+        for table in HARVEST_TABLES:
+            _insert(con, table, getattr(tables, table))
+            if on_table:
+                on_table(table)
+
+
+class _transaction:
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def __enter__(self):
+        self.con.execute("BEGIN TRANSACTION")
+
+    def __exit__(self, exc_type, *_):
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+    con.register("_atlas_rows", data)
+    try:
+        cols = ", ".join(quote_identifier(c) for c in data.column_names)
+        con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) "
+                    f"SELECT {cols} FROM _atlas_rows")
+    finally:
+        con.unregister("_atlas_rows")
+
+
+def unit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows scaled to unit norm, and the original norms."""
+    norms = np.linalg.norm(matrix, axis=1)
+    return matrix / np.maximum(norms, 1e-12)[:, None], norms
+
+
+def vectors_column(matrix: np.ndarray) -> pa.Array:
+    """A float32 matrix as an Arrow list column (one list per row, no copy per row)."""
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
+    offsets = pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def load_decoders(con: duckdb.DuckDBPyConnection, sae_id: str) -> np.ndarray:
+    """Unit decoder vectors of an SAE as a (d_sae, d_in) float32 matrix, ordered by feature."""
+    table = con.execute("SELECT vector FROM decoders WHERE sae_id = ? ORDER BY feature",
+                        [sae_id]).fetch_arrow_table()
+    if table.num_rows == 0:
+        raise AtlasError(f"no SAE '{sae_id}' in this atlas; `atlas info` lists the SAEs")
+    col = table.column("vector").combine_chunks()
+    return col.flatten().to_numpy().reshape(table.num_rows, -1).astype(np.float32)
