@@ -69,7 +69,7 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, *, limit: int | None = N
         rel = con.sql(sql)
         if rel is None:
             return pa.table({})
-        return (rel.limit(limit) if limit else rel).fetch_arrow_table()
+        return (rel.limit(limit) if limit else rel).to_arrow_table()
     except duckdb.PermissionException:
         raise AtlasError("refused: the query reads or writes files, attaches databases or "
                          "loads extensions, which the read-only atlas does not allow") from None

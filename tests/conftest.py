@@ -1,0 +1,48 @@
+"""Shared fixtures: the tiny model, a small atlas built once per session, fresh connections."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach a hub: fail fast instead of retrying for ~40 s.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from atlas.config import BuildConfig  # noqa: E402
+from atlas.models import TINY, load_model  # noqa: E402
+
+
+def tiny_config(db: Path, **overrides) -> BuildConfig:
+    """A build of the tiny model on a small slice of the shipped corpus (seconds on CPU)."""
+    base = dict(db=db, model=TINY, layers=(1, 3), tokens=64 * 96, d_sae=96, k=6,
+                block_size=64, epochs=2, train_batch=256, n_examples=5, batch_blocks=16,
+                threshold=0.5)
+    base.update(overrides)
+    return BuildConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    return load_model(TINY, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_atlas(tmp_path_factory) -> tuple[BuildConfig, object]:
+    """A small atlas built once: (config, BuildResult)."""
+    from atlas.builder import build
+
+    config = tiny_config(tmp_path_factory.mktemp("atlas") / "tiny.duckdb")
+    return config, build(config)
+
+
+@pytest.fixture
+def fresh_con(tmp_path):
+    from atlas import store
+
+    con = store.connect(tmp_path / "fresh.duckdb")
+    yield con
+    con.close()

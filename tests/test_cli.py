@@ -1,0 +1,68 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from atlas.cli import main
+from tests.conftest import tiny_config
+
+
+def test_build_info_sql_from_the_command_line(tmp_path, capsys):
+    db = tmp_path / "cli.duckdb"
+    c = tiny_config(db)
+    argv = ["build", "--db", str(db), "--model", c.model, "--layers", "2", "--tokens",
+            str(c.tokens), "--d-sae", "64", "--k", "4", "--block-size", "64", "--epochs", "1",
+            "--n-examples", "3", "--threshold", "0.5"]
+    assert main(argv) == 0
+    assert "built" in capsys.readouterr().out
+    assert main(["info", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-random-llama/L2/topk64-k4" in out and "d_model 64" in out
+    assert main(["info", "--db", str(db), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["saes"][0]["d_sae"] == 64 and info["saes"][0]["layer"] == 2
+    assert main(["sql", "--db", str(db), "--format", "json",
+                 "SELECT sae_id, count(*) AS n FROM features GROUP BY 1"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"sae_id": "tiny-random-llama/L2/topk64-k4",
+                                                    "n": 64}]
+
+
+def test_errors_are_one_line_without_a_traceback(tmp_path):
+    bad = tmp_path / "x.duckdb"
+    bad.write_text("not a database")
+    proc = subprocess.run([sys.executable, "-m", "atlas.cli", "info", "--db", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "not a DuckDB database" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--layers", "7"], "layer 7 does not exist"),
+    (["--corpus", "/no/such/dir"], "does not exist"),
+    (["--tokens", "10"], "smaller than one block"),
+])
+def test_bad_build_input_is_refused_and_keeps_the_atlas(tiny_atlas, args, needle, capsys):
+    config = tiny_atlas[0]
+    import duckdb
+
+    with duckdb.connect(str(config.db), read_only=True) as c:
+        before = c.execute("SELECT count(*) FROM features").fetchone()[0]
+    code = main(["build", "--db", str(config.db), "--model", config.model, "--block-size", "64",
+                 "--tokens", "6144", *args])
+    assert code == 2 and needle in capsys.readouterr().err
+    with duckdb.connect(str(config.db), read_only=True) as c:
+        assert c.execute("SELECT count(*) FROM features").fetchone()[0] == before
+
+
+def test_sae_width_mismatch_is_refused(tiny_atlas, tmp_path, capsys):
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    sae = TopKSAE(TopKSAEConfig(d_in=576, d_sae=32, k=4, metadata=SAEMetadata(
+        hook_name="blocks.1.hook_resid_post")))
+    sae.save_model(tmp_path / "wide")
+    config = tiny_atlas[0]
+    code = main(["build", "--db", str(tmp_path / "w.duckdb"), "--model", config.model,
+                 "--block-size", "64", "--tokens", "640", "--sae-path", str(tmp_path / "wide")])
+    assert code == 2 and "d_in=576" in capsys.readouterr().err

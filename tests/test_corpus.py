@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from atlas.corpus import documents_for, tokenize_blocks
+from atlas.errors import AtlasError
+
+
+def test_default_corpus_mixes_wiki_and_code_in_pure_blocks(tiny_lm):
+    groups = documents_for("default")
+    assert len(groups["wiki"]) > 9000 and len(groups["code"]) > 100
+    blocks = tokenize_blocks(groups, tiny_lm.tokenizer, tokens=64 * 40, block_size=64,
+                             code_fraction=0.25)
+    assert blocks.token_ids.shape == (40, 64)
+    assert blocks.sources.count("code") == 10 and blocks.sources.count("wiki") == 30
+    for b, doc in enumerate(blocks.doc_ids):
+        assert blocks.documents[doc].source == blocks.sources[b]
+    assert not blocks.mask[:, 0].any()
+    special = set(tiny_lm.tokenizer.all_special_ids)
+    assert not any(t in special for t in blocks.token_ids[blocks.mask])
+
+
+def test_same_tokens_give_the_same_corpus_id(tiny_lm):
+    groups = documents_for("wiki")
+    a = tokenize_blocks(groups, tiny_lm.tokenizer, tokens=640, block_size=64)
+    b = tokenize_blocks(groups, tiny_lm.tokenizer, tokens=640, block_size=64)
+    assert a.corpus_id == b.corpus_id and np.array_equal(a.token_ids, b.token_ids)
+
+
+def test_user_corpora_text_dir_jsonl_parquet_records(tmp_path, tiny_lm):
+    text = "The river runs to the sea. " * 40
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text(text)
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": text, "source": "s"})
+                                                for _ in range(3)))
+    pq.write_table(pa.table({"text": [text] * 3}), tmp_path / "p.parquet")
+    for spec in (tmp_path / "d", tmp_path / "d" / "a.txt", tmp_path / "c.jsonl",
+                 tmp_path / "p.parquet", [text, {"text": text}]):
+        groups = documents_for(spec)
+        blocks = tokenize_blocks(groups, tiny_lm.tokenizer, tokens=128, block_size=64)
+        assert blocks.n_blocks >= 1
+    assert list(documents_for(tmp_path / "c.jsonl")) == ["s"]
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: p / "missing.txt", "does not exist"),
+    (lambda p: (p / "x.bin").write_bytes(b"\x00\x01\x02" * 100) and p / "x.bin", "not text"),
+    (lambda p: (p / "x.txt").write_bytes(b"caf\xe9 " * 100) and p / "x.txt", "not UTF-8"),
+    (lambda p: (p / "x.jsonl").write_text("{oops\n") and p / "x.jsonl", "line 1 is not JSON"),
+    (lambda p: (p / "e.txt").write_text("   ") and p / "e.txt", "holds no text"),
+    (lambda p: (p / "s.txt").write_text("tiny") and p / "s.txt", "fewer tokens than one block"),
+])
+def test_bad_corpus_gets_one_clear_error(tmp_path, tiny_lm, make, needle):
+    with pytest.raises(AtlasError, match=needle):
+        tokenize_blocks(documents_for(make(tmp_path)), tiny_lm.tokenizer, tokens=256,
+                        block_size=64)

@@ -1,0 +1,97 @@
+from collections import Counter
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atlas.harvest import FeatureAccumulator, cooccurrence, sink_free, top_tokens
+
+
+def planted_batches(n_blocks=12, t=16, f=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.rand(n_blocks, t, f, generator=g) * 3
+    acts[torch.rand(n_blocks, t, f, generator=g) < 0.7] = 0.0
+    acts[:, :, 9] = 0.0  # a dead feature
+    tokens = torch.randint(0, 20, (n_blocks, t), generator=g)
+    mask = torch.rand(n_blocks, t, generator=g) > 0.1
+    return acts, tokens, mask
+
+
+def run(acts, tokens, mask, *, threshold=1.0, n_examples=4, batch=5):
+    acc = FeatureAccumulator(acts.shape[2], acts.shape[0], threshold=threshold,
+                             n_examples=n_examples)
+    for start in range(0, len(acts), batch):
+        sl = slice(start, start + batch)
+        acc.update(start, acts[sl], tokens[sl], mask[sl])
+    return acc.result(acts.shape[1])
+
+
+def test_counts_equal_a_direct_numpy_recount():
+    acts, tokens, mask = planted_batches()
+    stats = run(acts, tokens, mask)
+    a = acts.numpy() * mask.numpy()[..., None]
+    fired = a > 1.0
+    assert np.array_equal(stats.firing_count, fired.sum((0, 1)))
+    assert np.array_equal(stats.block_count, fired.any(1).sum(0))
+    np.testing.assert_allclose(stats.max_act, a.max((0, 1)), rtol=1e-6)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(fired, a, 0).sum((0, 1)) / fired.sum((0, 1))
+    np.testing.assert_allclose(stats.mean_act, mean, rtol=1e-6)
+    assert np.isnan(stats.mean_act[9]) and stats.firing_count[9] == 0
+    assert stats.n_tokens == int(mask.sum())
+
+
+def test_top_examples_equal_a_sort():
+    acts, tokens, mask = planted_batches()
+    stats = run(acts, tokens, mask, n_examples=4)
+    flat = (acts.numpy() * mask.numpy()[..., None]).reshape(-1, acts.shape[2])
+    for f in range(9):
+        want = np.sort(flat[:, f])[::-1][:4]
+        np.testing.assert_allclose(stats.top_acts[:, f], want, rtol=1e-6)
+        for r in range(4):
+            b, p = stats.top_blocks[r, f], stats.top_positions[r, f]
+            assert acts[b, p, f].item() == stats.top_acts[r, f]
+
+
+def test_block_firings_and_token_counts():
+    acts, tokens, mask = planted_batches()
+    stats = run(acts, tokens, mask)
+    a = acts.numpy() * mask.numpy()[..., None]
+    blocks, feats, maxes = stats.block_firings
+    bmax = a.max(1)
+    want = set(zip(*np.nonzero(bmax > 1.0)))
+    assert set(zip(blocks.tolist(), feats.tolist())) == want
+    np.testing.assert_allclose(maxes, bmax[blocks, feats], rtol=1e-6)
+    counter = Counter()
+    for b, p, f in zip(*np.nonzero(a > 1.0)):
+        counter[(f, int(tokens[b, p]))] += 1
+    got = {(f, t): c for f, t, c in zip(*stats.token_counts)}
+    assert got == dict(counter)
+    tops = top_tokens(stats, n=2)
+    for f in range(9):
+        best = max(c for (ff, _), c in counter.items() if ff == f)
+        assert tops[f][0][1] == best and len(tops[f]) <= 2
+    assert tops[9] == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 9), st.data())
+def test_cooccurrence_equals_the_dense_product(n_blocks, d, data):
+    fires = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=d, max_size=d),
+                                        min_size=n_blocks, max_size=n_blocks)))
+    b, f = np.nonzero(fires)
+    i, j, n = cooccurrence(b, f, n_blocks=n_blocks, d_sae=d)
+    dense = fires.astype(int).T @ fires.astype(int)
+    want = {(a, c): dense[a, c] for a in range(d) for c in range(a + 1, d) if dense[a, c]}
+    assert dict(zip(zip(i.tolist(), j.tolist()), n.tolist())) == want
+    assert (i < j).all()
+
+
+def test_sink_positions_are_left_out():
+    acts = torch.ones(2, 8, 4)
+    acts[0, 3] *= 1000.0
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[:, 0] = False
+    kept = sink_free(acts, mask)
+    assert not kept[0, 3] and kept.sum() == mask.sum() - 1

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+from sae_lens import SAE
+
+from atlas.errors import AtlasError
+from atlas.models import HookPoint
+from atlas.saes import TrainSettings, check_width, evaluate, hook_of, load_saved, train_topk
+
+
+def planted_activations(n=6000, d=32, n_atoms=64, k=3, scale=50.0, seed=0):
+    """Sparse sums of known unit atoms, at a large norm like a real residual stream."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(n_atoms, d, generator=g)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    idx = torch.stack([torch.randperm(n_atoms, generator=g)[:k] for _ in range(n)])
+    coef = torch.rand(n, k, generator=g) + 0.5
+    x = (coef.unsqueeze(-1) * atoms[idx]).sum(1) * scale
+    return x, atoms
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x, atoms = planted_activations()
+    sae = train_topk(x[:5000], TrainSettings(d_sae=96, k=3, epochs=8, batch_size=256, lr=3e-3),
+                     hook=HookPoint(2), model_name="planted")
+    return sae, x, atoms
+
+
+def test_training_recovers_planted_atoms(trained):
+    sae, x, atoms = trained
+    quality = evaluate(sae, x[5000:])
+    assert quality.explained_variance > 0.9
+    assert quality.l0 <= 3
+    unit = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    best = (atoms @ unit.T).max(1).values
+    assert (best > 0.9).float().mean() > 0.8, "most planted atoms have a matching decoder row"
+
+
+def test_saved_sae_loads_with_sae_lens_and_encodes_the_same(trained, tmp_path):
+    sae, x, _ = trained
+    sae.save_model(tmp_path / "sae")
+    loaded = SAE.load_from_disk(tmp_path / "sae")
+    assert loaded.cfg.architecture() == "topk" and loaded.cfg.k == 3
+    torch.testing.assert_close(loaded.encode(x[:50]), sae.encode(x[:50]))
+    assert hook_of(loaded) == HookPoint(2)
+    assert load_saved(tmp_path / "sae").cfg.d_sae == 96
+
+
+def test_folded_scale_keeps_activations_on_the_normalised_scale(trained):
+    sae, x, _ = trained
+    # Inputs have norm ~100 here; activations should be O(sqrt(d)), not O(100).
+    acts = sae.encode(x[:500])
+    active = acts[acts > 0]
+    assert 0.5 < active.mean().item() < 20
+
+
+def test_evaluate_matches_a_direct_computation(trained):
+    sae, x, _ = trained
+    held = x[5000:5300]
+    with torch.no_grad():
+        recon = sae.decode(sae.encode(held))
+    ev = 1 - ((held - recon) ** 2).sum() / ((held - held.mean(0)) ** 2).sum()
+    assert evaluate(sae, held, batch_size=64).explained_variance == pytest.approx(ev.item(),
+                                                                                   rel=1e-4)
+
+
+def test_width_mismatch_is_a_clear_error(trained):
+    with pytest.raises(AtlasError, match="d_in=32.*d_model=576"):
+        check_width(trained[0], 576, "planted")
+
+
+def test_missing_sae_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(AtlasError, match="cfg.json is missing"):
+        load_saved(tmp_path)
