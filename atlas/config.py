@@ -38,7 +38,7 @@ class BuildConfig:
     d_sae: int = 2048
     """Features per trained SAE."""
 
-    k: int = 32
+    k: int = 48
     """Active features per token of a trained TopK SAE (its L0)."""
 
     threshold: float = 1.0

@@ -1,0 +1,115 @@
+"""Harvest throughput against a bare forward pass, in one run.
+
+    python benchmarks/harvest.py                 # SmolLM2, default layers, 32 blocks
+    python benchmarks/harvest.py --build         # also time the whole default `atlas build`
+
+Prints bare-forward tokens/s (stopping after the deepest hooked layer), harvest tokens/s
+(forward + SAE encode + statistics for every layer) and their ratio (goal >= 0.85).
+The SAEs are TopK SAEs of the default size with random weights unless --db names an atlas
+whose trained SAEs should be used; the harvest's cost does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from atlas import pipeline
+from atlas.config import BuildConfig
+from atlas.harvest import forward_batches
+from atlas.models import HookPoint, capture_residuals
+from atlas.pipeline import AtlasSAE
+from atlas.saes import load_saved
+
+log = logging.getLogger("benchmark")
+
+
+def random_saes(config: BuildConfig, d_model: int) -> list[AtlasSAE]:
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    out = []
+    for layer in config.layers:
+        hook = HookPoint(layer)
+        torch.manual_seed(layer)
+        sae = TopKSAE(TopKSAEConfig(d_in=d_model, d_sae=config.d_sae, k=config.k,
+                                    metadata=SAEMetadata(hook_name=hook.name))).eval()
+        out.append(AtlasSAE(f"random/L{layer}", hook, "random", sae))
+    return out
+
+
+def atlas_saes(db: Path) -> list[AtlasSAE]:
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT sae_id, hook, path FROM saes WHERE path IS NOT NULL "
+                           "ORDER BY layer").fetchall()
+    return [AtlasSAE(sid, HookPoint.parse(hook), "atlas", load_saved(Path(path)))
+            for sid, hook, path in rows]
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--blocks", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--db", type=Path, help="take the SAEs from this atlas")
+    parser.add_argument("--build", action="store_true", help="also time the default build")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+    config = BuildConfig(tokens=args.blocks * 256)
+    lm = pipeline.load(config)
+    saes = atlas_saes(args.db) if args.db else random_saes(config, lm.d_model)
+    hooks = [s.hook for s in saes]
+    blocks = pipeline.corpus(config, lm)
+    ids = torch.from_numpy(blocks.token_ids)
+    n_tok = ids.numel()
+
+    def bare():
+        for start in range(0, len(ids), config.batch_blocks):
+            capture_residuals(lm, ids[start:start + config.batch_blocks], hooks)
+
+    def harvest():
+        batches = forward_batches(lm, blocks, hooks, batch_blocks=config.batch_blocks)
+        stats, _ = pipeline.harvest(config, saes, batches, n_blocks=blocks.n_blocks)
+        for s in saes:
+            pipeline.harvest_tables(config, lm, s, blocks, stats[s.sae_id])
+
+    bare()  # warm-up
+    t_bare = timed(bare, args.repeats)
+    t_harv = timed(harvest, args.repeats)
+    deepest = max(h.layer for h in hooks)
+    print(f"model {lm.model_id}, {len(saes)} SAEs (d_sae {saes[0].sae.cfg.d_sae}) at layers "
+          f"{[h.layer for h in hooks]}, {n_tok} tokens, median of {args.repeats}, "
+          f"{torch.get_num_threads()} threads on {lm.device}")
+    print(f"bare forward to layer {deepest}: {n_tok / t_bare:8.0f} tok/s")
+    print(f"harvest (forward + encode + stats + rows): {n_tok / t_harv:8.0f} tok/s")
+    print(f"ratio harvest / bare forward: {t_bare / t_harv:.3f}  (goal >= 0.85)")
+    if args.build:
+        from atlas.builder import build
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = build(BuildConfig(db=Path(tmp) / "atlas.duckdb"))
+        print(f"default `atlas build`: {result.seconds:.0f}s wall for {result.n_tokens} tokens "
+              f"and {len(result.sae_ids)} SAEs (goal <= 600s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The README documents every CLI command, every SQL view and both set-up commands."""
+
+import re
+from pathlib import Path
+
+from atlas.cli import COMMANDS
+from atlas.store import sql_files
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_every_cli_command_is_in_the_readme():
+    for name in COMMANDS:
+        assert f"atlas {name}" in README, f"`atlas {name}` is missing from README.md"
+
+
+def test_every_view_is_in_the_readme():
+    views = [v for _, text in sql_files()
+             for v in re.findall(r"CREATE OR REPLACE VIEW (\w+)", text)]
+    assert views
+    for view in views:
+        assert f"`{view}`" in README, f"view {view} is missing from README.md"
+
+
+def test_every_table_is_in_the_readme():
+    tables = [t for _, text in sql_files() for t in re.findall(r"CREATE TABLE (\w+)", text)]
+    for table in tables:
+        assert f"`{table}`" in README, f"table {table} is missing from README.md"
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert "bash scripts/test.sh" in ci and "bash scripts/test.sh" in README
+    assert "bash scripts/build.sh" in README
