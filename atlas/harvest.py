@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from jaxtyping import Bool, Float, Int
+from sae_lens import SAE
+from sae_lens.saes.topk_sae import TopKSAE
 
 from atlas.corpus import Blocks
 from atlas.models import HookPoint, LoadedModel, capture_residuals
@@ -67,6 +69,7 @@ class FeatureStats:
     """Mean activation over the tokens where the feature fires (NaN when it never fires)."""
     max_act: Float[np.ndarray, " f"]
     top_acts: Float[np.ndarray, "n_examples f"]
+    """Top activations per feature, descending; 0 where a feature has fewer positive ones."""
     top_blocks: Int[np.ndarray, "n_examples f"]
     top_positions: Int[np.ndarray, "n_examples f"]
     block_firings: tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"], Float[np.ndarray, " m"]]
@@ -78,80 +81,136 @@ class FeatureStats:
     n_blocks: int
 
 
+@dataclass(frozen=True)
+class SparseCodes:
+    """The positive SAE activations of a batch of tokens, as (row, feature, value) entries."""
+
+    rows: Int[torch.Tensor, " nnz"]
+    """Token index within the batch (block-major: block * block_size + position)."""
+    features: Int[torch.Tensor, " nnz"]
+    values: Float[torch.Tensor, " nnz"]
+
+    @classmethod
+    def from_dense(cls, feats: Float[torch.Tensor, "n f"]) -> SparseCodes:
+        rows, cols = (feats > 0).nonzero(as_tuple=True)
+        return cls(rows, cols, feats[rows, cols])
+
+    @classmethod
+    def from_topk(cls, values: Float[torch.Tensor, "n k"],
+                  indices: Int[torch.Tensor, "n k"]) -> SparseCodes:
+        rows = torch.arange(len(values), device=values.device).repeat_interleave(values.shape[1])
+        values, indices = values.reshape(-1), indices.reshape(-1)
+        keep = values > 0
+        return cls(rows[keep], indices[keep], values[keep])
+
+
+def encode_sparse(sae: SAE, x: Float[torch.Tensor, "n d"]) -> SparseCodes:
+    """SAE activations as sparse entries; TopK SAEs skip the dense (n, d_sae) code entirely."""
+    if (isinstance(sae, TopKSAE) and not sae.cfg.rescale_acts_by_decoder_norm
+            and not sae.use_error_term):
+        pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+        values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
+        return SparseCodes.from_topk(values.relu(), indices)
+    return SparseCodes.from_dense(sae.encode(x))
+
+
 class FeatureAccumulator:
-    """Accumulates firing statistics of one SAE over batches of activations.
+    """Accumulates firing statistics of one SAE over batches of sparse activations.
 
     Args:
         d_sae: number of features.
         n_blocks: number of blocks in the corpus.
+        block_size: tokens per block.
         threshold: a feature fires on a token when its activation is above this.
         n_examples: top activating examples kept per feature.
     """
 
-    def __init__(self, d_sae: int, n_blocks: int, *, threshold: float, n_examples: int):
-        self.d_sae, self.n_blocks = d_sae, n_blocks
+    def __init__(self, d_sae: int, n_blocks: int, *, block_size: int, threshold: float,
+                 n_examples: int):
+        self.d_sae, self.n_blocks, self.block_size = d_sae, n_blocks, block_size
         self.threshold, self.n_examples = threshold, n_examples
         self.firing_count = torch.zeros(d_sae, dtype=torch.int64)
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64)
         self.max_act = torch.zeros(d_sae)
-        self.top_acts = torch.full((n_examples, d_sae), -torch.inf)
-        self.top_pos = torch.zeros((n_examples, d_sae), dtype=torch.int64)
+        # Running top examples: (feature, activation, global token position), <= n per feature.
+        self._top = (torch.zeros(0, dtype=torch.int64), torch.zeros(0),
+                     torch.zeros(0, dtype=torch.int64))
+        self._floor = torch.full((d_sae,), -torch.inf)
         self._firings: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._token_keys: list[np.ndarray] = []
         self.n_tokens = 0
         self.vocab_stride = 0
 
     @torch.no_grad()
-    def update(self, start: int, feats: Float[torch.Tensor, "b t f"],
-               token_ids: Int[torch.Tensor, "b t"], mask: Bool[torch.Tensor, "b t"]) -> None:
-        """Add one batch of SAE activations for blocks start..start+b."""
-        feats = feats.float().cpu() * mask.cpu().unsqueeze(-1)
-        b, t, f = feats.shape
-        fired = feats > self.threshold
+    def update(self, start: int, codes: SparseCodes, token_ids: Int[torch.Tensor, "b t"],
+               mask: Bool[torch.Tensor, "b t"]) -> None:
+        """Add the codes of blocks start..start+b (rows index the flattened b*t tokens)."""
+        mask = mask.cpu().reshape(-1)
+        keep = mask[codes.rows.cpu()]
+        rows, feats, vals = (codes.rows.cpu()[keep], codes.features.cpu()[keep],
+                             codes.values.float().cpu()[keep])
         self.n_tokens += int(mask.sum())
-        self.firing_count += fired.sum((0, 1))
-        self.act_sum += torch.where(fired, feats, 0).sum((0, 1), dtype=torch.float64)
-        flat = feats.reshape(b * t, f)
-        self.max_act = torch.maximum(self.max_act, flat.max(0).values)
-        self._merge_top(flat, start * t)
-        block_max = feats.amax(1)
-        rows, cols = (block_max > self.threshold).nonzero(as_tuple=True)
-        self._firings.append(((rows + start).numpy(), cols.numpy(),
-                              block_max[rows, cols].numpy()))
-        tok_rows, tok_feats = fired.reshape(b * t, f).nonzero(as_tuple=True)
-        toks = token_ids.reshape(-1).cpu()[tok_rows]
+        fired = vals > self.threshold
+        self.firing_count += torch.bincount(feats[fired], minlength=self.d_sae)
+        self.act_sum.index_add_(0, feats[fired], vals[fired].double())
+        self.max_act.scatter_reduce_(0, feats, vals, reduce="amax")
+        self._merge_top(feats, vals, rows + start * self.block_size)
+        self._block_firings(start, rows[fired], feats[fired], vals[fired])
+        toks = token_ids.reshape(-1).cpu()[rows[fired]]
         self.vocab_stride = max(self.vocab_stride, int(token_ids.max()) + 1)
-        self._token_keys.append(np.stack([tok_feats.numpy(), toks.numpy()], 1))
+        self._token_keys.append(np.stack([feats[fired].numpy(), toks.numpy()], 1))
 
-    def _merge_top(self, flat: torch.Tensor, offset: int) -> None:
-        k = min(self.n_examples, flat.shape[0])
-        vals, idx = flat.topk(k, dim=0)
-        both_vals = torch.cat([self.top_acts, vals])
-        both_pos = torch.cat([self.top_pos, idx + offset])
-        keep = both_vals.topk(self.n_examples, dim=0).indices
-        self.top_acts = both_vals.gather(0, keep)
-        self.top_pos = both_pos.gather(0, keep)
+    def _block_firings(self, start: int, rows, feats, vals) -> None:
+        keys = (rows // self.block_size) * self.d_sae + feats
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        best = torch.zeros(len(uniq)).scatter_reduce_(0, inverse, vals, reduce="amax",
+                                                      include_self=False)
+        self._firings.append(((uniq // self.d_sae + start).numpy(),
+                              (uniq % self.d_sae).numpy(), best.numpy()))
 
-    def result(self, block_size: int) -> FeatureStats:
+    def _merge_top(self, feats, vals, positions) -> None:
+        # Only entries that beat a feature's current n-th best can enter its top list.
+        better = vals > self._floor[feats]
+        feats, vals, positions = feats[better], vals[better], positions[better]
+        f = torch.cat([self._top[0], feats])
+        v = torch.cat([self._top[1], vals])
+        p = torch.cat([self._top[2], positions])
+        order = _lexsort(-v.double(), f)
+        f, v, p = f[order], v[order], p[order]
+        first = torch.searchsorted(f, f, side="left")
+        rank = torch.arange(len(f)) - first
+        keep = rank < self.n_examples
+        self._top = (f[keep], v[keep], p[keep])
+        full = rank == self.n_examples - 1
+        self._floor[f[full]] = v[full]
+
+    def result(self) -> FeatureStats:
         """Final statistics (call once, after the last batch)."""
         if self._firings:
             blocks, feats, acts = (np.concatenate(x) for x in zip(*self._firings))
         else:
             blocks = feats = np.zeros(0, np.int64)
             acts = np.zeros(0, np.float32)
-        block_count = np.bincount(feats, minlength=self.d_sae)
         count = self.firing_count.numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(count > 0, self.act_sum.numpy() / count, np.nan)
-        top_acts = self.top_acts.numpy()
-        top_pos = self.top_pos.numpy()
+        top_acts, top_pos = self._top_matrix()
         return FeatureStats(
-            firing_count=count, block_count=block_count, mean_act=mean,
-            max_act=self.max_act.numpy(), top_acts=np.where(np.isfinite(top_acts), top_acts, 0),
-            top_blocks=top_pos // block_size, top_positions=top_pos % block_size,
+            firing_count=count, block_count=np.bincount(feats, minlength=self.d_sae),
+            mean_act=mean, max_act=self.max_act.numpy(), top_acts=top_acts,
+            top_blocks=top_pos // self.block_size, top_positions=top_pos % self.block_size,
             block_firings=(blocks.astype(np.int64), feats.astype(np.int64),
                            acts.astype(np.float32)),
             token_counts=self._token_counts(), n_tokens=self.n_tokens, n_blocks=self.n_blocks)
+
+    def _top_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        f, v, p = (x.numpy() for x in self._top)
+        rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
+        acts = np.zeros((self.n_examples, self.d_sae), np.float32)
+        pos = np.zeros((self.n_examples, self.d_sae), np.int64)
+        acts[rank, f] = v
+        pos[rank, f] = p
+        return acts, pos
 
     def _token_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self._token_keys:
@@ -161,6 +220,12 @@ class FeatureAccumulator:
         keys = pairs[:, 0] * self.vocab_stride + pairs[:, 1]
         uniq, counts = np.unique(keys, return_counts=True)
         return uniq // self.vocab_stride, uniq % self.vocab_stride, counts
+
+
+def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:
+    """Order by `major`, then `minor` (both ascending), with two stable sorts."""
+    order = torch.argsort(minor, stable=True)
+    return order[torch.argsort(major[order], stable=True)]
 
 
 def cooccurrence(block_ids: Int[np.ndarray, " m"], features: Int[np.ndarray, " m"], *,

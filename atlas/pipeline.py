@@ -23,7 +23,7 @@ from atlas.artifacts import sae_path
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
 from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, cooccurrence,
-                           forward_batches, top_tokens)
+                           encode_sparse, forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, load_model
 from atlas.saes import (SAEQuality, TrainSettings, check_width, evaluate, hook_of,
                         load_published, load_saved, train_topk)
@@ -178,7 +178,8 @@ def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[Act
 
     SAEs without a measured quality (loaded ones) are evaluated on the held-out blocks.
     """
-    accs = {s.sae_id: FeatureAccumulator(s.sae.cfg.d_sae, n_blocks, threshold=config.threshold,
+    accs = {s.sae_id: FeatureAccumulator(s.sae.cfg.d_sae, n_blocks, block_size=config.block_size,
+                                         threshold=config.threshold,
                                          n_examples=config.n_examples) for s in saes}
     held: dict[str, list[torch.Tensor]] = {s.sae_id: [] for s in saes if s.quality is None}
     n_train = n_train_blocks(config, n_blocks)
@@ -187,15 +188,15 @@ def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[Act
         for s in saes:
             acts = batch.acts[s.hook.name]
             mask = batch.masks[s.hook.name]
-            accs[s.sae_id].update(batch.start, s.sae.encode(acts.to(s.sae.W_dec.device)),
-                                  batch.token_ids, mask)
+            flat = acts.reshape(-1, acts.shape[-1]).to(s.sae.W_dec.device)
+            accs[s.sae_id].update(batch.start, encode_sparse(s.sae, flat), batch.token_ids, mask)
             if s.sae_id in held and batch.start + len(batch.token_ids) > n_train:
                 keep = mask.clone()
                 keep[: max(0, n_train - batch.start)] = False
                 held[s.sae_id].append(acts[keep].cpu())
         bar.update(batch.token_ids.numel())
     bar.close()
-    stats = {k: a.result(config.block_size) for k, a in accs.items()}
+    stats = {k: a.result() for k, a in accs.items()}
     quality = {s.sae_id: s.quality for s in saes if s.quality is not None}
     for s in saes:
         if s.sae_id in held:

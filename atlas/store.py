@@ -212,8 +212,9 @@ def vectors_column(matrix: np.ndarray) -> pa.Array:
 
 def load_decoders(con: duckdb.DuckDBPyConnection, sae_id: str) -> np.ndarray:
     """Unit decoder vectors of an SAE as a (d_sae, d_in) float32 matrix, ordered by feature."""
-    table = con.sql("SELECT vector FROM decoders WHERE sae_id = ? ORDER BY feature",
-                    params=[sae_id]).to_arrow_table()
+    with con.cursor() as cur:  # a cursor, so results pending on `con` stay untouched
+        table = cur.sql("SELECT vector FROM decoders WHERE sae_id = ? ORDER BY feature",
+                        params=[sae_id]).to_arrow_table()
     if table.num_rows == 0:
         raise AtlasError(f"no SAE '{sae_id}' in this atlas; `atlas info` lists the SAEs")
     col = table.column("vector").combine_chunks()

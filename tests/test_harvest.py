@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas.harvest import FeatureAccumulator, cooccurrence, sink_free, top_tokens
+from atlas.harvest import (FeatureAccumulator, SparseCodes, cooccurrence, encode_sparse,
+                           sink_free, top_tokens)
 
 
 def planted_batches(n_blocks=12, t=16, f=10, seed=0):
@@ -19,12 +20,13 @@ def planted_batches(n_blocks=12, t=16, f=10, seed=0):
 
 
 def run(acts, tokens, mask, *, threshold=1.0, n_examples=4, batch=5):
-    acc = FeatureAccumulator(acts.shape[2], acts.shape[0], threshold=threshold,
+    n_blocks, t, f = acts.shape
+    acc = FeatureAccumulator(f, n_blocks, block_size=t, threshold=threshold,
                              n_examples=n_examples)
-    for start in range(0, len(acts), batch):
+    for start in range(0, n_blocks, batch):
         sl = slice(start, start + batch)
-        acc.update(start, acts[sl], tokens[sl], mask[sl])
-    return acc.result(acts.shape[1])
+        acc.update(start, SparseCodes.from_dense(acts[sl].reshape(-1, f)), tokens[sl], mask[sl])
+    return acc.result()
 
 
 def test_counts_equal_a_direct_numpy_recount():
@@ -95,3 +97,19 @@ def test_sink_positions_are_left_out():
     mask[:, 0] = False
     kept = sink_free(acts, mask)
     assert not kept[0, 3] and kept.sum() == mask.sum() - 1
+
+
+def test_sparse_topk_encoding_equals_sae_lens_encode():
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=40, k=5, metadata=SAEMetadata()))
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_()
+    x = torch.randn(30, 16)
+    codes = encode_sparse(sae, x)
+    dense = torch.zeros(30, 40)
+    dense[codes.rows, codes.features] = codes.values
+    torch.testing.assert_close(dense, sae.encode(x).detach())
