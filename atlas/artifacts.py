@@ -16,6 +16,17 @@ def sae_dir(db: Path) -> Path:
     return db.with_name(db.name + ".saes")
 
 
+def safe_name(sae_id: str) -> str:
+    """An SAE id as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", sae_id)
+
+
 def sae_path(db: Path, sae_id: str) -> Path:
     """Where the SAE with this id is saved (SAELens disk format)."""
-    return sae_dir(db) / re.sub(r"[^A-Za-z0-9._-]+", "_", sae_id)
+    return sae_dir(db) / safe_name(sae_id)
+
+
+def index_path(db: Path, sae_id: str) -> Path:
+    """The FAISS index of an SAE's decoder vectors (ids inside); its metadata sits beside it
+    with the suffix .json."""
+    return db.with_name(db.name + ".index") / f"{safe_name(sae_id)}.faiss"

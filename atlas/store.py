@@ -112,6 +112,8 @@ class SAERecord:
     explained_variance: float | None
     dead_fraction: float | None
     quality_tokens: int | None
+    decoder_checksum: str | None = None
+    """sha1 of the stored unit decoder matrix (float32, row-major): what an index was built from."""
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,10 @@ HARVEST_TABLES = ("features", "decoders", "block_firings", "cooccurrence", "exam
 
 
 def write_model(con: duckdb.DuckDBPyConnection, *, model_id: str, source: str, n_layers: int,
-                d_model: int) -> None:
-    """Insert or replace a `models` row."""
-    con.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?)",
-                [model_id, source, n_layers, d_model])
+                d_model: int, spec: str) -> None:
+    """Insert or replace a `models` row (`spec` is what `load_model` takes to reload it)."""
+    con.execute("INSERT OR REPLACE INTO models (model_id, source, n_layers, d_model, spec) "
+                "VALUES (?, ?, ?, ?, ?)", [model_id, source, n_layers, d_model, spec])
 
 
 def write_corpus(con: duckdb.DuckDBPyConnection, *, corpus: dict, documents: pa.Table,
@@ -163,8 +165,9 @@ def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: Harves
         con.execute("DELETE FROM harvests WHERE sae_id = ?", [sae.sae_id])
         for table in HARVEST_TABLES:
             con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae.sae_id])
-        con.execute("INSERT OR REPLACE INTO saes VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(sae.__dict__.values()))
+        cols = list(sae.__dict__)
+        con.execute(f"INSERT OR REPLACE INTO saes ({', '.join(cols)}) "
+                    f"VALUES ({', '.join('?' * len(cols))})", list(sae.__dict__.values()))
         h = tables.harvest
         con.execute("INSERT INTO harvests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [h["harvest_id"], sae.sae_id, h["corpus"], h["n_tokens"], h["n_blocks"],
@@ -208,6 +211,11 @@ def vectors_column(matrix: np.ndarray) -> pa.Array:
     flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
     offsets = pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, flat)
+
+
+def checksum(matrix: np.ndarray) -> str:
+    """sha1 of a float32 matrix's bytes (row-major)."""
+    return hashlib.sha1(np.ascontiguousarray(matrix, dtype=np.float32).tobytes()).hexdigest()
 
 
 def load_decoders(con: duckdb.DuckDBPyConnection, sae_id: str) -> np.ndarray:

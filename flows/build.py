@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE
 from atlas.builder import BuildResult, build
 from atlas.config import BuildConfig
 
-IO_STEPS = {"store_corpus", "store_harvest"}
+IO_STEPS = {"store_corpus", "store_harvest", "index_saes"}
 
 
 def as_task(fn: Callable) -> Callable:

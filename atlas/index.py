@@ -1,0 +1,177 @@
+"""FAISS indexes over unit decoder vectors: inner product = cosine similarity.
+
+One index per SAE, persisted beside the database with its id map inside (IndexIDMap2) and a
+JSON sidecar recording what it was built from (the decoders' checksum in `saes`). An index whose
+checksum no longer matches is rebuilt, never answered from silently.
+
+Exact search has two paths: a single BLAS matrix-vector product for small query batches
+(FAISS's flat scan costs several times a BLAS pass for one query on a CPU) and FAISS's flat
+index for large batches. Approximate indexes (HNSW, IVF) are chosen above `APPROX_ABOVE`
+vectors, with their recall@10 against exact search measured at build time and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+from jaxtyping import Float, Int
+
+from atlas.errors import AtlasError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["auto", "flat", "hnsw", "ivf"]
+APPROX_ABOVE = 200_000
+"""Below this many vectors exact search is fast enough (benchmarks/query.py); above, HNSW."""
+BLAS_MAX_QUERIES = 64
+"""Query batches up to this size use the BLAS path; larger ones FAISS's flat scan."""
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """What an index file was built from and how good it is."""
+
+    sae_id: str
+    kind: str
+    n: int
+    d: int
+    checksum: str
+    recall_at_10: float | None = None
+    """Share of exact top-10 neighbours an approximate index returns (None for exact)."""
+    params: dict = field(default_factory=dict)
+    built_seconds: float = 0.0
+
+
+class FeatureIndex:
+    """Nearest-neighbour search over unit vectors with their feature ids.
+
+    Args:
+        vectors: unit-norm rows.
+        ids: the feature id of each row.
+        meta: what the index was built from.
+        index: the FAISS index (IndexIDMap2 over the chosen kind).
+    """
+
+    def __init__(self, vectors: Float[np.ndarray, "n d"], ids: Int[np.ndarray, " n"],
+                 meta: IndexMeta, index: faiss.Index):
+        self.vectors, self.ids, self.meta, self.index = vectors, ids, meta, index
+
+    @classmethod
+    def build(cls, vectors: Float[np.ndarray, "n d"], ids: Int[np.ndarray, " n"] | None = None,
+              *, sae_id: str = "", checksum: str = "", kind: Kind = "auto",
+              seed: int = 0) -> FeatureIndex:
+        """Build an index; approximate kinds measure their recall@10 against exact search."""
+        t0 = time.perf_counter()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.arange(len(vectors), dtype=np.int64) if ids is None else ids.astype(np.int64)
+        if kind == "auto":
+            kind = "hnsw" if len(vectors) >= APPROX_ABOVE else "flat"
+        inner, params = _make_index(kind, vectors, seed)
+        index = faiss.IndexIDMap2(inner)
+        index.add_with_ids(vectors, ids)
+        meta = IndexMeta(sae_id, kind, len(vectors), vectors.shape[1], checksum, None, params)
+        out = cls(vectors, ids, meta, index)
+        recall = None if kind == "flat" else out.recall_at_10(seed=seed)
+        out.meta = IndexMeta(sae_id, kind, len(vectors), vectors.shape[1], checksum, recall,
+                             params, time.perf_counter() - t0)
+        return out
+
+    def search(self, queries: Float[np.ndarray, "m d"], k: int, *, exact: bool | None = None,
+               ) -> tuple[Float[np.ndarray, "m k"], Int[np.ndarray, "m k"]]:
+        """Top-k cosine scores and feature ids per query (queries need not be unit norm)."""
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        k = min(k, len(self.ids))
+        use_exact = self.meta.kind == "flat" if exact is None else exact
+        if use_exact and len(q) <= BLAS_MAX_QUERIES:
+            return blas_topk(self.vectors, q, k, self.ids)
+        if use_exact and self.meta.kind != "flat":
+            return blas_topk(self.vectors, q, k, self.ids)
+        scores, ids = self.index.search(q, k)
+        return scores, ids
+
+    def recall_at_10(self, *, n_queries: int = 200, seed: int = 0) -> float:
+        """Recall@10 of this index against exact search, on stored vectors as queries."""
+        rng = np.random.default_rng(seed)
+        q = self.vectors[rng.choice(len(self.vectors), min(n_queries, len(self.vectors)),
+                                    replace=False)]
+        _, exact = blas_topk(self.vectors, q, 10, self.ids)
+        _, approx = self.index.search(q, 10)
+        hits = sum(len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist()))
+        return hits / exact.size
+
+    def save(self, path: Path) -> None:
+        """Write the FAISS index and its JSON sidecar (atomically, via temporary names)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".faiss.tmp")
+        faiss.write_index(self.index, str(tmp))
+        tmp.replace(path)
+        side = path.with_suffix(".json")
+        side.with_suffix(".json.tmp").write_text(json.dumps(asdict(self.meta), indent=1))
+        side.with_suffix(".json.tmp").replace(side)
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureIndex:
+        """Read an index written by `save`."""
+        try:
+            meta = IndexMeta(**json.loads(path.with_suffix(".json").read_text()))
+            index = faiss.read_index(str(path))
+        except (OSError, RuntimeError, ValueError, TypeError) as exc:
+            raise AtlasError(f"index {path} is missing or unreadable ({exc}); it will be "
+                             "rebuilt from the decoders") from None
+        ids = faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
+        vectors = faiss.downcast_index(index).index
+        vectors = _stored_vectors(faiss.downcast_index(vectors), len(ids), meta.d)
+        return cls(vectors, ids, meta, index)
+
+
+def blas_topk(vectors: Float[np.ndarray, "n d"], queries: Float[np.ndarray, "m d"], k: int,
+              ids: Int[np.ndarray, " n"]) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product: one matrix product and a partial sort."""
+    scores = queries @ vectors.T
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    rows = np.take_along_axis(part, order, axis=1)
+    return np.take_along_axis(top, order, axis=1), ids[rows]
+
+
+def _make_index(kind: str, vectors: np.ndarray, seed: int) -> tuple[faiss.Index, dict]:
+    n, d = vectors.shape
+    if kind == "flat":
+        return faiss.IndexFlatIP(d), {}
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 64
+        index.hnsw.efSearch = 128
+        return index, {"M": 32, "efConstruction": 64, "efSearch": 128}
+    if kind == "ivf":
+        nlist = max(1, int(4 * np.sqrt(n)))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(n, min(n, 64 * nlist), replace=False)]
+        index.cp.seed = seed
+        index.train(sample)
+        index.nprobe = max(1, nlist // 16)
+        return index, {"nlist": nlist, "nprobe": index.nprobe}
+    raise AtlasError(f"index kind '{kind}' is unknown; use auto, flat, hnsw or ivf")
+
+
+def _stored_vectors(inner: faiss.Index, n: int, d: int) -> np.ndarray:
+    if isinstance(inner, faiss.IndexFlat):
+        return faiss.rev_swig_ptr(inner.get_xb(), n * d).reshape(n, d).copy()
+    if isinstance(inner, faiss.IndexHNSW):
+        return _stored_vectors(faiss.downcast_index(inner.storage), n, d)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.make_direct_map()
+        return inner.reconstruct_n(0, n)
+    raise AtlasError(f"cannot read vectors back from a {type(inner).__name__}; rebuild the index")
