@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 Kind = Literal["auto", "flat", "hnsw", "ivf"]
 APPROX_ABOVE = 200_000
 """Below this many vectors exact search is fast enough (benchmarks/query.py); above, HNSW."""
+TARGET_RECALL = 0.95
+"""Approximate indexes widen their search at build time until recall@10 reaches this."""
 BLAS_MAX_QUERIES = 64
 """Query batches up to this size use the BLAS path; larger ones FAISS's flat scan."""
 
@@ -78,10 +80,25 @@ class FeatureIndex:
         index.add_with_ids(vectors, ids)
         meta = IndexMeta(sae_id, kind, len(vectors), vectors.shape[1], checksum, None, params)
         out = cls(vectors, ids, meta, index)
-        recall = None if kind == "flat" else out.recall_at_10(seed=seed)
+        recall = None if kind == "flat" else out._tune(inner, params, seed)
         out.meta = IndexMeta(sae_id, kind, len(vectors), vectors.shape[1], checksum, recall,
                              params, time.perf_counter() - t0)
         return out
+
+    def _tune(self, inner: faiss.Index, params: dict, seed: int) -> float:
+        """Widen the search (HNSW efSearch, IVF nprobe) until recall@10 reaches TARGET_RECALL
+        or the widest setting; records the setting in `params`, returns the recall."""
+        knob = "efSearch" if isinstance(inner, faiss.IndexHNSW) else "nprobe"
+        limit = 1024 if knob == "efSearch" else max(1, params.get("nlist", 1) // 4)
+        while True:
+            recall = self.recall_at_10(seed=seed)
+            if recall >= TARGET_RECALL or params[knob] >= limit:
+                return recall
+            params[knob] = min(limit, params[knob] * 2)
+            if knob == "efSearch":
+                inner.hnsw.efSearch = params[knob]
+            else:
+                inner.nprobe = params[knob]
 
     def search(self, queries: Float[np.ndarray, "m d"], k: int, *, exact: bool | None = None,
                ) -> tuple[Float[np.ndarray, "m k"], Int[np.ndarray, "m k"]]:
@@ -151,8 +168,8 @@ def _make_index(kind: str, vectors: np.ndarray, seed: int) -> tuple[faiss.Index,
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 64
-        index.hnsw.efSearch = 128
-        return index, {"M": 32, "efConstruction": 64, "efSearch": 128}
+        index.hnsw.efSearch = 64
+        return index, {"M": 32, "efConstruction": 64, "efSearch": 64}
     if kind == "ivf":
         nlist = max(1, int(4 * np.sqrt(n)))
         quantizer = faiss.IndexFlatIP(d)
@@ -161,7 +178,7 @@ def _make_index(kind: str, vectors: np.ndarray, seed: int) -> tuple[faiss.Index,
         sample = vectors[rng.choice(n, min(n, 64 * nlist), replace=False)]
         index.cp.seed = seed
         index.train(sample)
-        index.nprobe = max(1, nlist // 16)
+        index.nprobe = max(1, nlist // 64)
         return index, {"nlist": nlist, "nprobe": index.nprobe}
     raise AtlasError(f"index kind '{kind}' is unknown; use auto, flat, hnsw or ivf")
 

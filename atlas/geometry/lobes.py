@@ -1,0 +1,147 @@
+"""Intermediate scale: lobes of features that fire together, and whether they are also
+neighbours in decoder space (spatial modularity).
+
+Co-occurrence affinities come from counts over blocks: n_ij (both fire), n_i, n_j, and N
+blocks. The SQL view `affinity` computes the same five measures for the public surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from jaxtyping import Float, Int
+
+Metric = Literal["phi", "jaccard", "dice", "overlap", "smc"]
+METRICS: tuple[str, ...] = ("phi", "jaccard", "dice", "overlap", "smc")
+
+
+def affinity(n_ij: np.ndarray, n_i: np.ndarray, n_j: np.ndarray, n: int,
+             metric: Metric) -> np.ndarray:
+    """One co-occurrence affinity per pair, from block counts (vectorised).
+
+    phi is the correlation of the two firing indicators, in [-1, 1]; the others lie in [0, 1].
+    """
+    n_ij, n_i, n_j = (np.asarray(a, dtype=np.float64) for a in (n_ij, n_i, n_j))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "jaccard":
+            out = n_ij / (n_i + n_j - n_ij)
+        elif metric == "dice":
+            out = 2 * n_ij / (n_i + n_j)
+        elif metric == "overlap":
+            out = n_ij / np.minimum(n_i, n_j)
+        elif metric == "smc":
+            out = (n - n_i - n_j + 2 * n_ij) / n
+        elif metric == "phi":
+            out = (n * n_ij - n_i * n_j) / np.sqrt(n_i * (n - n_i) * n_j * (n - n_j))
+        else:
+            raise ValueError(f"unknown affinity metric {metric!r}; use one of {METRICS}")
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def cooccurrence_counts(i: Int[np.ndarray, " p"], j: Int[np.ndarray, " p"],
+                        n_ij: Int[np.ndarray, " p"], n_features: int) -> np.ndarray:
+    """Dense symmetric matrix of n_ij from the stored (i < j) rows; zero where never together."""
+    m = np.zeros((n_features, n_features))
+    m[i, j] = n_ij
+    m[j, i] = n_ij
+    return m
+
+
+def affinity_matrix(counts: np.ndarray, n_i: np.ndarray, n_blocks: int, *,
+                    metric: Metric) -> Float[np.ndarray, "n n"]:
+    """Dense non-negative affinity over every pair, ready for spectral clustering.
+
+    Phi is shifted to [0, 2] (phi + 1) so anti-correlated pairs get small, not negative,
+    weights. The diagonal holds the largest value the metric takes.
+    """
+    n = len(n_i)
+    rows, cols = np.triu_indices(n, k=1)
+    values = affinity(counts[rows, cols], n_i[rows], n_i[cols], n_blocks, metric)
+    shift = 1.0 if metric == "phi" else 0.0
+    m = np.empty((n, n))
+    m[rows, cols] = values + shift
+    m[cols, rows] = values + shift
+    np.fill_diagonal(m, 1.0 + shift)
+    return np.clip(m, 0.0, None)
+
+
+def cooccurrence_lobes(matrix: Float[np.ndarray, "n n"], k: int, *, seed: int = 0
+                       ) -> Int[np.ndarray, " n"]:
+    """Spectral clustering of a precomputed affinity matrix into k lobes."""
+    from sklearn.cluster import SpectralClustering
+
+    model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
+                               assign_labels="cluster_qr")
+    return model.fit_predict(matrix)
+
+
+def angular_similarity(vectors: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n n"]:
+    """1 - angle/pi between unit directions: in [0, 1], 1 for the same direction."""
+    u = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return 1.0 - np.arccos(np.clip(u @ u.T, -1.0, 1.0)) / np.pi
+
+
+def geometric_clusters(vectors: Float[np.ndarray, "n d"], k: int, *, seed: int = 0
+                       ) -> Int[np.ndarray, " n"]:
+    """Spectral clustering of decoder directions by angular similarity into k clusters."""
+    return cooccurrence_lobes(angular_similarity(vectors), k, seed=seed)
+
+
+@dataclass(frozen=True)
+class PermutationTest:
+    """A score, the mean and spread of the same score under shuffled labels, and z."""
+
+    score: float
+    null_mean: float
+    null_std: float
+    z: float
+    n_permutations: int
+
+
+def ami_test(a: Int[np.ndarray, " n"], b: Int[np.ndarray, " n"], *, n_permutations: int = 100,
+             seed: int = 0) -> PermutationTest:
+    """Adjusted mutual information between two labelings against shuffled `b`."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    rng = np.random.default_rng(seed)
+    score = adjusted_mutual_info_score(a, b)
+    null = np.array([adjusted_mutual_info_score(a, rng.permutation(b))
+                     for _ in range(n_permutations)])
+    std = float(null.std())
+    return PermutationTest(float(score), float(null.mean()), std,
+                           float((score - null.mean()) / std) if std > 0 else float("inf"),
+                           n_permutations)
+
+
+@dataclass(frozen=True)
+class Predictability:
+    """Held-out balanced accuracy of predicting the lobe from the decoder vector."""
+
+    accuracy: float
+    random_accuracy: float
+    """The same classifier on random unit vectors in place of the decoders."""
+    chance: float
+    """Balanced accuracy of always guessing: 1 / number of lobes."""
+
+
+def lobe_predictability(vectors: Float[np.ndarray, "n d"], labels: Int[np.ndarray, " n"], *,
+                        seed: int = 0) -> Predictability:
+    """Logistic regression from decoder direction to lobe, on a stratified held-out split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import train_test_split
+
+    def score(x: np.ndarray) -> float:
+        counts = np.bincount(labels)
+        strat = labels if counts[counts > 0].min() >= 2 else None
+        xtr, xte, ytr, yte = train_test_split(x, labels, test_size=0.3, random_state=seed,
+                                              stratify=strat)
+        clf = LogisticRegression(max_iter=2000, class_weight="balanced")
+        return float(balanced_accuracy_score(yte, clf.fit(xtr, ytr).predict(xte)))
+
+    rng = np.random.default_rng(seed)
+    rand = rng.standard_normal(vectors.shape)
+    rand /= np.linalg.norm(rand, axis=1, keepdims=True)
+    return Predictability(score(vectors), score(rand), 1.0 / len(np.unique(labels)))

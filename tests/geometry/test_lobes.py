@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from atlas.geometry.lobes import (METRICS, affinity, affinity_matrix, ami_test,
+                                  cooccurrence_counts, cooccurrence_lobes, geometric_clusters,
+                                  lobe_predictability)
+
+
+def planted_lobes(n_per=40, d=32, n_blocks=400, seed=0):
+    """Two lobes: features of a lobe co-fire in that lobe's blocks and point near its centre."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((2, d)) * 2
+    labels = np.repeat([0, 1], n_per)
+    vectors = centres[labels] + rng.standard_normal((2 * n_per, d))
+    block_lobe = rng.integers(0, 2, n_blocks)
+    fires = rng.random((n_blocks, 2 * n_per)) < np.where(block_lobe[:, None] == labels[None],
+                                                         0.6, 0.05)
+    return labels, vectors, fires
+
+
+def counts_from(fires):
+    both = fires.T.astype(int) @ fires.astype(int)
+    i, j = np.triu_indices(fires.shape[1], k=1)
+    return i, j, both[i, j], fires.sum(0), fires.shape[0]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_affinities_match_their_definitions(metric):
+    rng = np.random.default_rng(0)
+    fires = rng.random((50, 6)) < 0.4
+    i, j, nij, ni, n = counts_from(fires)
+    got = affinity(nij, ni[i], ni[j], n, metric)
+    for k, (a, b) in enumerate(zip(i, j)):
+        x, y = fires[:, a], fires[:, b]
+        want = {"jaccard": (x & y).sum() / (x | y).sum(),
+                "dice": 2 * (x & y).sum() / (x.sum() + y.sum()),
+                "overlap": (x & y).sum() / min(x.sum(), y.sum()),
+                "smc": (x == y).mean(),
+                "phi": np.corrcoef(x, y)[0, 1]}[metric]
+        assert got[k] == pytest.approx(want, abs=1e-9)
+
+
+def test_planted_lobes_are_found_and_match_geometry():
+    labels, vectors, fires = planted_lobes()
+    i, j, nij, ni, n = counts_from(fires)
+    matrix = affinity_matrix(cooccurrence_counts(i, j, nij, len(ni)), ni, n, metric="phi")
+    lobes = cooccurrence_lobes(matrix, 2)
+    geo = geometric_clusters(vectors, 2)
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(labels, lobes) > 0.9
+    test = ami_test(lobes, geo, n_permutations=100)
+    assert test.score > 0.8 and test.z > 20 and abs(test.null_mean) < 0.05
+    control = ami_test(lobes, np.random.default_rng(3).permutation(geo), n_permutations=100)
+    assert abs(control.score) < 0.1 and abs(control.z) < 4
+
+
+def test_lobe_is_predictable_from_planted_geometry_not_from_random_vectors():
+    labels, vectors, _ = planted_lobes(n_per=100)
+    result = lobe_predictability(vectors, labels)
+    assert result.accuracy > 0.9 and result.chance == 0.5
+    assert abs(result.random_accuracy - 0.5) < 0.2
