@@ -93,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     _query_args(p)
     p.add_argument("text")
 
+    p = sub.add_parser("analyze", help="galaxy, lobes and crystals analyses on a built atlas")
+    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
+    p.add_argument("--what", type=_parse_tuple(str), default=("galaxy", "lobes", "crystals"),
+                   help="comma-separated: galaxy, lobes, crystals")
+    p.add_argument("--ks", type=_parse_tuple(int), default=(2, 4, 8),
+                   help="numbers of lobes / clusters")
+    p.add_argument("--metrics", type=_parse_tuple(str), default=("phi",),
+                   help="co-occurrence affinities: phi, jaccard, dice, overlap, smc")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("index", help="build (or refresh) the FAISS index of every SAE")
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
     p.add_argument("--kind", choices=["auto", "flat", "hnsw", "ivf"], default="auto")
@@ -267,6 +277,42 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from atlas import store
+    from atlas.analyses import AnalysisSettings, run_all
+    from atlas.geometry.lobes import METRICS
+
+    bad = set(args.metrics) - set(METRICS)
+    if bad:
+        raise AtlasError(f"unknown --metrics {sorted(bad)}; choose from {', '.join(METRICS)}")
+    if not args.db.exists():
+        raise AtlasError(f"{args.db} does not exist; build an atlas first with "
+                         f"`atlas build --db {args.db}`")
+    con = store.connect(args.db)
+    try:
+        lm, saes = (_model_and_saes(con) if "crystals" in args.what else (None, {}))
+        settings = AnalysisSettings(ks=args.ks, metrics=args.metrics, seed=args.seed)
+        run_all(con, args.what, settings=settings, lm=lm, saes=saes)
+    finally:
+        con.close()
+    print(f"analyses {','.join(args.what)} stored in {args.db}; see the views layer_spectra, "
+          "clustering_entropy, cosine_tails, lobes, lobe_modularity, crystal_quality")
+    return 0
+
+
+def _model_and_saes(con):
+    from atlas.models import load_model
+    from atlas.saes import load_saved
+
+    spec = con.execute("SELECT spec FROM models LIMIT 1").fetchone()
+    if not spec or not spec[0]:
+        raise AtlasError("the atlas records no loadable model; rebuild it with `atlas build`")
+    lm = load_model(spec[0], device="auto")
+    saes = {sid: load_saved(Path(path), device=str(lm.device)) for sid, path in
+            con.execute("SELECT sae_id, path FROM saes WHERE path IS NOT NULL").fetchall()}
+    return lm, saes
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from atlas import query
     from atlas.readonly import open_readonly
@@ -289,7 +335,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
-            "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index}
+            "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index,
+            "analyze": cmd_analyze}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,9 @@ class BuildConfig:
     seed: int = 0
     """Seed for corpus sampling and SAE initialisation."""
 
+    analyses: tuple[str, ...] = ("galaxy", "lobes", "crystals")
+    """Analyses to run after the harvest (comma-separated; empty to skip)."""
+
     def __post_init__(self) -> None:
         _check(self.tokens >= self.block_size, f"--tokens {self.tokens} is smaller than one block "
                f"(--block-size {self.block_size}); raise --tokens or lower --block-size")
@@ -104,6 +107,8 @@ class BuildConfig:
         _check(min(self.epochs, self.train_batch, self.batch_blocks, self.n_examples) > 0,
                "--epochs, --train-batch, --batch-blocks and --n-examples must be positive")
         _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
+        _check(set(self.analyses) <= {"galaxy", "lobes", "crystals"},
+               f"--analyses {','.join(self.analyses)}: choose from galaxy, lobes, crystals")
 
     @property
     def trains_saes(self) -> bool:

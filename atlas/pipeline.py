@@ -262,6 +262,16 @@ def index_saes(con, config: BuildConfig, sae_ids: Sequence[str]) -> list[dict]:
     return out
 
 
+def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE]) -> dict:
+    """Run the configured analyses on the freshly harvested SAEs."""
+    from atlas.analyses import AnalysisSettings, run_all
+
+    if not config.analyses:
+        return {}
+    return run_all(con, config.analyses, settings=AnalysisSettings(seed=config.seed), lm=lm,
+                   saes={p.sae_id: p.sae for p in planned})
+
+
 def unit_decoders(sae: SAE) -> np.ndarray:
     """An SAE's decoder rows scaled to unit norm, as stored in `decoders` (float32)."""
     return store.unit_rows(sae.W_dec.detach().float().cpu().numpy())[0].astype(np.float32)

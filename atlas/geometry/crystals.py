@@ -48,16 +48,18 @@ def analogy_accuracy(vectors: dict[str, np.ndarray], pairs: list[tuple[str, str]
     names = [w for w in candidates if w in vectors]
     mat = _unit(np.stack([vectors[w] for w in names]))
     index = {w: i for i, w in enumerate(names)}
-    hits = total = 0
-    for ap, bp in pairs:
-        for aq, bq in pairs:
-            if (ap, bp) == (aq, bq) or bq == aq:
-                continue
-            scores = mat @ _unit(vectors[bp] - vectors[ap] + vectors[aq])
-            scores[[index[ap], index[bp], index[aq]]] = -np.inf
-            hits += names[int(np.argmax(scores))] == bq
-            total += 1
-    return hits / total if total else float("nan")
+    quads = [(ap, bp, aq, bq) for ap, bp in pairs for aq, bq in pairs
+             if (ap, bp) != (aq, bq) and aq != bq]
+    if not quads:
+        return float("nan")
+    queries = _unit(np.stack([vectors[bp] - vectors[ap] + vectors[aq]
+                              for ap, bp, aq, _ in quads]))
+    scores = queries @ mat.T
+    rows = np.arange(len(quads))
+    for col in range(3):
+        scores[rows, [index[q[col]] for q in quads]] = -np.inf
+    best = np.argmax(scores, axis=1)
+    return float(np.mean([names[b] == q[3] for b, q in zip(best, quads)]))
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,18 @@ class Crystal:
 
 
 def find_crystals(vectors: dict[str, np.ndarray], *, n_clusters: int = 20, per_cluster: int = 3,
-                  members: int = 60, seed: int = 0) -> list[Crystal]:
+                  members: int = 60, max_words: int = 160, seed: int = 0) -> list[Crystal]:
     """Cluster the difference vectors of all word pairs; in each cluster report the quadruples
-    (two pairs with four distinct words) of smallest parallelogram error."""
+    (two pairs with four distinct words) of smallest parallelogram error.
+
+    At most `max_words` words (a seeded sample) enter, bounding the pairs at ~max_words^2 / 2.
+    """
     from sklearn.cluster import KMeans
 
     words = sorted(vectors)
+    if len(words) > max_words:
+        rng = np.random.default_rng(seed)
+        words = sorted(rng.choice(words, max_words, replace=False).tolist())
     mat = np.stack([vectors[w] for w in words])
     i, j = np.triu_indices(len(words), k=1)
     diffs = mat[j] - mat[i]
@@ -90,15 +98,13 @@ def find_crystals(vectors: dict[str, np.ndarray], *, n_clusters: int = 20, per_c
         idx = np.nonzero(labels == cluster)[0]
         centre = _unit(diffs[idx]).mean(0)
         idx = idx[np.argsort(-(_unit(diffs[idx]) @ centre))][:members]
-        cands = []
-        for x in range(len(idx)):
-            for y in range(x + 1, len(idx)):
-                p, q = idx[x], idx[y]
-                if len({i[p], j[p], i[q], j[q]}) < 4:
-                    continue
-                err = float(np.linalg.norm(diffs[p] - diffs[q]) /
-                            max(0.5 * (np.linalg.norm(diffs[p]) + np.linalg.norm(diffs[q])), 1e-12))
-                cands.append((err, p, q))
+        sub = diffs[idx]
+        lengths = np.linalg.norm(sub, axis=1)
+        gaps = np.linalg.norm(sub[:, None] - sub[None], axis=2)
+        errors = gaps / np.maximum(0.5 * (lengths[:, None] + lengths[None]), 1e-12)
+        xs, ys = np.triu_indices(len(idx), k=1)
+        cands = [(float(errors[x, y]), idx[x], idx[y]) for x, y in zip(xs, ys)
+                 if len({i[idx[x]], j[idx[x]], i[idx[y]], j[idx[y]]}) == 4]
         for err, p, q in sorted(cands)[:per_cluster]:
             a, b, c, d = (words[t] for t in (i[p], j[p], i[q], j[q]))
             found.append(Crystal(a, b, c, d, err, trapezoid_error(*(vectors[w] for w in

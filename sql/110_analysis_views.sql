@@ -1,0 +1,81 @@
+-- Public query surface of the analyses.
+
+-- Power-law fit of log(eigenvalue) against log(rank) per SAE, beside the same fit for an
+-- isotropic Gaussian cloud of equal size, over the stored rank range.
+CREATE OR REPLACE VIEW layer_spectra AS
+WITH fits AS (
+    SELECT sp.sae_id, sp.cloud,
+           regr_slope(ln(sp.eigenvalue), ln(sp.rank)) AS slope,
+           regr_intercept(ln(sp.eigenvalue), ln(sp.rank)) AS intercept,
+           regr_r2(ln(sp.eigenvalue), ln(sp.rank)) AS r2,
+           any_value(g.rank_lo) AS rank_lo, any_value(g.rank_hi) AS rank_hi
+    FROM spectra sp JOIN galaxy_stats g USING (sae_id)
+    WHERE sp.rank BETWEEN g.rank_lo AND g.rank_hi AND sp.eigenvalue > 0
+    GROUP BY sp.sae_id, sp.cloud)
+SELECT s.model_id, s.layer, d.sae_id, d.slope, d.intercept, d.r2, d.rank_lo, d.rank_hi,
+       g.slope AS gaussian_slope, g.r2 AS gaussian_r2
+FROM fits d
+JOIN fits g ON g.sae_id = d.sae_id AND g.cloud = 'gaussian'
+JOIN saes s ON s.sae_id = d.sae_id
+WHERE d.cloud = 'decoder'
+ORDER BY s.model_id, s.layer;
+
+-- Clustering entropy per layer: H_gauss - H_kNN of the decoder cloud (0 = Gaussian).
+CREATE OR REPLACE VIEW clustering_entropy AS
+SELECT s.model_id, s.layer, g.sae_id, g.entropy_gap, g.entropy_stderr, g.h_knn, g.h_gauss,
+       g.entropy_dims
+FROM galaxy_stats g JOIN saes s USING (sae_id)
+ORDER BY s.model_id, s.layer;
+
+-- Tail mass of pairwise decoder cosines against as many random unit vectors.
+CREATE OR REPLACE VIEW cosine_tails AS
+SELECT s.layer, g.tail_mass, g.random_tail_mass, g.tail_mass / g.random_tail_mass AS ratio,
+       g.tail_cut, g.sae_id, s.model_id
+FROM galaxy_stats g JOIN saes s USING (sae_id)
+ORDER BY s.model_id, s.layer;
+
+-- Co-occurrence affinities of every pair that fired together in at least one block.
+CREATE OR REPLACE VIEW affinity AS
+SELECT c.sae_id, c.i, c.j, c.n_ij,
+       fi.block_count AS n_i, fj.block_count AS n_j, h.n_blocks AS n,
+       c.n_ij / (fi.block_count + fj.block_count - c.n_ij)::DOUBLE AS jaccard,
+       2.0 * c.n_ij / (fi.block_count + fj.block_count) AS dice,
+       c.n_ij / least(fi.block_count, fj.block_count)::DOUBLE AS overlap,
+       (h.n_blocks - fi.block_count - fj.block_count + 2 * c.n_ij) / h.n_blocks::DOUBLE AS smc,
+       (h.n_blocks::DOUBLE * c.n_ij - fi.block_count::DOUBLE * fj.block_count)
+         / nullif(sqrt(fi.block_count::DOUBLE * (h.n_blocks - fi.block_count)
+                       * fj.block_count * (h.n_blocks - fj.block_count)), 0) AS phi
+FROM cooccurrence c
+JOIN harvests h USING (sae_id)
+JOIN features fi ON fi.sae_id = c.sae_id AND fi.feature = c.i
+JOIN features fj ON fj.sae_id = c.sae_id AND fj.feature = c.j;
+
+-- Each lobe (co-occurrence cluster) with its size, how code-heavy its blocks are, and the
+-- labels of its most frequent features.
+CREATE OR REPLACE VIEW lobes AS
+SELECT cl.sae_id, s.layer, cl.metric, cl.k, cl.cluster,
+       count(*) AS n_features,
+       avg(fs.code_share) AS code_share,
+       sum(f.firing_count) AS firings,
+       list(f.label ORDER BY f.firing_count DESC)[1:6] AS top_labels,
+       cl.run_id
+FROM clusters cl
+JOIN saes s USING (sae_id)
+JOIN features f ON f.sae_id = cl.sae_id AND f.feature = cl.feature
+LEFT JOIN feature_sources fs ON fs.sae_id = cl.sae_id AND fs.feature = cl.feature
+WHERE cl.method = 'cooccurrence'
+GROUP BY cl.sae_id, s.layer, cl.metric, cl.k, cl.cluster, cl.run_id
+ORDER BY cl.sae_id, cl.metric, cl.k, code_share DESC;
+
+-- Spatial modularity per SAE, metric and k, with the layer.
+CREATE OR REPLACE VIEW lobe_modularity AS
+SELECT s.layer, t.* EXCLUDE (run_id), t.run_id
+FROM lobe_tests t JOIN saes s USING (sae_id)
+ORDER BY s.layer, t.metric, t.k;
+
+-- Parallelogram quality and analogy accuracy before/after distractor removal, per task.
+CREATE OR REPLACE VIEW crystal_quality AS
+SELECT model_id, layer, space, task, n_pairs, parallelogram_quality, accuracy_before,
+       accuracy_after, accuracy_after - accuracy_before AS lda_gain, run_id
+FROM crystal_tasks
+ORDER BY model_id, layer, space, task;
