@@ -50,8 +50,7 @@ def _replace(con: duckdb.DuckDBPyConnection, *, subject: str, what: str, run_id:
     where = " AND ".join(f"{store.quote_identifier(c)} = ?" for c in key)
     old = [r[0] for r in con.execute("SELECT run_id FROM analysis_runs WHERE subject = ? AND "
                                      "what = ?", [subject, what]).fetchall()]
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with store.transaction(con):
         for name in tables:
             con.execute(f"DELETE FROM {store.quote_identifier(name)} WHERE {where}",
                         list(key.values()))
@@ -59,13 +58,9 @@ def _replace(con: duckdb.DuckDBPyConnection, *, subject: str, what: str, run_id:
             con.execute("DELETE FROM analysis_runs WHERE run_id = ?", [run])
         con.execute("INSERT INTO analysis_runs VALUES (?, ?, ?, ?, ?, ?)",
                     [run_id, subject, what, json.dumps(settings.__dict__), seconds,
-                     store._now()])
+                     store.utc_now()])
         for name, table in tables.items():
-            store._insert(con, name, table)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+            store.insert_table(con, name, table)
 
 
 def galaxy(con: duckdb.DuckDBPyConnection, sae_id: str, settings: AnalysisSettings) -> dict:

@@ -107,12 +107,9 @@ class FeatureIndex:
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         k = min(k, len(self.ids))
         use_exact = self.meta.kind == "flat" if exact is None else exact
-        if use_exact and len(q) <= BLAS_MAX_QUERIES:
+        if use_exact and (len(q) <= BLAS_MAX_QUERIES or self.meta.kind != "flat"):
             return blas_topk(self.vectors, q, k, self.ids)
-        if use_exact and self.meta.kind != "flat":
-            return blas_topk(self.vectors, q, k, self.ids)
-        scores, ids = self.index.search(q, k)
-        return scores, ids
+        return self.index.search(q, k)
 
     def recall_at_10(self, *, n_queries: int = 200, seed: int = 0) -> float:
         """Recall@10 of this index against exact search, on stored vectors as queries."""

@@ -75,7 +75,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
         con.execute("BEGIN")
         con.execute(text)
         con.execute(f"INSERT OR REPLACE INTO {MIGRATIONS_TABLE} VALUES (?, ?, ?)",
-                    [name, checksum, _now()])
+                    [name, checksum, utc_now()])
         con.execute("COMMIT")
         applied.append(name)
         log.info("applied %s", name)
@@ -90,7 +90,7 @@ def _check_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
                          f"`atlas build --db {path}`")
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -142,14 +142,14 @@ def write_corpus(con: duckdb.DuckDBPyConnection, *, corpus: dict, documents: pa.
                  blocks: pa.Table) -> None:
     """Replace a corpus (its row, documents and blocks) in one transaction."""
     cid = corpus["corpus_id"]
-    with _transaction(con):
+    with transaction(con):
         for table in ("blocks", "documents", "corpora"):
             con.execute(f"DELETE FROM {table} WHERE corpus_id = ?", [cid])
         con.execute("INSERT INTO corpora VALUES (?, ?, ?, ?, ?, ?)",
                     [cid, corpus["name"], corpus["model_id"], corpus["n_blocks"],
                      corpus["block_size"], corpus["n_tokens"]])
-        _insert(con, "documents", documents)
-        _insert(con, "blocks", blocks)
+        insert_table(con, "documents", documents)
+        insert_table(con, "blocks", blocks)
 
 
 def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: HarvestTables, *,
@@ -161,7 +161,7 @@ def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: Harves
     Args:
         on_table: called with each table's name after it is written (progress reporting).
     """
-    with _transaction(con):
+    with transaction(con):
         con.execute("DELETE FROM harvests WHERE sae_id = ?", [sae.sae_id])
         for table in HARVEST_TABLES:
             con.execute(f"DELETE FROM {table} WHERE sae_id = ?", [sae.sae_id])
@@ -171,14 +171,16 @@ def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: Harves
         h = tables.harvest
         con.execute("INSERT INTO harvests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [h["harvest_id"], sae.sae_id, h["corpus"], h["n_tokens"], h["n_blocks"],
-                     h["block_size"], h["threshold"], json.dumps(h["config"]), _now()])
+                     h["block_size"], h["threshold"], json.dumps(h["config"]), utc_now()])
         for table in HARVEST_TABLES:
-            _insert(con, table, getattr(tables, table))
+            insert_table(con, table, getattr(tables, table))
             if on_table:
                 on_table(table)
 
 
-class _transaction:
+class transaction:
+    """Context manager: BEGIN, then COMMIT on success or ROLLBACK on any exception."""
+
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self.con = con
 
@@ -190,7 +192,7 @@ class _transaction:
         return False
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+def insert_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
     con.register("_atlas_rows", data)
     try:
         cols = ", ".join(quote_identifier(c) for c in data.column_names)
