@@ -143,9 +143,14 @@ def lobes(con: duckdb.DuckDBPyConnection, sae_id: str, settings: AnalysisSetting
         "k": np.repeat([k for _, _, k, _ in cluster_rows], n).astype(np.int32),
         "feature": np.tile(keep, len(cluster_rows)).astype(np.int32),
         "cluster": np.concatenate([lab for *_, lab in cluster_rows]).astype(np.int32)})
+    method, xy = lb.feature_map(store.load_decoders(con, sae_id), seed=settings.seed)
+    layout = pa.table({"run_id": [run] * len(xy), "sae_id": [sae_id] * len(xy),
+                       "method": [method] * len(xy), "feature": np.arange(len(xy), dtype=np.int32),
+                       "x": xy[:, 0], "y": xy[:, 1]})
     _replace(con, subject=sae_id, what="lobes", run_id=run, settings=settings,
              seconds=time.perf_counter() - t0,
-             tables={"clusters": clusters, "lobe_tests": pa.Table.from_pylist(tests)},
+             tables={"clusters": clusters, "lobe_tests": pa.Table.from_pylist(tests),
+                     "feature_maps": layout},
              key={"sae_id": sae_id})
     return tests
 
@@ -177,15 +182,26 @@ def crystals(con: duckdb.DuckDBPyConnection, lm, layer: int, settings: AnalysisS
     if sae is not None:
         with torch.no_grad():
             codes = sae.encode(torch.from_numpy(wv.vectors).to(sae.W_dec.device)).cpu().numpy()
+        # Only features active on some task word carry information here; dropping the rest
+        # keeps LDA's covariance small (a few hundred dimensions instead of d_sae).
+        codes = codes[:, np.abs(codes).sum(0) > 0]
         spaces[sae_id] = dict(zip(words, codes.astype(np.float64)))
     token_counts = {w: len(p) for w, p in zip(words, wv.pieces)}
     subject = f"{lm.model_id}/L{layer}"
     run = _run_id(subject, "crystals", settings)
-    task_rows, crystal_rows, distractor_rows = [], [], []
+    task_rows, crystal_rows, distractor_rows, point_rows = [], [], [], []
     for space, vectors in spaces.items():
         removal = cr.remove_distractors(vectors, tasks, token_counts=token_counts,
                                         seed=settings.seed)
         for task, pairs in tasks.items():
+            before = cr.task_layout(vectors, pairs)
+            after = cr.task_layout(vectors, pairs, removal.projection)
+            for n, (word, side) in enumerate((w, s) for p in pairs for w, s in zip(p, "ab")):
+                point_rows.append({"run_id": run, "model_id": lm.model_id, "layer": layer,
+                                   "space": space, "task": task, "pair": n // 2, "side": side,
+                                   "word": word, "x_before": before[n, 0],
+                                   "y_before": before[n, 1], "x_after": after[n, 0],
+                                   "y_after": after[n, 1]})
             a = np.stack([vectors[p[0]] for p in pairs])
             b = np.stack([vectors[p[1]] for p in pairs])
             task_rows.append({"run_id": run, "model_id": lm.model_id, "layer": layer,
@@ -208,7 +224,8 @@ def crystals(con: duckdb.DuckDBPyConnection, lm, layer: int, settings: AnalysisS
              seconds=time.perf_counter() - t0,
              tables={"crystal_tasks": pa.Table.from_pylist(task_rows),
                      "crystals": pa.Table.from_pylist(crystal_rows),
-                     "distractors": pa.Table.from_pylist(distractor_rows)},
+                     "distractors": pa.Table.from_pylist(distractor_rows),
+                     "crystal_points": pa.Table.from_pylist(point_rows)},
              key={"model_id": lm.model_id, "layer": layer})
     return task_rows
 

@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="co-occurrence affinities: phi, jaccard, dice, overlap, smc")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("app", help="open the Streamlit app on the atlas (read-only)")
+    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
+    p.add_argument("--port", type=int, default=8501)
+
     p = sub.add_parser("index", help="build (or refresh) the FAISS index of every SAE")
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
     p.add_argument("--kind", choices=["auto", "flat", "hnsw", "ivf"], default="auto")
@@ -313,6 +317,28 @@ def _model_and_saes(con):
     return lm, saes
 
 
+def app_file() -> Path:
+    """The Streamlit entry point (app/ beside the package in a checkout)."""
+    path = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+    if not path.exists():
+        raise AtlasError(f"the app is not at {path}; run `atlas app` from a checkout of the "
+                         "project (pip install -e .)")
+    return path
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from atlas.readonly import open_readonly
+
+    open_readonly(args.db).close()  # a clear error now rather than in the browser
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file()), "--server.headless",
+           "true", "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
+           "--", "--db", str(args.db.resolve())]
+    print(f"Feature Atlas on http://localhost:{args.port}  (Ctrl+C stops it)")
+    return subprocess.call(cmd)
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from atlas import query
     from atlas.readonly import open_readonly
@@ -336,7 +362,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
             "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index,
-            "analyze": cmd_analyze}
+            "analyze": cmd_analyze, "app": cmd_app}
 
 
 def main(argv: list[str] | None = None) -> int:

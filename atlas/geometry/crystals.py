@@ -128,6 +128,8 @@ class DistractorRemoval:
     characters."""
     token_corr: float | None
     """The same with their length in tokens, when token counts are given."""
+    projection: np.ndarray
+    """(d, n_signal) matrix onto LDA's signal directions."""
 
 
 def remove_distractors(vectors: dict[str, np.ndarray], tasks: dict[str, list[tuple[str, str]]],
@@ -169,7 +171,20 @@ def remove_distractors(vectors: dict[str, np.ndarray], tasks: dict[str, list[tup
     if token_counts:
         token_corr = float(abs(np.corrcoef(proj, [token_counts[w] for w in all_words])[0, 1]))
     return DistractorRemoval(sil_before, sil_after, acc_before, acc_after, direction,
-                             length_corr, token_corr)
+                             length_corr, token_corr, project)
+
+
+def task_layout(vectors: dict[str, np.ndarray], pairs: list[tuple[str, str]],
+                projection: np.ndarray | None = None) -> np.ndarray:
+    """2-D PCA coordinates of a task's words (a-side then b-side per pair), optionally after
+    projecting onto LDA's signal directions: the picture of its parallelograms."""
+    from sklearn.decomposition import PCA
+
+    words = [w for pair in pairs for w in pair]
+    x = np.stack([vectors[w] for w in words])
+    if projection is not None:
+        x = x @ projection
+    return PCA(n_components=2, random_state=0).fit_transform(x - x.mean(0))
 
 
 def _class_points(vectors, tasks) -> tuple[np.ndarray, np.ndarray]:

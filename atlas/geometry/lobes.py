@@ -145,3 +145,19 @@ def lobe_predictability(vectors: Float[np.ndarray, "n d"], labels: Int[np.ndarra
     rand = rng.standard_normal(vectors.shape)
     rand /= np.linalg.norm(rand, axis=1, keepdims=True)
     return Predictability(score(vectors), score(rand), 1.0 / len(np.unique(labels)))
+
+
+def feature_map(vectors: Float[np.ndarray, "n d"], *, seed: int = 0,
+                tsne_max: int = 10_000) -> tuple[str, Float[np.ndarray, "n 2"]]:
+    """A 2-D layout of decoder directions for the lobe map: t-SNE on cosine distance up to
+    `tsne_max` features (after a 50-component PCA), PCA above that."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    u = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    if len(u) > tsne_max or len(u) < 10:
+        return "pca", PCA(n_components=2, random_state=seed).fit_transform(u)
+    reduced = PCA(n_components=min(50, u.shape[1], len(u)), random_state=seed).fit_transform(u)
+    tsne = TSNE(n_components=2, perplexity=min(30.0, (len(u) - 1) / 3), init="pca",
+                random_state=seed, metric="cosine")
+    return "tsne", tsne.fit_transform(reduced)

@@ -1,0 +1,341 @@
+"""The Feature Atlas app: `atlas app --db atlas.duckdb` (or ATLAS_DB=... streamlit run this).
+
+Pages render only: every number comes from an `atlas.dashboard` query whose SQL is shown
+beside it. The database is opened read-only with external access locked off.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import sys
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from atlas import dashboard as q
+from atlas.errors import AtlasError
+
+PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "SQL")
+
+
+def db_path() -> Path:
+    """--db after `--` on the streamlit command line, else $ATLAS_DB, else atlas.duckdb."""
+    args = sys.argv[1:]
+    if "--db" in args and args.index("--db") + 1 < len(args):
+        return Path(args[args.index("--db") + 1])
+    return Path(os.environ.get("ATLAS_DB", "atlas.duckdb"))
+
+
+@st.cache_resource
+def connection(path: str):
+    from atlas.readonly import open_readonly
+
+    return open_readonly(path)
+
+
+@st.cache_resource
+def feature_index(path: str, sae_id: str):
+    from atlas import query
+
+    return query.open_index(connection(path), Path(path), sae_id)
+
+
+@st.cache_data(show_spinner=False)
+def cached(path: str, name: str, *args) -> q.Shown:
+    return getattr(q, name)(connection(path), *args)
+
+
+def show_sql(shown: q.Shown) -> None:
+    with st.expander("SQL"):
+        st.code(shown.sql, language="sql")
+
+
+def missing(what: str, how: str) -> None:
+    st.info(f"This atlas has no {what} yet. Run `{how}` to compute it.")
+
+
+def page_overview(db: str) -> None:
+    st.header("Overview")
+    parts = cached(db, "overview")
+    models, corpora, saes = parts["models"].frame, parts["corpora"].frame, parts["saes"].frame
+    cols = st.columns(4)
+    cols[0].metric("model", models["model_id"].iloc[0] if len(models) else "-")
+    cols[1].metric("SAEs", len(saes))
+    cols[2].metric("tokens", f"{int(corpora['n_tokens'].sum()):,}" if len(corpora) else "-")
+    cols[3].metric("blocks", f"{int(corpora['n_blocks'].sum()):,}" if len(corpora) else "-")
+    st.subheader("SAEs and their quality")
+    st.dataframe(saes, hide_index=True)
+    show_sql(parts["saes"])
+    st.subheader("Model and corpus")
+    st.dataframe(models, hide_index=True)
+    st.dataframe(corpora, hide_index=True)
+    st.dataframe(parts["sources"].frame, hide_index=True)
+    show_sql(parts["corpora"])
+    if len(parts["config"].frame):
+        with st.expander("Build parameters"):
+            st.json(parts["config"].frame["config"].iloc[0])
+
+
+def choose_sae(db: str, key: str) -> str:
+    ids = q.sae_ids(connection(db))
+    return st.selectbox("SAE", ids, key=key)
+
+
+def highlight(context: str, start: int, token: str) -> str:
+    before, after = context[:start], context[start + len(token):]
+    return (f"{html.escape(before)}<mark><b>{html.escape(token)}</b></mark>"
+            f"{html.escape(after)}").replace("\n", "⏎ ")
+
+
+def page_feature(db: str) -> None:
+    st.header("Feature")
+    sae = choose_sae(db, "feature_sae")
+    how = st.radio("find by", ["id", "top token", "text in examples"], horizontal=True)
+    if how == "id":
+        feature = int(st.number_input("feature id", min_value=0, value=0, step=1))
+    else:
+        needle = st.text_input("top token" if how == "top token" else "text", value="the")
+        found = cached(db, "find_features", sae, *((needle, None) if how == "top token"
+                                                    else (None, needle)))
+        st.dataframe(found.frame, hide_index=True)
+        show_sql(found)
+        if not len(found.frame):
+            st.warning("No feature matches; try another token or text.")
+            return
+        feature = int(st.selectbox("feature", found.frame["feature"].tolist()))
+    card = cached(db, "feature_card", sae, feature)
+    if not len(card.frame):
+        st.warning(f"Feature {feature} does not exist in {sae}.")
+        return
+    row = card.frame.iloc[0]
+    st.subheader(f"#{feature} · {row['label']}")
+    cols = st.columns(4)
+    cols[0].metric("fires on tokens", f"{int(row['firing_count']):,}")
+    cols[1].metric("firing rate", f"{row['firing_rate']:.4f}")
+    cols[2].metric("blocks", f"{int(row['block_count']):,}")
+    cols[3].metric("code share", "-" if pd.isna(row["code_share"]) else f"{row['code_share']:.2f}")
+    show_sql(card)
+    ex = cached(db, "examples", sae, feature)
+    st.subheader("Top examples")
+    st.markdown("<br>".join(f"<code>{r.act:.2f}</code> [{r.source}] "
+                            f"{highlight(r.context, r.token_start, r.token)}"
+                            for r in ex.frame.itertuples()), unsafe_allow_html=True)
+    show_sql(ex)
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Nearest features")
+        target = st.selectbox("in SAE", q.sae_ids(connection(db)),
+                              index=q.sae_ids(connection(db)).index(sae), key="nn_target")
+        from atlas import query
+
+        hits = query.neighbors(connection(db), feature_index(db, sae), feature, 10,
+                               target=feature_index(db, target))
+        st.dataframe(pd.DataFrame([h.__dict__ for h in hits]).drop(columns="sae_id"),
+                     hide_index=True)
+        st.caption("Cosine of unit decoder directions, from the FAISS index of the SAE.")
+    with right:
+        st.subheader("Co-occurring features")
+        metric = st.selectbox("affinity", ["phi", "jaccard", "dice", "overlap", "smc"])
+        co = cached(db, "cooccurring", sae, feature, metric)
+        st.dataframe(co.frame, hide_index=True)
+        show_sql(co)
+    lobes = cached(db, "feature_lobes", sae, feature)
+    st.subheader("Its lobes")
+    if len(lobes.frame):
+        st.dataframe(lobes.frame, hide_index=True)
+        show_sql(lobes)
+    else:
+        missing("lobes", "atlas analyze --what lobes")
+
+
+def page_analogy(db: str) -> None:
+    st.header("Analogy: b − a + c")
+    sae = choose_sae(db, "analogy_sae")
+    cols = st.columns(3)
+    a = int(cols[0].number_input("a (feature)", min_value=0, value=0))
+    b = int(cols[1].number_input("b (feature)", min_value=0, value=1))
+    c = int(cols[2].number_input("c (feature)", min_value=0, value=2))
+    k = st.slider("results", 5, 30, 10)
+    from atlas import query
+
+    try:
+        hits = query.analogy(connection(db), feature_index(db, sae), a, b, c, k)
+    except AtlasError as exc:
+        st.error(str(exc))
+        return
+    frame = pd.DataFrame([h.__dict__ for h in hits]).drop(columns="sae_id")
+    st.dataframe(frame, hide_index=True)
+    st.altair_chart(alt.Chart(frame).mark_bar().encode(
+        x=alt.X("cosine:Q"), y=alt.Y("feature:N", sort="-x"), tooltip=["feature", "label",
+                                                                       "cosine"]))
+    st.caption("Nearest unit decoder directions to vec(b) − vec(a) + vec(c), inputs excluded. "
+               "Word analogies: `atlas analogy --layer L --words man woman king`.")
+
+
+def page_lobes(db: str) -> None:
+    st.header("Lobes")
+    con = connection(db)
+    if not q.has_rows(con, "clusters"):
+        missing("lobes", "atlas analyze --what lobes")
+        return
+    sae = choose_sae(db, "lobes_sae")
+    choices = cached(db, "lobe_choices", sae).frame
+    if not len(choices):
+        missing(f"lobes for {sae}", "atlas analyze --what lobes")
+        return
+    cols = st.columns(3)
+    metric = cols[0].selectbox("affinity", sorted(choices["metric"].unique()))
+    k = int(cols[1].selectbox("k", sorted(choices[choices.metric == metric]["k"].unique())))
+    colour = cols[2].radio("colour by", ["co-occurrence lobe", "geometric cluster"])
+    method, by = (("cooccurrence", metric) if colour == "co-occurrence lobe"
+                  else ("geometry", "angular"))
+    points = cached(db, "lobe_map", sae, method, by, k)
+    if len(points.frame):
+        st.altair_chart(alt.Chart(points.frame).mark_circle(size=18, opacity=0.7).encode(
+            x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None),
+            color=alt.Color("cluster:N"), tooltip=["feature", "label", "cluster"]
+        ).properties(height=480).interactive())
+        show_sql(points)
+    else:
+        missing("2-D map", "atlas analyze --what lobes")
+    tests = cached(db, "lobe_tests", sae, metric, k).frame
+    if len(tests):
+        t = tests.iloc[0]
+        cols = st.columns(3)
+        cols[0].metric("AMI lobes vs geometry", f"{t['ami']:.3f}",
+                       f"z = {t['ami_z']:.1f} vs {int(t['n_permutations'])} shuffles")
+        cols[1].metric("lobe from decoder (bal. acc.)", f"{t['logreg_accuracy']:.2f}",
+                       f"{t['logreg_accuracy'] - t['logreg_random_accuracy']:+.2f} vs random")
+        cols[2].metric("chance", f"{t['chance']:.2f}")
+        show_sql(cached(db, "lobe_tests", sae, metric, k))
+    table = cached(db, "lobe_table", sae, metric, k)
+    st.subheader("Composition")
+    st.dataframe(table.frame, hide_index=True)
+    show_sql(table)
+
+
+def page_crystals(db: str) -> None:
+    st.header("Crystals")
+    con = connection(db)
+    if not q.has_rows(con, "crystal_tasks"):
+        missing("crystals", "atlas analyze --what crystals")
+        return
+    layers = cached(db, "crystal_layers").frame
+    cols = st.columns(2)
+    layer = int(cols[0].selectbox("layer", sorted(layers["layer"].unique())))
+    space = cols[1].selectbox("space", layers[layers.layer == layer]["space"].tolist())
+    quality = cached(db, "crystal_quality", layer, space)
+    st.dataframe(quality.frame, hide_index=True)
+    show_sql(quality)
+    task = st.selectbox("task", quality.frame["task"].tolist())
+    pts = cached(db, "crystal_points", layer, space, task)
+    if len(pts.frame):
+        charts = []
+        for when in ("before", "after"):
+            frame = pts.frame.rename(columns={f"x_{when}": "x", f"y_{when}": "y"})
+            base = alt.Chart(frame).encode(x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None))
+            lines = base.mark_line(opacity=0.4).encode(detail="pair:N")
+            dots = base.mark_circle(size=50).encode(color="side:N", tooltip=["word", "pair"])
+            text = base.mark_text(dy=-8, fontSize=9).encode(text="word")
+            charts.append((lines + dots + text).properties(
+                title=f"{when} LDA distractor removal", width=340, height=340))
+        st.altair_chart(alt.hconcat(*charts))
+        show_sql(pts)
+    found = cached(db, "found_crystals", layer, space)
+    st.subheader("Crystals found by clustering pair differences")
+    st.dataframe(found.frame, hide_index=True)
+    show_sql(found)
+
+
+def page_galaxy(db: str) -> None:
+    st.header("Galaxy")
+    con = connection(db)
+    if not q.has_rows(con, "spectra"):
+        missing("galaxy analysis", "atlas analyze --what galaxy")
+        return
+    spectra = cached(db, "spectra")
+    fits = cached(db, "layer_spectra")
+    chart = alt.Chart(spectra.frame).mark_line().encode(
+        x=alt.X("rank:Q", scale=alt.Scale(type="log")),
+        y=alt.Y("eigenvalue:Q", scale=alt.Scale(type="log")),
+        color="layer:N", strokeDash="cloud:N", tooltip=["layer", "cloud", "rank", "eigenvalue"])
+    st.subheader("Eigenvalue spectra (log-log), decoders vs a Gaussian cloud of equal size")
+    st.altair_chart(chart.properties(height=360).interactive())
+    show_sql(spectra)
+    cols = st.columns(3)
+    with cols[0]:
+        st.subheader("Power-law slope")
+        long = fits.frame.melt(id_vars="layer", value_vars=["slope", "gaussian_slope"])
+        st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
+            x="layer:O", y="value:Q", color="variable:N"))
+        show_sql(fits)
+    with cols[1]:
+        st.subheader("Clustering entropy")
+        ent = cached(db, "entropy")
+        base = alt.Chart(ent.frame).encode(x="layer:O")
+        st.altair_chart(base.mark_line(point=True).encode(y="entropy_gap:Q") +
+                        base.mark_errorbar().encode(
+                            y=alt.Y("lo:Q", title="H_gauss - H_kNN"), y2="hi:Q"
+                        ).transform_calculate(lo="datum.entropy_gap - datum.entropy_stderr",
+                                              hi="datum.entropy_gap + datum.entropy_stderr"))
+        show_sql(ent)
+    with cols[2]:
+        st.subheader("Cosine tail mass")
+        tails = cached(db, "tails")
+        long = tails.frame.melt(id_vars="layer", value_vars=["tail_mass", "random_tail_mass"])
+        st.altair_chart(alt.Chart(long).mark_line(point=True).encode(
+            x="layer:O", y="value:Q", color="variable:N"))
+        show_sql(tails)
+    st.dataframe(fits.frame, hide_index=True)
+
+
+def page_sql(db: str) -> None:
+    st.header("SQL")
+    con = connection(db)
+    st.caption("Read-only: one SELECT at a time; files, ATTACH and extensions are refused. "
+               "The same queries run with `atlas sql --db ... \"SELECT ...\"`.")
+    with st.expander("Views"):
+        st.write(", ".join(q.view_names(con)))
+    example = st.selectbox("example", list(q.EXAMPLE_QUERIES))
+    sql = st.text_area("query", value=q.EXAMPLE_QUERIES[example], height=120)
+    try:
+        result = q.run(con, sql)
+    except AtlasError as exc:
+        st.error(str(exc))
+        return
+    except Exception as exc:  # a query error from DuckDB, shown as text
+        st.error(f"query failed: {str(exc).splitlines()[0]}")
+        return
+    st.dataframe(result.frame, hide_index=True)
+    st.download_button("CSV", result.frame.to_csv(index=False), "atlas.csv", "text/csv")
+    import io
+
+    buf = io.BytesIO()
+    result.frame.to_parquet(buf)
+    st.download_button("Parquet", buf.getvalue(), "atlas.parquet")
+
+
+RENDER = {"Overview": page_overview, "Feature": page_feature, "Analogy": page_analogy,
+          "Lobes": page_lobes, "Crystals": page_crystals, "Galaxy": page_galaxy,
+          "SQL": page_sql}
+
+
+def main() -> None:
+    st.set_page_config(page_title="Feature Atlas", layout="wide")
+    path = db_path()
+    try:
+        connection(str(path))
+    except AtlasError as exc:
+        st.error(str(exc))
+        return
+    wanted = st.query_params.get("page", "Overview")
+    page = st.sidebar.radio("Feature Atlas", PAGES,
+                            index=PAGES.index(wanted) if wanted in PAGES else 0)
+    st.sidebar.caption(f"{path}")
+    RENDER[page](str(path))
+
+
+main()

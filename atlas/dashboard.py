@@ -1,0 +1,212 @@
+"""The queries behind the app's charts and tables.
+
+Each function returns the SQL it ran (literal, so it can be pasted into the SQL page or
+`atlas sql` as is) with its result. Values enter the SQL only through `literal`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from atlas.readonly import check_query
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A query and its result."""
+
+    sql: str
+    frame: pd.DataFrame
+
+
+def literal(value: object) -> str:
+    """An SQL literal for a string, number or None."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def run(con: duckdb.DuckDBPyConnection, sql: str) -> Shown:
+    """Run one read-only query on its own cursor (safe across the app's threads)."""
+    check_query(con, sql)
+    with con.cursor() as cur:
+        return Shown(sql.strip(), cur.sql(sql).df())
+
+
+def has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether a table or view exists and holds rows."""
+    with con.cursor() as cur:
+        exists = cur.execute("SELECT count(*) FROM information_schema.tables WHERE "
+                             "table_name = ?", [table]).fetchone()[0]
+        return bool(exists) and cur.execute(f'SELECT count(*) > 0 FROM "{table}"').fetchone()[0]
+
+
+def overview(con) -> dict[str, Shown]:
+    return {
+        "models": run(con, "SELECT * FROM models ORDER BY model_id"),
+        "corpora": run(con, "SELECT c.*, (SELECT count(*) FROM documents d WHERE d.corpus_id = "
+                            "c.corpus_id) AS documents FROM corpora c"),
+        "sources": run(con, "SELECT corpus_id, source, count(*) AS blocks FROM blocks "
+                            "GROUP BY ALL ORDER BY ALL"),
+        "saes": run(con, "SELECT sae_id, layer, d_sae, k, round(l0, 1) AS l0, "
+                         "round(explained_variance, 3) AS explained_variance, "
+                         "round(dead_fraction, 4) AS dead_fraction, live_features, n_tokens, "
+                         "n_blocks, threshold FROM sae_overview"),
+        "config": run(con, "SELECT sae_id, config FROM harvests ORDER BY sae_id LIMIT 1"),
+    }
+
+
+def sae_ids(con) -> list[str]:
+    return run(con, "SELECT sae_id FROM saes ORDER BY layer, sae_id").frame["sae_id"].tolist()
+
+
+def find_features(con, sae_id: str, token: str | None = None, text: str | None = None,
+                  limit: int = 50) -> Shown:
+    """Features whose top tokens include `token`, or whose examples contain `text`."""
+    if token:
+        where = (f"list_contains(list_transform(top_tokens, lambda t: trim(t)), "
+                 f"{literal(token.strip())})")
+    elif text:
+        where = (f"feature IN (SELECT feature FROM examples WHERE sae_id = {literal(sae_id)} "
+                 f"AND context ILIKE {literal('%' + text + '%')})")
+    else:
+        where = "TRUE"
+    return run(con, f"""
+SELECT feature, label, firing_count, block_count, round(max_act, 2) AS max_act
+FROM features WHERE sae_id = {literal(sae_id)} AND {where}
+ORDER BY firing_count DESC LIMIT {int(limit)}""")
+
+
+def feature_card(con, sae_id: str, feature: int) -> Shown:
+    return run(con, f"""
+SELECT c.*, s.code_share
+FROM feature_cards c LEFT JOIN feature_sources s USING (sae_id, feature)
+WHERE c.sae_id = {literal(sae_id)} AND c.feature = {int(feature)}""")
+
+
+def examples(con, sae_id: str, feature: int) -> Shown:
+    return run(con, f"""
+SELECT rank, round(act, 3) AS act, token, context, token_start, b.source
+FROM examples e JOIN harvests h USING (sae_id)
+JOIN blocks b ON b.corpus_id = h.corpus AND b.block_id = e.block_id
+WHERE e.sae_id = {literal(sae_id)} AND e.feature = {int(feature)} ORDER BY rank""")
+
+
+def cooccurring(con, sae_id: str, feature: int, metric: str, limit: int = 15) -> Shown:
+    if metric not in ("phi", "jaccard", "dice", "overlap", "smc"):
+        raise ValueError(metric)
+    f = int(feature)
+    return run(con, f"""
+SELECT CASE WHEN a.i = {f} THEN a.j ELSE a.i END AS feature, x.label, a.n_ij,
+       round(a.{metric}, 4) AS {metric}
+FROM affinity a
+JOIN features x ON x.sae_id = a.sae_id AND x.feature = CASE WHEN a.i = {f} THEN a.j ELSE a.i END
+WHERE a.sae_id = {literal(sae_id)} AND (a.i = {f} OR a.j = {f})
+ORDER BY a.{metric} DESC NULLS LAST LIMIT {int(limit)}""")
+
+
+def feature_lobes(con, sae_id: str, feature: int) -> Shown:
+    return run(con, f"""
+SELECT method, metric, k, cluster FROM clusters
+WHERE sae_id = {literal(sae_id)} AND feature = {int(feature)} ORDER BY method, metric, k""")
+
+
+def lobe_map(con, sae_id: str, method: str, metric: str, k: int) -> Shown:
+    return run(con, f"""
+SELECT m.feature, m.x, m.y, c.cluster, f.label, f.firing_count
+FROM feature_maps m
+JOIN clusters c ON c.sae_id = m.sae_id AND c.feature = m.feature
+JOIN features f ON f.sae_id = m.sae_id AND f.feature = m.feature
+WHERE m.sae_id = {literal(sae_id)} AND c.method = {literal(method)}
+  AND c.metric = {literal(metric)} AND c.k = {int(k)}""")
+
+
+def lobe_choices(con, sae_id: str) -> Shown:
+    return run(con, f"""
+SELECT DISTINCT metric, k FROM clusters
+WHERE sae_id = {literal(sae_id)} AND method = 'cooccurrence' ORDER BY metric, k""")
+
+
+def lobe_tests(con, sae_id: str, metric: str, k: int) -> Shown:
+    return run(con, f"""
+SELECT ami, ami_null_mean, ami_null_std, ami_z, n_permutations, logreg_accuracy,
+       logreg_random_accuracy, chance, n_features
+FROM lobe_modularity WHERE sae_id = {literal(sae_id)} AND metric = {literal(metric)}
+  AND k = {int(k)}""")
+
+
+def lobe_table(con, sae_id: str, metric: str, k: int) -> Shown:
+    return run(con, f"""
+SELECT cluster, n_features, round(code_share, 3) AS code_share, top_labels
+FROM lobes WHERE sae_id = {literal(sae_id)} AND metric = {literal(metric)} AND k = {int(k)}
+ORDER BY code_share DESC""")
+
+
+def spectra(con) -> Shown:
+    return run(con, """
+SELECT s.layer, sp.sae_id, sp.cloud, sp.rank, sp.eigenvalue
+FROM spectra sp JOIN saes s USING (sae_id) WHERE sp.eigenvalue > 0
+ORDER BY s.layer, sp.cloud, sp.rank""")
+
+
+def layer_spectra(con) -> Shown:
+    return run(con, "SELECT layer, sae_id, slope, r2, gaussian_slope, rank_lo, rank_hi "
+                    "FROM layer_spectra")
+
+
+def entropy(con) -> Shown:
+    return run(con, "SELECT layer, sae_id, entropy_gap, entropy_stderr FROM clustering_entropy")
+
+
+def tails(con) -> Shown:
+    return run(con, "SELECT layer, sae_id, tail_mass, random_tail_mass, ratio FROM cosine_tails")
+
+
+def crystal_layers(con) -> Shown:
+    return run(con, "SELECT DISTINCT layer, space FROM crystal_quality ORDER BY layer, space")
+
+
+def crystal_quality(con, layer: int, space: str) -> Shown:
+    return run(con, f"""
+SELECT task, n_pairs, round(parallelogram_quality, 3) AS parallelogram_quality,
+       round(accuracy_before, 3) AS accuracy_before, round(accuracy_after, 3) AS accuracy_after,
+       round(lda_gain, 3) AS lda_gain
+FROM crystal_quality WHERE layer = {int(layer)} AND space = {literal(space)} ORDER BY task""")
+
+
+def crystal_points(con, layer: int, space: str, task: str) -> Shown:
+    return run(con, f"""
+SELECT word, side, pair, x_before, y_before, x_after, y_after FROM crystal_points
+WHERE layer = {int(layer)} AND space = {literal(space)} AND task = {literal(task)}
+ORDER BY pair, side""")
+
+
+def found_crystals(con, layer: int, space: str, limit: int = 20) -> Shown:
+    return run(con, f"""
+SELECT a, b, c, d, round(parallelogram_error, 3) AS parallelogram_error,
+       round(trapezoid_error, 3) AS trapezoid_error
+FROM crystals WHERE layer = {int(layer)} AND space = {literal(space)}
+ORDER BY parallelogram_error LIMIT {int(limit)}""")
+
+
+def view_names(con) -> list[str]:
+    return run(con, "SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW' "
+                    "ORDER BY 1").frame["table_name"].tolist()
+
+
+EXAMPLE_QUERIES = {
+    "SAE quality": "SELECT * FROM sae_overview",
+    "Power-law slope per layer": "SELECT layer, slope, gaussian_slope, r2 FROM layer_spectra",
+    "Most code-heavy lobes": "SELECT * FROM lobes WHERE k = 4 ORDER BY code_share DESC LIMIT 5",
+    "Spatial modularity": "SELECT layer, metric, k, ami, ami_z, logreg_accuracy FROM "
+                          "lobe_modularity",
+    "Strongest co-firing pairs": "SELECT * FROM affinity ORDER BY phi DESC LIMIT 20",
+    "Analogy quality": "SELECT * FROM crystal_quality",
+}

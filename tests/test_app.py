@@ -1,0 +1,112 @@
+"""Every page of the app under Streamlit's AppTest, on the tiny atlas."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).parent.parent / "app" / "streamlit_app.py")
+
+
+@pytest.fixture
+def app(tiny_atlas, monkeypatch):
+    monkeypatch.setenv("ATLAS_DB", str(tiny_atlas[0].db))
+
+    def open_page(page: str) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params["page"] = page
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+    return open_page
+
+
+def test_overview_shows_model_and_sae_quality(app, tiny_atlas):
+    at = app("Overview")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["model"] == "tiny-random-llama" and metrics["SAEs"] == "2"
+    saes = at.dataframe[0].value
+    assert list(saes["sae_id"]) == list(tiny_atlas[1].sae_ids)
+    assert {"l0", "explained_variance", "dead_fraction"} <= set(saes.columns)
+    assert any("FROM sae_overview" in c.value for c in at.code)
+
+
+def test_feature_page_by_id_and_by_token(app):
+    at = app("Feature")
+    assert at.subheader[0].value.startswith("#0")
+    first = at.metric[0].value
+    at.number_input[0].set_value(5).run()
+    assert at.subheader[0].value.startswith("#5") and not at.exception
+    next(r for r in at.radio if r.label == "find by").set_value("top token").run()
+    assert not at.exception and len(at.dataframe) >= 1
+    assert first is not None
+
+
+def test_feature_affinity_selector_changes_the_table(app):
+    at = app("Feature")
+    select = next(s for s in at.selectbox if s.label == "affinity")
+    before = [c.value for c in at.code]
+    select.set_value("jaccard").run()
+    after = [c.value for c in at.code]
+    assert any("jaccard" in c for c in after) and before != after
+
+
+def test_analogy_page(app):
+    at = app("Analogy")
+    assert len(at.dataframe[0].value) == 10
+    at.slider[0].set_value(5).run()
+    assert len(at.dataframe[0].value) == 5
+
+
+def test_lobes_page_metrics_and_k_selector(app):
+    at = app("Lobes")
+    labels = [m.label for m in at.metric]
+    assert "AMI lobes vs geometry" in labels and "chance" in labels
+    chance_before = next(m.value for m in at.metric if m.label == "chance")
+    k_select = next(s for s in at.selectbox if s.label == "k")
+    k_select.set_value(k_select.options[-1]).run()
+    chance_after = next(m.value for m in at.metric if m.label == "chance")
+    assert chance_before != chance_after and not at.exception
+
+
+def test_crystals_page(app):
+    at = app("Crystals")
+    assert "task" in at.dataframe[0].value.columns
+    assert not at.exception
+
+
+def test_galaxy_page(app):
+    at = app("Galaxy")
+    assert any("FROM layer_spectra" in c.value for c in at.code)
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_sql_page_runs_and_refuses(app):
+    at = app("SQL")
+    assert len(at.dataframe) == 1
+    at.text_area[0].set_value("SELECT count(*) AS n FROM features").run()
+    assert at.dataframe[0].value["n"][0] == 192
+    at.text_area[0].set_value("DROP TABLE features").run()
+    assert at.error and "refused" in at.error[0].value
+
+
+def test_an_atlas_without_analyses_explains_how_to_run_them(tmp_path, monkeypatch):
+    from atlas.builder import build
+    from tests.conftest import tiny_config
+
+    config = tiny_config(tmp_path / "bare.duckdb", analyses=())
+    build(config)
+    monkeypatch.setenv("ATLAS_DB", str(config.db))
+    for page in ("Lobes", "Crystals", "Galaxy"):
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.query_params["page"] = page
+        at.run()
+        assert not at.exception
+        assert at.info and "atlas analyze" in at.info[0].value
+
+
+def test_a_missing_database_is_an_error_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLAS_DB", str(tmp_path / "none.duckdb"))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception and "does not exist" in at.error[0].value

@@ -1,0 +1,25 @@
+"""Each page of the app in headless Chromium: it renders, and shows no Streamlit error."""
+
+import shutil
+
+import pytest
+
+from atlas.appserver import chromium, render, serve
+
+PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "SQL")
+
+pytestmark = pytest.mark.skipif(
+    chromium() is None or shutil.which("chromedriver") is None,
+    reason="Chromium/chromedriver are not installed here (scripts/test.sh installs the Debian "
+           "packages chromium and chromium-driver where apt-get can)")
+
+
+def test_every_page_renders_without_an_error(tiny_atlas, tmp_path):
+    with serve(tiny_atlas[0].db) as url:
+        for page in PAGES:
+            png = tmp_path / f"{page}.png"
+            dom = render(f"{url}/?page={page}", png=png, wait_for=page)
+            assert 'data-testid="stApp"' in dom, f"{page}: the app did not render"
+            assert 'data-testid="stException"' not in dom, f"{page}: a stack trace is shown"
+            assert "stAlertContentError" not in dom, f"{page}: an error message is shown"
+            assert png.exists() and png.stat().st_size > 10_000, f"{page}: blank screenshot"
