@@ -188,7 +188,8 @@ def page_lobes(db: str) -> None:
         return
     cols = st.columns(3)
     metric = cols[0].selectbox("affinity", sorted(choices["metric"].unique()))
-    k = int(cols[1].selectbox("k", sorted(choices[choices.metric == metric]["k"].unique())))
+    ks = sorted(choices[choices.metric == metric]["k"].unique())
+    k = int(cols[1].selectbox("k", ks, index=len(ks) - 1))
     colour = cols[2].radio("colour by", ["co-occurrence lobe", "geometric cluster"])
     method, by = (("cooccurrence", metric) if colour == "co-occurrence lobe"
                   else ("geometry", "angular"))
