@@ -8,6 +8,20 @@ from streamlit.testing.v1 import AppTest
 APP = str(Path(__file__).parent.parent / "app" / "streamlit_app.py")
 
 
+@pytest.fixture(autouse=True)
+def release_cached_connections():
+    """AppTest runs the app in this process; its cached read-only connection would keep the
+    database open with another configuration than the other tests' connections."""
+    yield
+    import gc
+
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    gc.collect()
+
+
 @pytest.fixture
 def app(tiny_atlas, monkeypatch):
     monkeypatch.setenv("ATLAS_DB", str(tiny_atlas[0].db))
