@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from atlas import pipeline, store
+from atlas import pipeline
 from atlas.config import BuildConfig
 
 log = logging.getLogger(__name__)

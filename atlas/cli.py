@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--limit", type=int, default=None, help="at most this many rows")
 
-    p = sub.add_parser("neighbors", help="features whose decoder directions are nearest a feature's")
+    p = sub.add_parser("neighbors",
+                       help="features whose decoder directions are nearest a feature's")
     _query_args(p)
     p.add_argument("feature", type=int)
     p.add_argument("--in", dest="target", help="search this SAE instead (e.g. another layer)")

@@ -247,7 +247,7 @@ def cooccurrence(block_ids: Int[np.ndarray, " m"], features: Int[np.ndarray, " m
 
 
 def top_tokens(stats: FeatureStats, *, n: int = 5) -> list[list[tuple[int, int]]]:
-    """Per feature, its `n` most frequent firing tokens as (token id, count), most frequent first."""
+    """Per feature, its `n` most frequent firing tokens as (token id, count), commonest first."""
     feats, toks, counts = stats.token_counts
     order = np.lexsort((toks, -counts, feats))
     feats, toks, counts = feats[order], toks[order], counts[order]

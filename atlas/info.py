@@ -48,9 +48,13 @@ def format_info(info: dict) -> str:
     for s in info["saes"]:
         lines.append(f"{s['sae_id']:44} {s['layer']:>5} {s['d_sae']:>6} {_num(s['l0'], 1):>6} "
                      f"{_num(s['explained_variance'], 3):>6} "
-                     f"{_num(100 * s['dead_fraction'] if s['dead_fraction'] is not None else None, 1):>5}% "
+                     f"{_num(_percent(s['dead_fraction']), 1):>5}% "
                      f"{s['live_features'] or 0:>6} {s['cooccurring_pairs']:>9,}")
     return "\n".join(lines)
+
+
+def _percent(x: float | None) -> float | None:
+    return None if x is None else 100 * x
 
 
 def _num(x: float | None, digits: int) -> str:

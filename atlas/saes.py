@@ -93,7 +93,7 @@ def check_width(sae: SAE, d_model: int, what: str) -> None:
 
 
 def norm_scale(acts: Float[torch.Tensor, "n d"]) -> float:
-    """Factor that brings the mean activation norm to sqrt(d) (SAELens 'expected_average_only_in')."""
+    """Factor bringing the mean activation norm to sqrt(d) (SAELens 'expected_average_only_in')."""
     return float(math.sqrt(acts.shape[1]) / acts.float().norm(dim=1).mean())
 
 
@@ -161,7 +161,8 @@ def _step_loss(x: torch.Tensor, p: dict[str, torch.Tensor], silent: torch.Tensor
         aux_vals, aux_idx = pre.masked_fill(~dead, -torch.inf).topk(min(s.aux_k, n_dead), dim=1)
         aux_recon = _sparse_decode(aux_vals.relu(), aux_idx, p["W_dec"])
         target = err.detach()
-        aux = (target - aux_recon).pow(2).sum(1).mean() / target.pow(2).sum(1).mean().clamp(min=1e-8)
+        scale = target.pow(2).sum(1).mean().clamp(min=1e-8)
+        aux = (target - aux_recon).pow(2).sum(1).mean() / scale
         loss = loss + s.aux_coef * aux
     return loss, idx[vals > 0].unique()
 
