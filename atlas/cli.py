@@ -104,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="co-occurrence affinities: phi, jaccard, dice, overlap, smc")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("compare", help="universality: match two SAEs' features on the same "
+                       "tokens, score SVCCA and RSA against shuffled pairings")
+    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
+    p.add_argument("--a", help="first SAE (id, unique part, or L<layer>)")
+    p.add_argument("--b", help="second SAE")
+    p.add_argument("--all-pairs", action="store_true", help="every pair of SAEs in the atlas")
+    p.add_argument("--blocks", type=int, default=64, help="blocks whose tokens are compared")
+    p.add_argument("--one-to-one", action="store_true", help="Hungarian matching, not max")
+    p.add_argument("--permutations", type=int, default=100)
+
     p = sub.add_parser("app", help="open the Streamlit app on the atlas (read-only)")
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
     p.add_argument("--port", type=int, default=8501)
@@ -318,6 +328,37 @@ def _model_and_saes(con):
     return lm, saes
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from itertools import combinations
+
+    from atlas import store
+    from atlas.compare import compare
+    from atlas.query import resolve_sae
+
+    if not args.db.exists():
+        raise AtlasError(f"{args.db} does not exist; build an atlas first")
+    con = store.connect(args.db)
+    try:
+        if args.all_pairs:
+            ids = [r[0] for r in con.execute("SELECT sae_id FROM saes ORDER BY layer, sae_id")
+                   .fetchall()]
+            pairs = list(combinations(ids, 2))
+        elif args.a and args.b:
+            pairs = [(resolve_sae(con, args.a), resolve_sae(con, args.b))]
+        else:
+            raise AtlasError("give --a and --b, or --all-pairs")
+        lm, saes = _model_and_saes(con)
+        for a, b in pairs:
+            row = compare(con, lm, saes, a, b, n_blocks=args.blocks, one_to_one=args.one_to_one,
+                          n_permutations=args.permutations)
+            print(f"{a} vs {b}: {row['n_pairs']} pairs, mean corr {row['mean_corr']:.3f}, "
+                  f"SVCCA {row['svcca']:.3f} (null {row['svcca_null']:.3f}, p {row['svcca_p']:.3f}),"
+                  f" RSA {row['rsa']:.3f} (null {row['rsa_null']:.3f}, p {row['rsa_p']:.3f})")
+    finally:
+        con.close()
+    return 0
+
+
 def app_file() -> Path:
     """The Streamlit entry point (app/ beside the package in a checkout)."""
     path = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
@@ -363,7 +404,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
             "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index,
-            "analyze": cmd_analyze, "app": cmd_app}
+            "analyze": cmd_analyze, "app": cmd_app, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,60 @@
+"""Universality on the tiny atlas: an SAE against itself, and two layers."""
+
+import duckdb
+import numpy as np
+import pytest
+
+from atlas.cli import main
+
+
+@pytest.fixture
+def atlas_copy(tiny_atlas, tmp_path):
+    import shutil
+
+    db = tmp_path / "cmp.duckdb"
+    shutil.copy(tiny_atlas[0].db, db)
+    return db, tiny_atlas[1].sae_ids
+
+
+def test_an_sae_matched_with_itself_is_the_identity(atlas_copy, tiny_lm):
+    from atlas import store
+    from atlas.compare import compare
+    from atlas.saes import load_saved
+
+    db, ids = atlas_copy
+    con = store.connect(db)
+    path = con.execute("SELECT path FROM saes WHERE sae_id = ?", [ids[1]]).fetchone()[0]
+    from pathlib import Path
+
+    saes = {ids[1]: load_saved(Path(path))}
+    row = compare(con, tiny_lm, saes, ids[1], ids[1], n_blocks=16, n_permutations=20)
+    pairs = con.execute("SELECT feature_a, feature_b, corr FROM matched_pairs WHERE run_id = ?",
+                        [row["run_id"]]).fetchnumpy()
+    live = pairs["corr"] > 0.5
+    assert live.sum() > 0 and (pairs["feature_a"][live] == pairs["feature_b"][live]).all()
+    assert row["rsa"] == pytest.approx(1.0) and row["rsa_p"] <= 0.05
+    con.close()
+
+
+def test_compare_all_pairs_fills_the_universality_view(atlas_copy, capsys):
+    db, ids = atlas_copy
+    assert main(["compare", "--db", str(db), "--all-pairs", "--blocks", "16",
+                 "--permutations", "20"]) == 0
+    assert "SVCCA" in capsys.readouterr().out
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT layer_a, layer_b, n_pairs, svcca, svcca_null, rsa, rsa_null "
+                           "FROM universality").fetchall()
+        assert [(r[0], r[1]) for r in rows] == [(1, 3)]
+        n = con.execute("SELECT count(*) FROM matched_pairs WHERE kept").fetchone()[0]
+        assert n == rows[0][2] and np.isfinite(rows[0][3])
+    # A re-run replaces the pair's results.
+    assert main(["compare", "--db", str(db), "--a", "L1", "--b", "L3", "--blocks", "16",
+                 "--permutations", "20"]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM universality_runs").fetchone()[0] == 1
+
+
+def test_compare_needs_two_saes(atlas_copy, capsys):
+    db, _ = atlas_copy
+    assert main(["compare", "--db", str(db), "--a", "L1"]) == 2
+    assert "--all-pairs" in capsys.readouterr().err
