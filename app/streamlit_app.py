@@ -18,7 +18,7 @@ import streamlit as st
 from atlas import dashboard as q
 from atlas.errors import AtlasError
 
-PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "SQL")
+PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality", "SQL")
 
 
 def db_path() -> Path:
@@ -293,6 +293,29 @@ def page_galaxy(db: str) -> None:
     st.dataframe(fits.frame, hide_index=True)
 
 
+def page_universality(db: str) -> None:
+    st.header("Universality")
+    con = connection(db)
+    if not q.has_rows(con, "universality_runs"):
+        missing("comparison of SAEs", "atlas compare --all-pairs")
+        return
+    runs = cached(db, "universality")
+    score = st.radio("score", ["svcca", "rsa", "mean_corr"], horizontal=True)
+    frame = runs.frame
+    both = pd.concat([frame, frame.rename(columns={"layer_a": "layer_b", "layer_b": "layer_a"})])
+    st.altair_chart(alt.Chart(both).mark_rect().encode(
+        x="layer_a:O", y="layer_b:O", color=alt.Color(f"{score}:Q"),
+        tooltip=["layer_a", "layer_b", score, "n_pairs"]).properties(width=360, height=360))
+    st.dataframe(frame, hide_index=True)
+    show_sql(runs)
+    pair = st.selectbox("pair", [f"{a} | {b}" for a, b in zip(frame.sae_a, frame.sae_b)])
+    a, b = pair.split(" | ")
+    pairs = cached(db, "matched_pairs", a, b)
+    st.subheader("Best matched features")
+    st.dataframe(pairs.frame, hide_index=True)
+    show_sql(pairs)
+
+
 def page_sql(db: str) -> None:
     st.header("SQL")
     con = connection(db)
@@ -321,7 +344,7 @@ def page_sql(db: str) -> None:
 
 RENDER = {"Overview": page_overview, "Feature": page_feature, "Analogy": page_analogy,
           "Lobes": page_lobes, "Crystals": page_crystals, "Galaxy": page_galaxy,
-          "SQL": page_sql}
+          "Universality": page_universality, "SQL": page_sql}
 
 
 def main() -> None:

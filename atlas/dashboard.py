@@ -196,6 +196,26 @@ FROM crystals WHERE layer = {int(layer)} AND space = {literal(space)}
 ORDER BY parallelogram_error LIMIT {int(limit)}""")
 
 
+def universality(con) -> Shown:
+    return run(con, """
+SELECT layer_a, layer_b, sae_a, sae_b, n_pairs, round(mean_corr, 3) AS mean_corr,
+       round(svcca, 3) AS svcca, round(svcca_null, 3) AS svcca_null, round(svcca_p, 3) AS svcca_p,
+       round(rsa, 3) AS rsa, round(rsa_null, 3) AS rsa_null, round(rsa_p, 3) AS rsa_p
+FROM universality""")
+
+
+def matched_pairs(con, sae_a: str, sae_b: str, limit: int = 50) -> Shown:
+    return run(con, f"""
+SELECT m.feature_a, fa.label AS label_a, m.feature_b, fb.label AS label_b,
+       round(m.corr, 3) AS corr
+FROM matched_pairs m
+JOIN universality_runs u USING (run_id)
+JOIN features fa ON fa.sae_id = m.sae_a AND fa.feature = m.feature_a
+JOIN features fb ON fb.sae_id = m.sae_b AND fb.feature = m.feature_b
+WHERE m.sae_a = {literal(sae_a)} AND m.sae_b = {literal(sae_b)} AND m.kept
+ORDER BY m.corr DESC LIMIT {int(limit)}""")
+
+
 def view_names(con) -> list[str]:
     return run(con, "SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW' "
                     "ORDER BY 1").frame["table_name"].tolist()
@@ -209,4 +229,5 @@ EXAMPLE_QUERIES = {
                           "lobe_modularity",
     "Strongest co-firing pairs": "SELECT * FROM affinity ORDER BY phi DESC LIMIT 20",
     "Analogy quality": "SELECT * FROM crystal_quality",
+    "Universality heat map": "SELECT layer_a, layer_b, svcca, svcca_null, rsa FROM universality",
 }

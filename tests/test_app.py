@@ -95,6 +95,11 @@ def test_galaxy_page(app):
     assert len(at.dataframe[0].value) == 2
 
 
+def test_universality_page_explains_then_shows_the_matrix(app, tiny_atlas):
+    at = app("Universality")
+    assert at.info and "atlas compare" in at.info[0].value
+
+
 def test_sql_page_runs_and_refuses(app):
     at = app("SQL")
     assert len(at.dataframe) == 1

@@ -6,7 +6,7 @@ import pytest
 
 from atlas.appserver import chromium, render, serve
 
-PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "SQL")
+PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality", "SQL")
 
 pytestmark = pytest.mark.skipif(
     chromium() is None or shutil.which("chromedriver") is None,

@@ -58,3 +58,24 @@ def test_compare_needs_two_saes(atlas_copy, capsys):
     db, _ = atlas_copy
     assert main(["compare", "--db", str(db), "--a", "L1"]) == 2
     assert "--all-pairs" in capsys.readouterr().err
+
+
+def test_universality_page_shows_a_compared_atlas(atlas_copy, monkeypatch):
+    import gc
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app import APP
+
+    db, _ = atlas_copy
+    assert main(["compare", "--db", str(db), "--all-pairs", "--blocks", "8",
+                 "--permutations", "10"]) == 0
+    monkeypatch.setenv("ATLAS_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"] = "Universality"
+    at.run()
+    assert not at.exception and len(at.dataframe) == 2
+    assert at.dataframe[0].value["n_pairs"][0] > 0
+    st.cache_resource.clear()
+    gc.collect()
