@@ -53,6 +53,24 @@ def show_sql(shown: q.Shown) -> None:
         st.code(shown.sql, language="sql")
 
 
+def show_table(shown: q.Shown, title: str | None = None) -> None:
+    """A titled table of a query's result, with its SQL."""
+    if title:
+        st.subheader(title)
+    st.dataframe(shown.frame, hide_index=True)
+    show_sql(shown)
+
+
+def analysis_page(db: str, title: str, table: str, what: str, how: str):
+    """Header of a page that needs an analysis; the connection, or None (with a how-to)."""
+    st.header(title)
+    con = connection(db)
+    if not q.has_rows(con, table):
+        missing(what, how)
+        return None
+    return con
+
+
 def missing(what: str, how: str) -> None:
     st.info(f"This atlas has no {what} yet. Run `{how}` to compute it.")
 
@@ -100,8 +118,7 @@ def page_feature(db: str) -> None:
         needle = st.text_input("top token" if how == "top token" else "text", value="the")
         found = cached(db, "find_features", sae, *((needle, None) if how == "top token"
                                                     else (None, needle)))
-        st.dataframe(found.frame, hide_index=True)
-        show_sql(found)
+        show_table(found)
         if not len(found.frame):
             st.warning("No feature matches; try another token or text.")
             return
@@ -140,13 +157,11 @@ def page_feature(db: str) -> None:
         st.subheader("Co-occurring features")
         metric = st.selectbox("affinity", ["phi", "jaccard", "dice", "overlap", "smc"])
         co = cached(db, "cooccurring", sae, feature, metric)
-        st.dataframe(co.frame, hide_index=True)
-        show_sql(co)
+        show_table(co)
     lobes = cached(db, "feature_lobes", sae, feature)
     st.subheader("Its lobes")
     if len(lobes.frame):
-        st.dataframe(lobes.frame, hide_index=True)
-        show_sql(lobes)
+        show_table(lobes)
     else:
         missing("lobes", "atlas analyze --what lobes")
 
@@ -176,10 +191,8 @@ def page_analogy(db: str) -> None:
 
 
 def page_lobes(db: str) -> None:
-    st.header("Lobes")
-    con = connection(db)
-    if not q.has_rows(con, "clusters"):
-        missing("lobes", "atlas analyze --what lobes")
+    con = analysis_page(db, "Lobes", "clusters", "lobes", "atlas analyze --what lobes")
+    if con is None:
         return
     sae = choose_sae(db, "lobes_sae")
     choices = cached(db, "lobe_choices", sae).frame
@@ -213,24 +226,20 @@ def page_lobes(db: str) -> None:
         cols[2].metric("chance", f"{t['chance']:.2f}")
         show_sql(cached(db, "lobe_tests", sae, metric, k))
     table = cached(db, "lobe_table", sae, metric, k)
-    st.subheader("Composition")
-    st.dataframe(table.frame, hide_index=True)
-    show_sql(table)
+    show_table(table, "Composition")
 
 
 def page_crystals(db: str) -> None:
-    st.header("Crystals")
-    con = connection(db)
-    if not q.has_rows(con, "crystal_tasks"):
-        missing("crystals", "atlas analyze --what crystals")
+    con = analysis_page(db, "Crystals", "crystal_tasks", "crystals",
+                        "atlas analyze --what crystals")
+    if con is None:
         return
     layers = cached(db, "crystal_layers").frame
     cols = st.columns(2)
     layer = int(cols[0].selectbox("layer", sorted(layers["layer"].unique())))
     space = cols[1].selectbox("space", layers[layers.layer == layer]["space"].tolist())
     quality = cached(db, "crystal_quality", layer, space)
-    st.dataframe(quality.frame, hide_index=True)
-    show_sql(quality)
+    show_table(quality)
     task = st.selectbox("task", quality.frame["task"].tolist())
     pts = cached(db, "crystal_points", layer, space, task)
     if len(pts.frame):
@@ -246,16 +255,13 @@ def page_crystals(db: str) -> None:
         st.altair_chart(alt.hconcat(*charts))
         show_sql(pts)
     found = cached(db, "found_crystals", layer, space)
-    st.subheader("Crystals found by clustering pair differences")
-    st.dataframe(found.frame, hide_index=True)
-    show_sql(found)
+    show_table(found, "Crystals found by clustering pair differences")
 
 
 def page_galaxy(db: str) -> None:
-    st.header("Galaxy")
-    con = connection(db)
-    if not q.has_rows(con, "spectra"):
-        missing("galaxy analysis", "atlas analyze --what galaxy")
+    con = analysis_page(db, "Galaxy", "spectra", "galaxy analysis",
+                        "atlas analyze --what galaxy")
+    if con is None:
         return
     spectra = cached(db, "spectra")
     fits = cached(db, "layer_spectra")
@@ -294,10 +300,9 @@ def page_galaxy(db: str) -> None:
 
 
 def page_universality(db: str) -> None:
-    st.header("Universality")
-    con = connection(db)
-    if not q.has_rows(con, "universality_runs"):
-        missing("comparison of SAEs", "atlas compare --all-pairs")
+    con = analysis_page(db, "Universality", "universality_runs", "comparison of SAEs",
+                        "atlas compare --all-pairs")
+    if con is None:
         return
     runs = cached(db, "universality")
     score = st.radio("score", ["svcca", "rsa", "mean_corr"], horizontal=True)
@@ -311,9 +316,7 @@ def page_universality(db: str) -> None:
     pair = st.selectbox("pair", [f"{a} | {b}" for a, b in zip(frame.sae_a, frame.sae_b)])
     a, b = pair.split(" | ")
     pairs = cached(db, "matched_pairs", a, b)
-    st.subheader("Best matched features")
-    st.dataframe(pairs.frame, hide_index=True)
-    show_sql(pairs)
+    show_table(pairs, "Best matched features")
 
 
 def page_sql(db: str) -> None:

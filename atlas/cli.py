@@ -352,7 +352,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             row = compare(con, lm, saes, a, b, n_blocks=args.blocks, one_to_one=args.one_to_one,
                           n_permutations=args.permutations)
             print(f"{a} vs {b}: {row['n_pairs']} pairs, mean corr {row['mean_corr']:.3f}, "
-                  f"SVCCA {row['svcca']:.3f} (null {row['svcca_null']:.3f}, p {row['svcca_p']:.3f}),"
+                  f"SVCCA {row['svcca']:.3f} (null {row['svcca_null']:.3f}, "
+                  f"p {row['svcca_p']:.3f}),"
                   f" RSA {row['rsa']:.3f} (null {row['rsa_null']:.3f}, p {row['rsa_p']:.3f})")
     finally:
         con.close()

@@ -19,7 +19,7 @@ from atlas import store
 from atlas.errors import AtlasError
 from atlas.geometry import universality as un
 from atlas.harvest import sink_free
-from atlas.models import HookPoint, capture_residuals
+from atlas.models import capture_residuals
 
 log = logging.getLogger(__name__)
 WORDLIKE = re.compile(r"[A-Za-z]{2,}")

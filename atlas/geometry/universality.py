@@ -43,8 +43,9 @@ class CorrelationAccumulator:
             return np.where(denom > 0, cov / denom, 0.0)
 
 
-def match_features(corr: Float[np.ndarray, "d_a d_b"], *, one_to_one: bool = False
-                   ) -> tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"], Float[np.ndarray, " m"]]:
+def match_features(corr: Float[np.ndarray, "d_a d_b"], *, one_to_one: bool = False,
+                   ) -> tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"],
+                              Float[np.ndarray, " m"]]:
     """Each feature of A with its most correlated feature of B (many-to-one), or an optimal
     one-to-one assignment (Hungarian algorithm). Returns (a, b, correlation)."""
     if one_to_one:
