@@ -87,6 +87,10 @@ class BuildConfig:
     seed: int = 0
     """Seed for corpus sampling and SAE initialisation."""
 
+    sae_seed: int | None = None
+    """Seed for SAE initialisation and batch order only (default: --seed). A second build with
+    another --sae-seed trains a second SAE per layer on the same corpus (universality)."""
+
     analyses: tuple[str, ...] = ("galaxy", "lobes", "crystals")
     """Analyses to run after the harvest (comma-separated; empty to skip)."""
 
@@ -109,6 +113,11 @@ class BuildConfig:
         _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
         _check(set(self.analyses) <= {"galaxy", "lobes", "crystals"},
                f"--analyses {','.join(self.analyses)}: choose from galaxy, lobes, crystals")
+
+    @property
+    def init_seed(self) -> int:
+        """The seed SAE training uses."""
+        return self.seed if self.sae_seed is None else self.sae_seed
 
     @property
     def trains_saes(self) -> bool:

@@ -79,7 +79,7 @@ def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
     if config.trains_saes:
         hooks = [HookPoint(layer) for layer in sorted(set(config.layers))]
         lm.check_hooks(hooks)
-        suffix = f"-s{config.seed}" if config.seed else ""
+        suffix = f"-s{config.init_seed}" if config.init_seed else ""
         return [AtlasSAE(f"{lm.model_id}/L{h.layer}/topk{config.d_sae}-k{config.k}{suffix}", h,
                          "trained") for h in hooks]
     planned = []
@@ -156,7 +156,8 @@ def train(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE,
     name = planned.hook.name
     x = cache.acts[name][:n_train][cache.masks[name][:n_train]]
     settings = TrainSettings(d_sae=config.d_sae, k=config.k, epochs=config.epochs,
-                             batch_size=config.train_batch, lr=config.lr, seed=config.seed)
+                             batch_size=config.train_batch, lr=config.lr,
+                             seed=config.init_seed)
     t0 = time.perf_counter()
     sae = train_topk(x, settings, hook=planned.hook, model_name=lm.model_id, device=lm.device,
                      desc=f"train L{planned.hook.layer}").to(lm.device)
