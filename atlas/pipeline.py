@@ -149,6 +149,13 @@ def n_train_blocks(config: BuildConfig, n_blocks: int) -> int:
     return max(1, min(n_blocks - 1, round(n_blocks * (1 - config.holdout))))
 
 
+def layer_seed(seed: int, layer: int) -> int:
+    """A distinct training seed per layer: SAEs of different layers must not share their random
+    initialisation, or decoder rows with the same index stay alike and inflate cross-layer
+    similarity (universality)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{layer}".encode()).digest()[:4], "little")
+
+
 def train(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE,
           cache: ActivationCache) -> AtlasSAE:
     """Train a TopK SAE on the cached activations of the training blocks and save it."""
@@ -157,7 +164,7 @@ def train(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE,
     x = cache.acts[name][:n_train][cache.masks[name][:n_train]]
     settings = TrainSettings(d_sae=config.d_sae, k=config.k, epochs=config.epochs,
                              batch_size=config.train_batch, lr=config.lr,
-                             seed=config.init_seed)
+                             seed=layer_seed(config.init_seed, planned.hook.layer))
     t0 = time.perf_counter()
     sae = train_topk(x, settings, hook=planned.hook, model_name=lm.model_id, device=lm.device,
                      desc=f"train L{planned.hook.layer}").to(lm.device)

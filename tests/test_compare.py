@@ -100,3 +100,13 @@ def test_a_second_sae_seed_trains_on_the_same_corpus(tmp_path):
     # checked on planted data (tests/geometry/test_universality.py). Here: it ran and stored.
     assert n_saes == 2 and n_corpora == 1
     assert np.isfinite([rsa, rsa_null, std]).all() and std > 0
+
+
+def test_saes_of_different_layers_do_not_share_their_initialisation(tiny_atlas):
+    """Same-index decoder rows of two layers' SAEs must not be alike by construction."""
+    from atlas import store
+
+    with duckdb.connect(str(tiny_atlas[0].db), read_only=True) as con:
+        a, b = (store.load_decoders(con, s) for s in tiny_atlas[1].sae_ids)
+    same_index = np.sum(a * b, axis=1).mean()
+    assert abs(same_index) < 0.15
