@@ -12,6 +12,7 @@ import duckdb
 import pandas as pd
 
 from atlas.readonly import check_query
+from atlas.store import quote_identifier
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ def has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     with con.cursor() as cur:
         exists = cur.execute("SELECT count(*) FROM information_schema.tables WHERE "
                              "table_name = ?", [table]).fetchone()[0]
-        return bool(exists) and cur.execute(f'SELECT count(*) > 0 FROM "{table}"').fetchone()[0]
+        return bool(exists) and cur.execute(
+            f"SELECT count(*) > 0 FROM {quote_identifier(table)}").fetchone()[0]
 
 
 def overview(con) -> dict[str, Shown]:

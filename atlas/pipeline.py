@@ -238,7 +238,8 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
                                           .encode()).hexdigest()[:16],
                "corpus": blocks.corpus_id, "n_tokens": stats.n_tokens,
                "n_blocks": blocks.n_blocks, "block_size": blocks.block_size,
-               "threshold": config.threshold, "config": _config_json(config)}
+               "threshold": config.threshold, "config": _config_json(config),
+               "decoder_checksum": store.checksum(unit)}
     return store.HarvestTables(harvest, features, decoders, firings, cooc,
                                _examples(lm, planned.sae_id, blocks, stats))
 
@@ -248,7 +249,7 @@ def store_harvest(con, config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, 
     """Write one SAE's harvest, replacing any earlier one whole."""
     tables = harvest_tables(config, lm, planned, blocks, stats)
     record = dataclasses.replace(sae_record(lm, planned, quality),
-                                 decoder_checksum=store.checksum(unit_decoders(planned.sae)))
+                                 decoder_checksum=tables.harvest["decoder_checksum"])
     store.write_harvest(con, record, tables)
     log.info("stored %s: %d live features, %d co-occurring pairs, %d examples", planned.sae_id,
              int((stats.firing_count > 0).sum()), tables.cooccurrence.num_rows,
