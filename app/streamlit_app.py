@@ -18,7 +18,8 @@ import streamlit as st
 from atlas import dashboard as q
 from atlas.errors import AtlasError
 
-PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality", "SQL")
+PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality",
+         "Absorption", "SQL")
 
 
 def db_path() -> Path:
@@ -319,6 +320,33 @@ def page_universality(db: str) -> None:
     show_table(pairs, "Best matched features")
 
 
+def page_absorption(db: str) -> None:
+    con = analysis_page(db, "Absorption", "absorption_letters", "absorption analysis",
+                        "atlas absorption")
+    if con is None:
+        return
+    summary = cached(db, "absorption_summary")
+    show_table(summary, "Per SAE (means over the scored letters)")
+    sae_id = st.selectbox("SAE", summary.frame["sae_id"].tolist())
+    letters = cached(db, "absorption_letters", sae_id)
+    frame = letters.frame
+    long = frame[frame.scored].melt(id_vars="letter", value_vars=["absorption_rate",
+                                                                  "full_absorption_rate"])
+    st.subheader("Absorption per letter")
+    st.altair_chart(alt.Chart(long).mark_bar().encode(
+        x="letter:N", xOffset="variable:N", y=alt.Y("value:Q", title="rate"),
+        color="variable:N", tooltip=["letter", "variable", "value"]).properties(height=300))
+    st.dataframe(frame, hide_index=True)
+    show_sql(letters)
+    scored = frame[frame.scored]["letter"].tolist()
+    if not scored:
+        st.info("No letter of this SAE was scored (its probes are too weak or too few words).")
+        return
+    letter = st.selectbox("letter", scored)
+    show_table(cached(db, "absorbed_examples", sae_id, letter),
+               f"Absorbed words starting with '{letter}', with the latent that fires instead")
+
+
 def page_sql(db: str) -> None:
     st.header("SQL")
     con = connection(db)
@@ -347,7 +375,7 @@ def page_sql(db: str) -> None:
 
 RENDER = {"Overview": page_overview, "Feature": page_feature, "Analogy": page_analogy,
           "Lobes": page_lobes, "Crystals": page_crystals, "Galaxy": page_galaxy,
-          "Universality": page_universality, "SQL": page_sql}
+          "Universality": page_universality, "Absorption": page_absorption, "SQL": page_sql}
 
 
 def main() -> None:

@@ -114,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--one-to-one", action="store_true", help="Hungarian matching, not max")
     p.add_argument("--permutations", type=int, default=100)
 
+    p = sub.add_parser("absorption", help="feature absorption on the first-letter task: "
+                       "letter probes, main latents by k-sparse probing, absorption rates")
+    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
+    p.add_argument("--sae", type=_parse_tuple(str), default=(),
+                   help="comma-separated SAEs (id, unique part, or L<layer>); default: all")
+    p.add_argument("--words", type=int, default=6000,
+                   help="whole-word vocabulary tokens to use (0: all of them)")
+    p.add_argument("--max-k", type=int, default=10, help="k-sparse probes for k = 1..K")
+    p.add_argument("--f1-jump", type=float, default=0.03,
+                   help="F1 rise that makes an added latent a split")
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("app", help="open the Streamlit app on the atlas (read-only)")
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
     p.add_argument("--port", type=int, default=8501)
@@ -239,10 +251,12 @@ def _word_analogy(args: argparse.Namespace) -> int:
         raise AtlasError("word analogies need --layer L (the residual stream they are read at)")
     con = open_readonly(args.db)
     try:
-        spec = con.execute("SELECT spec FROM models LIMIT 1").fetchone()
         sae_ids = [r[0] for r in con.execute("SELECT sae_id FROM saes WHERE layer = ? "
                                              "ORDER BY sae_id", [args.layer]).fetchall()]
         sae_id = query.resolve_sae(con, args.sae) if args.sae else (sae_ids or [None])[0]
+        spec = (con.execute("SELECT m.spec FROM models m JOIN saes s USING (model_id) "
+                            "WHERE s.sae_id = ?", [sae_id]).fetchone() if sae_id else
+                con.execute("SELECT spec FROM models ORDER BY model_id LIMIT 1").fetchone())
         index = query.open_index(con, args.db, sae_id) if sae_id else None
         lm = load_model(spec[0] if spec and spec[0] else "smollm2-135m", device="auto")
         a, b, c = args.terms
@@ -315,16 +329,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_and_saes(con):
+def _model_and_saes(con, sae_ids: list[str] | None = None):
+    """The model the given SAEs read (they must share one; default: the atlas's first model)
+    and every SAE of that model that is on disk."""
     from atlas.models import load_model
     from atlas.saes import load_saved
 
-    spec = con.execute("SELECT spec FROM models LIMIT 1").fetchone()
-    if not spec or not spec[0]:
+    if sae_ids:
+        models = {r[0] for r in con.execute(
+            "SELECT DISTINCT model_id FROM saes WHERE sae_id IN (SELECT unnest(?))",
+            [list(sae_ids)]).fetchall()}
+        if len(models) > 1:
+            raise AtlasError(f"the SAEs belong to different models ({', '.join(sorted(models))}); "
+                             "choose SAEs of one model")
+        row = con.execute("SELECT model_id, spec FROM models WHERE model_id = ?",
+                          [models.pop()]).fetchone() if models else None
+    else:
+        row = con.execute("SELECT model_id, spec FROM models ORDER BY model_id LIMIT 1").fetchone()
+    if not row or not row[1]:
         raise AtlasError("the atlas records no loadable model; rebuild it with `atlas build`")
-    lm = load_model(spec[0], device="auto")
+    lm = load_model(row[1], device="auto")
     saes = {sid: load_saved(Path(path), device=str(lm.device)) for sid, path in
-            con.execute("SELECT sae_id, path FROM saes WHERE path IS NOT NULL").fetchall()}
+            con.execute("SELECT sae_id, path FROM saes WHERE path IS NOT NULL AND model_id = ?",
+                        [row[0]]).fetchall()}
     return lm, saes
 
 
@@ -347,7 +374,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             pairs = [(resolve_sae(con, args.a), resolve_sae(con, args.b))]
         else:
             raise AtlasError("give --a and --b, or --all-pairs")
-        lm, saes = _model_and_saes(con)
+        lm, saes = _model_and_saes(con, sorted({x for pair in pairs for x in pair}))
         for a, b in pairs:
             row = compare(con, lm, saes, a, b, n_blocks=args.blocks, one_to_one=args.one_to_one,
                           n_permutations=args.permutations)
@@ -357,6 +384,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
                   f" RSA {row['rsa']:.3f} (null {row['rsa_null']:.3f}, p {row['rsa_p']:.3f})")
     finally:
         con.close()
+    return 0
+
+
+def cmd_absorption(args: argparse.Namespace) -> int:
+    from atlas import store
+    from atlas.absorption import absorption
+    from atlas.geometry.absorption import AbsorptionSettings
+    from atlas.query import resolve_sae
+
+    if not args.db.exists():
+        raise AtlasError(f"{args.db} does not exist; build an atlas first")
+    if args.words < 0 or args.max_k < 1:
+        raise AtlasError("--words must be >= 0 and --max-k >= 1")
+    con = store.connect(args.db)
+    try:
+        ids = ([resolve_sae(con, s) for s in args.sae] if args.sae else
+               [r[0] for r in con.execute("SELECT sae_id FROM saes WHERE path IS NOT NULL "
+                                          "ORDER BY layer, sae_id").fetchall()])
+        if not ids:
+            raise AtlasError("the atlas has no SAEs on disk to run; build one with atlas build")
+        lm, saes = _model_and_saes(con, ids)
+        settings = AbsorptionSettings(max_k=args.max_k, f1_jump=args.f1_jump, seed=args.seed)
+        rows = absorption(con, lm, saes, ids, n_words=args.words or None, settings=settings)
+    finally:
+        con.close()
+    for r in rows:
+        rate = "-" if r["mean_absorption_rate"] is None else f"{r['mean_absorption_rate']:.3f}"
+        full = ("-" if r["mean_full_absorption_rate"] is None
+                else f"{r['mean_full_absorption_rate']:.3f}")
+        print(f"{r['sae_id']}: {r['letters_scored']} letters scored, mean probe F1 "
+              f"{r['mean_probe_f1']:.3f}, absorption {rate}, full absorption {full}, "
+              f"splits {r['mean_n_split']:.2f} per letter ({r['seconds']:.1f}s)")
+    print("see the views absorption, absorption_by_sae and absorbed_examples")
     return 0
 
 
@@ -405,7 +465,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
             "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index,
-            "analyze": cmd_analyze, "app": cmd_app, "compare": cmd_compare}
+            "analyze": cmd_analyze, "app": cmd_app, "compare": cmd_compare,
+            "absorption": cmd_absorption}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,6 +218,33 @@ WHERE m.sae_a = {literal(sae_a)} AND m.sae_b = {literal(sae_b)} AND m.kept
 ORDER BY m.corr DESC LIMIT {int(limit)}""")
 
 
+def absorption_summary(con) -> Shown:
+    return run(con, """
+SELECT layer, sae_id, letters_scored, round(mean_probe_f1, 3) AS mean_probe_f1,
+       round(mean_absorption_rate, 3) AS mean_absorption_rate,
+       round(mean_full_absorption_rate, 3) AS mean_full_absorption_rate,
+       round(mean_n_split, 2) AS mean_n_split
+FROM absorption_by_sae""")
+
+
+def absorption_letters(con, sae_id: str) -> Shown:
+    return run(con, f"""
+SELECT letter, round(probe_f1, 3) AS probe_f1, n_split, round(absorption_rate, 3)
+       AS absorption_rate, round(full_absorption_rate, 3) AS full_absorption_rate,
+       n_true_positives, n_full, scored, main_latents, main_labels
+FROM absorption WHERE sae_id = {literal(sae_id)} ORDER BY letter""")
+
+
+def absorbed_examples(con, sae_id: str, letter: str, limit: int = 30) -> Shown:
+    return run(con, f"""
+SELECT word, absorber, absorber_label, round(absorber_cos, 3) AS absorber_cos,
+       round(absorber_share, 3) AS absorber_share,
+       round(absorption_fraction, 3) AS absorption_fraction, "full",
+       round(main_activation, 3) AS main_activation
+FROM absorbed_examples WHERE sae_id = {literal(sae_id)} AND letter = {literal(letter)}
+ORDER BY "full" DESC, absorption_fraction DESC LIMIT {int(limit)}""")
+
+
 def view_names(con) -> list[str]:
     return run(con, "SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW' "
                     "ORDER BY 1").frame["table_name"].tolist()
@@ -232,4 +259,8 @@ EXAMPLE_QUERIES = {
     "Strongest co-firing pairs": "SELECT * FROM affinity ORDER BY phi DESC LIMIT 20",
     "Analogy quality": "SELECT * FROM crystal_quality",
     "Universality heat map": "SELECT layer_a, layer_b, svcca, svcca_null, rsa FROM universality",
+    "Absorption per SAE": "SELECT * FROM absorption_by_sae",
+    "Most absorbed letters": "SELECT sae_id, letter, probe_f1, n_split, absorption_rate, "
+                             "full_absorption_rate FROM absorption WHERE scored "
+                             "ORDER BY absorption_rate DESC LIMIT 10",
 }

@@ -177,10 +177,13 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def capture_residuals(lm: LoadedModel, input_ids: Int[torch.Tensor, "batch seq"],
-                      hooks: Sequence[HookPoint]) -> dict[str, Float[torch.Tensor, "batch seq d"]]:
+                      hooks: Sequence[HookPoint], *, past_key_values=None,
+                      ) -> dict[str, Float[torch.Tensor, "batch seq d"]]:
     """Residual stream at each hook point, from one forward pass that stops early.
 
-    Returns tensors on the model's device, keyed by hook name.
+    With `past_key_values` (a transformers Cache) the tokens continue the cached ones and the
+    cache is extended in place for the blocks that run. Returns tensors on the model's device,
+    keyed by hook name.
     """
     blocks = lm.blocks
     out: dict[str, torch.Tensor] = {}
@@ -212,7 +215,8 @@ def capture_residuals(lm: LoadedModel, input_ids: Int[torch.Tensor, "batch seq"]
         for layer in range(max(last_block, 0) + 1):
             handles.append(blocks[layer].register_forward_hook(post_hook(layer)))
         try:
-            lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
+            lm.model(input_ids=input_ids.to(lm.device), use_cache=past_key_values is not None,
+                     past_key_values=past_key_values)
         except _StopForward:
             pass
     finally:

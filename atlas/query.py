@@ -45,9 +45,9 @@ def resolve_sae(con: duckdb.DuckDBPyConnection, text: str) -> str:
              else [i for i in ids if text in i])
     if len(found) == 1:
         return found[0]
-    listing = ", ".join(ids) or "none (build the atlas first)"
-    what = "matches several" if found else "matches no"
-    raise AtlasError(f"'{text}' {what} SAE in this atlas; use one of: {listing}")
+    listing = ", ".join(found or ids) or "none (build the atlas first)"
+    what = "matches several SAEs" if found else "matches no SAE"
+    raise AtlasError(f"'{text}' {what} in this atlas; use one of: {listing}")
 
 
 def _checksum(con: duckdb.DuckDBPyConnection, sae_id: str) -> str:

@@ -39,6 +39,21 @@ def tiny_atlas(tmp_path_factory) -> tuple[BuildConfig, object]:
     return config, build(config)
 
 
+@pytest.fixture(scope="session")
+def full_atlas(tiny_atlas, tmp_path_factory) -> Path:
+    """A copy of the tiny atlas with universality and absorption runs too."""
+    import shutil
+
+    from atlas.cli import main
+
+    db = tmp_path_factory.mktemp("full") / "full.duckdb"
+    shutil.copy(tiny_atlas[0].db, db)
+    assert main(["compare", "--db", str(db), "--all-pairs", "--blocks", "16",
+                 "--permutations", "20"]) == 0
+    assert main(["absorption", "--db", str(db), "--max-k", "4"]) == 0
+    return db
+
+
 @pytest.fixture
 def fresh_con(tmp_path):
     from atlas import store

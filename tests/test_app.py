@@ -100,6 +100,35 @@ def test_universality_page_explains_then_shows_the_matrix(app, tiny_atlas):
     assert at.info and "atlas compare" in at.info[0].value
 
 
+def test_universality_and_absorption_pages_show_their_runs(full_atlas, monkeypatch):
+    monkeypatch.setenv("ATLAS_DB", str(full_atlas))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"] = "Universality"
+    at.run()
+    assert not at.exception and not at.info
+    assert any("FROM universality" in c.value for c in at.code)
+    assert len(at.dataframe[0].value) == 1          # the one pair of layers 1 and 3
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"] = "Absorption"
+    at.run()
+    assert not at.exception and not at.error
+    summary = at.dataframe[0].value
+    assert len(summary) == 2 and set(summary.columns) >= {"mean_absorption_rate",
+                                                          "mean_n_split"}
+    letters = at.dataframe[1].value
+    first = at.selectbox[0].value
+    at.selectbox[0].set_value(at.selectbox[0].options[1]).run()
+    assert not at.exception and at.selectbox[0].value != first
+    assert any("FROM absorption WHERE sae_id" in c.value for c in at.code)
+    assert set(letters["letter"]) <= set("abcdefghijklmnopqrstuvwxyz")
+
+
+def test_absorption_page_explains_how_to_run_it(app):
+    at = app("Absorption")
+    assert at.info and "atlas absorption" in at.info[0].value
+
+
 def test_sql_page_runs_and_refuses(app):
     at = app("SQL")
     assert len(at.dataframe) == 1

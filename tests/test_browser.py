@@ -6,16 +6,18 @@ import pytest
 
 from atlas.appserver import chromium, render, serve
 
-PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality", "SQL")
+PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality",
+         "Absorption", "SQL")
 
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     chromium() is None or shutil.which("chromedriver") is None,
     reason="Chromium/chromedriver are not installed here (scripts/test.sh installs the Debian "
            "packages chromium and chromium-driver where apt-get can)")
 
 
-def test_every_page_renders_without_an_error(tiny_atlas, tmp_path):
-    with serve(tiny_atlas[0].db) as url:
+@needs_chromium
+def test_every_page_renders_without_an_error(full_atlas, tmp_path):
+    with serve(full_atlas) as url:
         for page in PAGES:
             png = tmp_path / f"{page}.png"
             dom = render(f"{url}/?page={page}", png=png, wait_for=page)
@@ -23,3 +25,13 @@ def test_every_page_renders_without_an_error(tiny_atlas, tmp_path):
             assert 'data-testid="stException"' not in dom, f"{page}: a stack trace is shown"
             assert "stAlertContentError" not in dom, f"{page}: an error message is shown"
             assert png.exists() and png.stat().st_size > 10_000, f"{page}: blank screenshot"
+
+
+def test_every_page_of_the_app_is_covered():
+    import ast
+    from pathlib import Path
+
+    src = (Path(__file__).parent.parent / "app" / "streamlit_app.py").read_text()
+    node = next(n for n in ast.parse(src).body if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", "") == "PAGES")
+    assert tuple(ast.literal_eval(node.value)) == PAGES

@@ -1,0 +1,218 @@
+"""`atlas absorption`: the first-letter absorption analysis of each SAE in an atlas.
+
+Words are the vocabulary's alphabetic tokens that start with a space (whole words). Each word is
+read at its own token after a few in-context examples of the task; the examples are computed
+once and kept in the model's key/value cache, so each word costs one token of forward pass. The
+residuals of every hook the SAEs read come from the same pass. Results go to
+`absorption_runs`, `absorption_letters` and `absorbed_words`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from atlas import store
+from atlas.errors import AtlasError
+from atlas.geometry import absorption as ab
+from atlas.models import HookPoint, LoadedModel, capture_residuals
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "{word} has the first letter:"
+EXAMPLES = ("tartan", "mirth", "orbit")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    token_ids: np.ndarray     # one token per word
+    words: list[str]
+    labels: np.ndarray        # 0 = 'a' … 25 = 'z'
+
+
+def first_letter_vocabulary(tokenizer, *, n_words: int | None = None,
+                            seed: int = 0) -> Vocabulary:
+    """The tokenizer's whole-word alphabetic tokens (' word', two letters or more), at most
+    `n_words` of them drawn evenly at random."""
+    special = set(tokenizer.all_special_ids)
+    ids, words = [], []
+    for tid in range(len(tokenizer)):
+        if tid in special:
+            continue
+        text = tokenizer.decode([tid])
+        word = text[1:]
+        if text.startswith(" ") and len(word) >= 2 and word.isascii() and word.isalpha():
+            ids.append(tid)
+            words.append(word)
+    if not ids:
+        raise AtlasError("the tokenizer has no whole-word alphabetic tokens; the first-letter "
+                         "task needs a vocabulary of words")
+    order = np.arange(len(ids))
+    if n_words is not None and n_words < len(ids):
+        order = np.sort(np.random.default_rng(seed).choice(len(ids), n_words, replace=False))
+    return Vocabulary(token_ids=np.array([ids[i] for i in order]),
+                      words=[words[i] for i in order],
+                      labels=np.array([ord(words[i][0].lower()) - ord("a") for i in order]))
+
+
+def prompt_prefix(examples: tuple[str, ...] = EXAMPLES, template: str = TEMPLATE) -> str:
+    """In-context examples of the task; each word follows a space, as the evaluated words do."""
+    return "".join(" " + template.format(word=w) + f" {w[0].upper()}\n" for w in examples)
+
+
+@torch.no_grad()
+def word_residuals(lm: LoadedModel, token_ids: np.ndarray, hooks: list[HookPoint], *,
+                   prefix: str | None = None, batch_size: int = 64,
+                   progress: bool = True) -> dict[str, np.ndarray]:
+    """Residual at each word's token after `prefix`, per hook: {hook name: (n_words, d)}.
+
+    The prefix runs once per batch width and stays in the key/value cache; a batch of words is
+    one token each on top of it."""
+    from transformers import DynamicCache
+
+    prefix_ids = lm.tokenizer(prefix if prefix is not None else prompt_prefix(),
+                              add_special_tokens=False, return_tensors="pt").input_ids
+    n = len(token_ids)
+    width = min(batch_size, n)
+    cache = DynamicCache()
+    capture_residuals(lm, prefix_ids.expand(width, -1), hooks, past_key_values=cache)
+    out = {h.name: np.zeros((n, lm.d_model), dtype=np.float32) for h in hooks}
+    for start in tqdm(range(0, n, width), desc="first-letter words", unit="batch",
+                      disable=not progress):
+        batch = token_ids[start:start + width]
+        padded = np.concatenate([batch, np.full(width - len(batch), batch[-1])])
+        acts = capture_residuals(lm, torch.as_tensor(padded).view(width, 1), hooks,
+                                 past_key_values=cache)
+        cache.crop(-1)  # back to the examples alone
+        for name, x in acts.items():
+            out[name][start:start + len(batch)] = x[:len(batch), -1].float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def sae_codes(sae, resid: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Dense SAE activations of `resid`, in batches."""
+    dev = next(sae.parameters()).device
+    parts = [sae.encode(torch.as_tensor(resid[i:i + batch], device=dev)).float().cpu().numpy()
+             for i in range(0, len(resid), batch)]
+    return np.concatenate(parts)
+
+
+def run_tables(run_id: str, sae_id: str, vocab: Vocabulary,
+               result: ab.AbsorptionResult) -> dict[str, pa.Table]:
+    """The result as rows of `absorption_letters` and `absorbed_words`."""
+    letters = [{"run_id": run_id, "sae_id": sae_id, "letter": r.letter, "n_train": r.n_train,
+                "n_test": r.n_test, "probe_f1": r.probe_f1, "probe_precision": r.probe_precision,
+                "probe_recall": r.probe_recall, "f1_by_k": r.f1_by_k,
+                "main_latents": r.main_latents, "main_cos": r.main_cos, "n_split": r.n_split,
+                "n_true_positives": r.n_true_positives, "scored": r.scored,
+                "absorption_rate": r.absorption_rate,
+                "full_absorption_rate": r.full_absorption_rate, "n_full": r.n_full}
+               for r in result.letters]
+    words = [{"run_id": run_id, "sae_id": sae_id, "letter": w.letter,
+              "token_id": int(vocab.token_ids[w.word]), "word": vocab.words[w.word],
+              "probe_projection": w.probe_projection, "main_activation": w.main_activation,
+              "absorber": w.absorber, "absorber_activation": w.absorber_activation,
+              "absorber_cos": w.absorber_cos, "absorber_share": w.absorber_share,
+              "absorption_fraction": w.absorption_fraction, "full": w.full}
+             for w in result.words]
+    schema_l = pa.schema([("run_id", pa.string()), ("sae_id", pa.string()),
+                          ("letter", pa.string()), ("n_train", pa.int32()),
+                          ("n_test", pa.int32()), ("probe_f1", pa.float64()),
+                          ("probe_precision", pa.float64()), ("probe_recall", pa.float64()),
+                          ("f1_by_k", pa.list_(pa.float64())),
+                          ("main_latents", pa.list_(pa.int32())),
+                          ("main_cos", pa.list_(pa.float64())), ("n_split", pa.int32()),
+                          ("n_true_positives", pa.int32()), ("scored", pa.bool_()),
+                          ("absorption_rate", pa.float64()),
+                          ("full_absorption_rate", pa.float64()), ("n_full", pa.int32())])
+    schema_w = pa.schema([("run_id", pa.string()), ("sae_id", pa.string()),
+                          ("letter", pa.string()), ("token_id", pa.int32()),
+                          ("word", pa.string()), ("probe_projection", pa.float64()),
+                          ("main_activation", pa.float64()), ("absorber", pa.int32()),
+                          ("absorber_activation", pa.float64()),
+                          ("absorber_cos", pa.float64()), ("absorber_share", pa.float64()),
+                          ("absorption_fraction", pa.float64()), ("full", pa.bool_())])
+    return {"absorption_letters": pa.Table.from_pylist(letters, schema=schema_l),
+            "absorbed_words": pa.Table.from_pylist(words, schema=schema_w)}
+
+
+def store_run(con: duckdb.DuckDBPyConnection, run: dict, tables: dict[str, pa.Table]) -> None:
+    """Replace the SAE's previous absorption results with this run, in one transaction."""
+    with store.transaction(con):
+        for name in ("absorbed_words", "absorption_letters", "absorption_runs"):
+            con.execute(f"DELETE FROM {name} WHERE sae_id = ?", [run["sae_id"]])
+        store.insert_table(con, "absorption_runs", pa.Table.from_pylist([run]))
+        for name, table in tables.items():
+            store.insert_table(con, name, table)
+
+
+def absorption(con: duckdb.DuckDBPyConnection, lm: LoadedModel, saes: dict, sae_ids: list[str],
+               *, n_words: int | None = 6000, settings: ab.AbsorptionSettings =
+               ab.AbsorptionSettings(), test_fraction: float = 0.2,
+               batch_size: int = 64) -> list[dict]:
+    """Run the first-letter absorption analysis for each SAE (one forward pass for all of
+    them) and store it. Returns one summary per SAE."""
+    from atlas.saes import hook_of
+
+    missing = [s for s in sae_ids if s not in saes]
+    if missing:
+        raise AtlasError(f"{', '.join(missing)} not on disk; absorption runs the SAE's encoder, "
+                         "so it needs SAEs trained by atlas build or given with --sae-path")
+    for sid in sae_ids:
+        if saes[sid].cfg.d_in != lm.d_model:
+            raise AtlasError(f"{sid} does not read this model's residual stream")
+    t0 = time.perf_counter()
+    vocab = first_letter_vocabulary(lm.tokenizer, n_words=n_words, seed=settings.seed)
+    hooks = sorted({hook_of(saes[s]) for s in sae_ids}, key=lambda h: (h.layer, h.where))
+    resid = word_residuals(lm, vocab.token_ids, hooks, batch_size=batch_size)
+    setup = time.perf_counter() - t0
+    train = ab.split_words(vocab.labels, test_fraction, seed=settings.seed)
+    log.info("first-letter task: %d words (%d held out), residuals at %d hooks in %.1fs",
+             len(vocab.words), int((~train).sum()), len(hooks), setup)
+    summaries = []
+    for sid in sae_ids:
+        t1 = time.perf_counter()
+        sae = saes[sid]
+        x = resid[hook_of(sae).name]
+        codes = sae_codes(sae, x)
+        result = ab.absorption(x, vocab.labels, codes, sae.W_dec.detach().float().cpu().numpy(),
+                               train, settings,
+                               offset=sae.b_dec.detach().float().cpu().numpy())
+        seconds = time.perf_counter() - t1
+        run_id = hashlib.sha1(f"{sid}|absorption|{time.time_ns()}".encode()).hexdigest()[:16]
+        run = {"run_id": run_id, "sae_id": sid, "n_words": len(vocab.words),
+               "n_train": int(train.sum()), "n_test": int((~train).sum()),
+               "prompt": prompt_prefix() + " {word}",
+               "params": json.dumps({**asdict(settings), "test_fraction": test_fraction}),
+               "setup_seconds": setup, "seconds": seconds, "created_at": store.utc_now()}
+        store_run(con, run, run_tables(run_id, sid, vocab, result))
+        scored = [r for r in result.letters if r.scored]
+        summary = {"sae_id": sid, "letters_scored": len(scored),
+                   "mean_probe_f1": float(np.mean([r.probe_f1 for r in result.letters]))
+                   if result.letters else None,
+                   "mean_absorption_rate": float(np.mean([r.absorption_rate for r in scored]))
+                   if scored else None,
+                   "mean_full_absorption_rate":
+                   float(np.mean([r.full_absorption_rate for r in scored])) if scored else None,
+                   "mean_n_split": float(np.mean([r.n_split for r in result.letters]))
+                   if result.letters else None, "seconds": seconds, "setup_seconds": setup}
+        log.info("%s: %d letters scored, absorption %s, full %s, splits %s (%.1fs)", sid,
+                 len(scored), _fmt(summary["mean_absorption_rate"]),
+                 _fmt(summary["mean_full_absorption_rate"]), _fmt(summary["mean_n_split"]),
+                 seconds)
+        summaries.append(summary)
+    return summaries
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"

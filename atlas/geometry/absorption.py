@@ -1,0 +1,239 @@
+"""Feature absorption on the first-letter task (Chanin et al., "A is for Absorption").
+
+Inputs are arrays: the residual activation at each word's token, the word's first letter, the
+SAE's codes at those activations and its decoder. Per letter:
+
+1. a logistic-regression probe on the residuals (one letter against the rest, trained on the
+   training words, F1 on the held-out words);
+2. the SAE's main latents for the letter by k-sparse probing: latents ranked by how much more
+   they fire on the letter's words, a probe on the top k for k = 1..K; k grows while the held-out
+   F1 jumps by more than `f1_jump`, and every latent added that way is a split of the letter;
+3. on held-out words of the letter that the probe gets right, absorption: the main latents stay
+   silent and other latents carry the probe direction instead. Per word, the absorption fraction
+   is the share of the probe projection carried by up to three non-main latents aligned with the
+   probe (partial absorption counts); full absorption is one latent, aligned with the probe,
+   carrying at least `share` of it while every main latent is silent.
+
+Rates are per letter: the mean absorption fraction and the share of fully absorbed words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from jaxtyping import Bool, Float, Int
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class AbsorptionSettings:
+    """Thresholds (the published metric's defaults) and probe settings, recorded with a run."""
+
+    max_k: int = 10             # k-sparse probes for k = 1..max_k
+    f1_jump: float = 0.03       # a latent counts as a split when F1 rises by more than this
+    full_cos: float = 0.025     # full absorption: the absorbing latent's cosine with the probe
+    fraction_cos: float = 0.1   # absorption fraction: cosine of each counted absorbing latent
+    share: float = 0.4          # absorbing latents must carry this share of the probe projection
+    max_absorbers: int = 3      # latents that may share the absorption of one word
+    min_probe_f1: float = 0.6   # letters whose probe is weaker are reported but not scored
+    min_words: int = 5          # held-out words of the letter needed to score it
+    probe_c: float = 1.0        # inverse L2 strength of the residual probes
+    seed: int = 0
+
+
+@dataclass
+class LetterResult:
+    letter: str
+    n_train: int                 # training words starting with the letter
+    n_test: int                  # held-out words starting with the letter
+    probe_f1: float
+    probe_precision: float
+    probe_recall: float
+    probe: Float[np.ndarray, " d"]        # unit probe direction
+    f1_by_k: list[float]                  # k-sparse probe F1 for k = 1..max_k
+    ranked: list[int]                     # latents in k-sparse order (first max_k)
+    main_latents: list[int]               # the first 1 + n_split of `ranked`
+    main_cos: list[float]                 # their decoder cosine with the probe
+    n_split: int
+    n_true_positives: int                 # held-out letter words the probe gets right
+    scored: bool                          # probe good enough and enough words
+    absorption_rate: float | None
+    full_absorption_rate: float | None
+    n_full: int
+
+
+@dataclass
+class WordResult:
+    letter: str
+    word: int                    # index into the input rows
+    probe_projection: float
+    main_activation: float       # sum of the main latents' activations
+    absorber: int                # latent with the largest projection on the probe
+    absorber_activation: float
+    absorber_cos: float
+    absorber_share: float        # its projection / the residual's probe projection
+    absorption_fraction: float
+    full: bool
+
+
+@dataclass
+class AbsorptionResult:
+    letters: list[LetterResult] = field(default_factory=list)
+    words: list[WordResult] = field(default_factory=list)
+
+
+def split_words(labels: Int[np.ndarray, " n"], test_fraction: float = 0.2, *,
+                seed: int = 0) -> Bool[np.ndarray, " n"]:
+    """Training mask, stratified by letter (every letter keeps words on both sides when it
+    has at least two)."""
+    rng = np.random.default_rng(seed)
+    train = np.ones(len(labels), dtype=bool)
+    for letter in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == letter))
+        n_test = int(round(len(rows) * test_fraction))
+        if len(rows) >= 2:
+            n_test = min(max(n_test, 1), len(rows) - 1)
+        train[rows[:n_test]] = False
+    return train
+
+
+def fit_probe(x: Float[np.ndarray, "n d"], y: Bool[np.ndarray, " n"], *, c: float = 1.0,
+              seed: int = 0) -> tuple[np.ndarray, float]:
+    """A balanced logistic-regression probe: (weights, intercept)."""
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=1000, random_state=seed)
+    model.fit(x, y.astype(np.int64))
+    return model.coef_[0].astype(np.float64), float(model.intercept_[0])
+
+
+def rank_latents(codes: Float[np.ndarray, "n m"], y: Bool[np.ndarray, " n"],
+                 top: int) -> Int[np.ndarray, " top"]:
+    """Latents by mean activation on the letter's words minus on the rest (those that fire
+    *for* the letter come first)."""
+    gap = codes[y].mean(0) - codes[~y].mean(0)
+    order = np.argsort(-gap, kind="stable")
+    return order[:top]
+
+
+def k_sparse_f1(codes_train, y_train, codes_test, y_test, ranked: np.ndarray,
+                *, seed: int = 0) -> list[float]:
+    """Held-out F1 of a probe on the top-k ranked latents, k = 1..len(ranked)."""
+    scores = []
+    for k in range(1, len(ranked) + 1):
+        cols = ranked[:k]
+        xtr, xte = codes_train[:, cols], codes_test[:, cols]
+        if y_train.all() or not y_train.any():
+            scores.append(0.0)
+            continue
+        model = LogisticRegression(class_weight="balanced", max_iter=500, random_state=seed)
+        model.fit(xtr, y_train.astype(np.int64))
+        scores.append(float(f1_score(y_test, model.decision_function(xte) > 0,
+                                     zero_division=0.0)))
+    return scores
+
+
+def count_splits(f1_by_k: list[float], jump: float) -> int:
+    """Latents added while F1 keeps rising by more than `jump`: the main latents are the first
+    1 + this many."""
+    best, n = -np.inf, 0
+    for k, score in enumerate(f1_by_k, start=1):
+        if score > best + jump:
+            best, n = score, k
+        else:
+            break
+    return max(n - 1, 0)
+
+
+def word_absorption(acts: Float[np.ndarray, " m"], probe_projection: float,
+                    main: list[int], along: Float[np.ndarray, " m"], cos: Float[np.ndarray, " m"],
+                    s: AbsorptionSettings) -> tuple[float, bool, int, float]:
+    """(absorption fraction, full absorption, top-projecting latent, its share) for one word.
+
+    `along` is each decoder row's projection on the unit probe direction (so a latent adds
+    activation * along to the reconstruction's probe projection); `cos` the rows' cosines."""
+    proj = acts * along
+    main_proj = float(proj[main].sum())
+    others = np.ones(len(acts), dtype=bool)
+    others[main] = False
+    candidates = np.sort(proj[others & (cos >= s.fraction_cos) & (proj > 0)])[::-1]
+    absorbed = float(candidates[:s.max_absorbers].sum())
+    if probe_projection <= 0 or main_proj >= probe_projection or \
+            absorbed / probe_projection < s.share:
+        fraction = 0.0
+    elif main_proj <= 0:
+        fraction = 1.0
+    else:
+        taken = min(absorbed, probe_projection - main_proj)
+        fraction = float(np.clip(taken / (taken + main_proj), 0.0, 1.0))
+    top = int(np.argmax(proj))
+    top_share = float(proj[top] / probe_projection) if probe_projection > 0 else 0.0
+    full = bool(probe_projection > 0 and np.all(acts[main] < EPS) and cos[top] >= s.full_cos
+                and top_share >= s.share)
+    return fraction, full, top, top_share
+
+
+def absorption(resid: Float[np.ndarray, "n d"], labels: Int[np.ndarray, " n"],
+               codes: Float[np.ndarray, "n m"], decoder: Float[np.ndarray, "m d"],
+               train: Bool[np.ndarray, " n"], settings: AbsorptionSettings = AbsorptionSettings(),
+               *, offset: Float[np.ndarray, " d"] | None = None) -> AbsorptionResult:
+    """Probe F1, main latents, splits and absorption rates per letter present in `labels`
+    (0 = 'a' … 25 = 'z'), plus the per-word results of the scored letters' true positives.
+
+    The SAE accounts for `resid - offset` (its decoder bias; the training mean if None), so the
+    probe projection compared with the latents' is measured from there."""
+    s = settings
+    resid = np.asarray(resid, dtype=np.float64)
+    codes = np.asarray(codes, dtype=np.float64)
+    unit_dec = decoder / np.maximum(np.linalg.norm(decoder, axis=1, keepdims=True), EPS)
+    # Probes see standardised residuals; their weights are mapped back to a direction in the
+    # residual space so that cosines with decoder rows mean what they say.
+    mu, sd = resid[train].mean(0), resid[train].std(0) + 1e-6
+    z = (resid - mu) / sd
+    test = ~train
+    centred = resid - (resid[train].mean(0) if offset is None else np.asarray(offset, float))
+    decoder = np.asarray(decoder, dtype=np.float64)
+    out = AbsorptionResult()
+    for li in np.unique(labels):
+        y = labels == li
+        if y[train].sum() < 1 or y[test].sum() < 1 or (~y[train]).sum() < 1:
+            continue
+        w, b = fit_probe(z[train], y[train], c=s.probe_c, seed=s.seed)
+        pred = z[test] @ w + b > 0
+        f1 = float(f1_score(y[test], pred, zero_division=0.0))
+        tp = test & y & (z @ w + b > 0)
+        prec = float(pred[y[test]].sum() / max(pred.sum(), 1))
+        rec = float(pred[y[test]].mean())
+        direction = w / sd
+        direction /= max(np.linalg.norm(direction), EPS)
+        ranked = rank_latents(codes[train], y[train], s.max_k)
+        f1_by_k = k_sparse_f1(codes[train], y[train], codes[test], y[test], ranked, seed=s.seed)
+        n_split = count_splits(f1_by_k, s.f1_jump)
+        main = [int(i) for i in ranked[:1 + n_split]]
+        cos = unit_dec @ direction
+        along = decoder @ direction
+        scored = f1 >= s.min_probe_f1 and int(y[test].sum()) >= s.min_words and tp.any()
+        fractions, n_full = [], 0
+        if scored:
+            for row in np.flatnonzero(tp):
+                pp = float(centred[row] @ direction)
+                frac, full, top, share = word_absorption(codes[row], pp, main, along, cos, s)
+                fractions.append(frac)
+                n_full += full
+                out.words.append(WordResult(
+                    letter=LETTERS[li], word=int(row), probe_projection=pp,
+                    main_activation=float(codes[row, main].sum()), absorber=top,
+                    absorber_activation=float(codes[row, top]), absorber_cos=float(cos[top]),
+                    absorber_share=share, absorption_fraction=frac, full=full))
+        out.letters.append(LetterResult(
+            letter=LETTERS[li], n_train=int(y[train].sum()), n_test=int(y[test].sum()),
+            probe_f1=f1, probe_precision=prec, probe_recall=rec, probe=direction,
+            f1_by_k=f1_by_k, ranked=[int(i) for i in ranked], main_latents=main,
+            main_cos=[float(cos[i]) for i in main], n_split=n_split,
+            n_true_positives=int(tp.sum()), scored=bool(scored),
+            absorption_rate=float(np.mean(fractions)) if scored else None,
+            full_absorption_rate=n_full / len(fractions) if scored else None, n_full=n_full))
+    return out
