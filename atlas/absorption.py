@@ -86,8 +86,8 @@ def word_residuals(lm: LoadedModel, token_ids: np.ndarray, hooks: list[HookPoint
     cache = DynamicCache()
     capture_residuals(lm, prefix_ids.expand(width, -1), hooks, past_key_values=cache)
     out = {h.name: np.zeros((n, lm.d_model), dtype=np.float32) for h in hooks}
-    for start in tqdm(range(0, n, width), desc="first-letter words", unit="batch",
-                      disable=not progress):
+    bar = {} if progress else {"disable": True}  # TQDM_DISABLE applies when progress is on
+    for start in tqdm(range(0, n, width), desc="first-letter words", unit="batch", **bar):
         batch = token_ids[start:start + width]
         padded = np.concatenate([batch, np.full(width - len(batch), batch[-1])])
         acts = capture_residuals(lm, torch.as_tensor(padded).view(width, 1), hooks,
