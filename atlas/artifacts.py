@@ -30,3 +30,8 @@ def index_path(db: Path, sae_id: str) -> Path:
     """The FAISS index of an SAE's decoder vectors (ids inside); its metadata sits beside it
     with the suffix .json."""
     return db.with_name(db.name + ".index") / f"{safe_name(sae_id)}.faiss"
+
+
+def shards_dir(db: Path) -> Path:
+    """Folder beside the database that holds a sharded build's Parquet partials and corpus."""
+    return db.with_name(db.name + ".shards")

@@ -17,6 +17,7 @@ from atlas.config import BuildConfig
 log = logging.getLogger(__name__)
 
 Step = Callable[[Callable], Callable]
+FanOut = Callable[..., tuple[dict, dict]]
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def _plain(fn: Callable) -> Callable:
 
 
 def build(config: BuildConfig, *, records: Iterable[object] | None = None,
-          step: Step = _plain) -> BuildResult:
+          step: Step = _plain, fan_out: FanOut | None = None) -> BuildResult:
     """Harvest a model's SAE features into the DuckDB atlas at `config.db`.
 
     Args:
@@ -44,6 +45,8 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
         records: optional in-memory corpus (a `datasets.Dataset`, strings, or dicts with
             'text') used instead of `config.corpus`.
         step: wraps each step before it runs (the Prefect flow makes each one a task).
+        fan_out: harvests the shards elsewhere and merges them (the Prefect flow submits one
+            task per shard to its task runner); by default the shards run here in order.
     """
     t0 = time.perf_counter()
     con = pipeline.open_store(config)
@@ -53,16 +56,21 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
         blocks = step(pipeline.corpus)(config, lm, records)
         step(pipeline.store_corpus)(con, lm, blocks)
         hooks = [p.hook for p in planned]
+        cache = None
         if config.trains_saes:
             cache = step(pipeline.cache_activations)(lm, blocks, hooks,
                                                      batch_blocks=config.batch_blocks)
             planned = [step(pipeline.train)(config, lm, p, cache) for p in planned]
-            batches = cache.batches(config.batch_blocks)
+        if fan_out is not None:
+            stats, quality = fan_out(config, lm, planned, blocks, cache)
         else:
-            batches = pipeline.forward_batches(lm, blocks, hooks, batch_blocks=config.batch_blocks)
-        stats, quality = step(pipeline.harvest)(config, planned, batches,
-                                                n_blocks=blocks.n_blocks,
-                                                total_tokens=int(blocks.token_ids.size))
+            batches = (cache.batches(config.batch_blocks) if cache is not None else
+                       pipeline.forward_batches(lm, blocks, hooks,
+                                                batch_blocks=config.batch_blocks))
+            stats, quality = step(pipeline.harvest)(config, planned, batches,
+                                                    n_blocks=blocks.n_blocks,
+                                                    total_tokens=int(blocks.token_ids.size))
+        del cache
         for p in planned:
             step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
                                          quality[p.sae_id])

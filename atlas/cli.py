@@ -148,9 +148,9 @@ def _query_args(p: argparse.ArgumentParser, *, sae_required: bool = True) -> Non
 def cmd_build(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.prefect:
-        from flows.build import build_flow
+        from flows.build import run_build_flow
 
-        result = build_flow(config)
+        result = run_build_flow(config)
     else:
         from atlas.builder import build
 

@@ -84,6 +84,17 @@ class BuildConfig:
     n_examples: int = 20
     """Top activating examples kept per feature."""
 
+    shard_blocks: int = 64
+    """Blocks per harvest shard (a multiple of --batch-blocks). Shards are the unit of work a
+    Prefect build spreads over its task runner; every build merges shard partials."""
+
+    runner: str = "threads"
+    """Task runner of `atlas build --prefect`: 'threads' (Prefect's thread pool), 'dask' (a
+    local Dask cluster of --workers processes), or a Dask scheduler address 'tcp://host:8786'."""
+
+    workers: int = 2
+    """Processes of the local Dask cluster (--runner dask)."""
+
     seed: int = 0
     """Seed for corpus sampling and SAE initialisation."""
 
@@ -111,6 +122,13 @@ class BuildConfig:
         _check(min(self.epochs, self.train_batch, self.batch_blocks, self.n_examples) > 0,
                "--epochs, --train-batch, --batch-blocks and --n-examples must be positive")
         _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
+        _check(self.shard_blocks > 0 and self.shard_blocks % self.batch_blocks == 0,
+               f"--shard-blocks {self.shard_blocks} must be a positive multiple of "
+               f"--batch-blocks {self.batch_blocks}")
+        _check(self.runner in ("threads", "dask") or self.runner.startswith("tcp://"),
+               f"--runner {self.runner!r}: use threads, dask, or a scheduler address "
+               "tcp://host:port")
+        _check(self.workers > 0, "--workers must be at least 1")
         _check(set(self.analyses) <= {"galaxy", "lobes", "crystals"},
                f"--analyses {','.join(self.analyses)}: choose from galaxy, lobes, crystals")
 

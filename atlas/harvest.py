@@ -49,14 +49,21 @@ def sink_free(acts: Float[torch.Tensor, "b t d"], mask: Bool[torch.Tensor, "b t"
 def forward_batches(lm: LoadedModel, blocks: Blocks, hooks: Sequence[HookPoint], *,
                     batch_blocks: int) -> Iterator[ActivationBatch]:
     """Run the model over the blocks, yielding residuals at the hooks (one early-stopping pass)."""
-    ids = torch.from_numpy(blocks.token_ids)
-    base = torch.from_numpy(blocks.mask)
-    for start in range(0, blocks.n_blocks, batch_blocks):
+    return forward_range(lm, blocks.token_ids, blocks.mask, hooks, batch_blocks=batch_blocks)
+
+
+def forward_range(lm: LoadedModel, token_ids: np.ndarray, mask: np.ndarray,
+                  hooks: Sequence[HookPoint], *, batch_blocks: int,
+                  offset: int = 0) -> Iterator[ActivationBatch]:
+    """`forward_batches` over a run of blocks whose first is block `offset` of the corpus."""
+    ids = torch.from_numpy(np.ascontiguousarray(token_ids))
+    base = torch.from_numpy(np.ascontiguousarray(mask))
+    for start in range(0, len(ids), batch_blocks):
         batch = ids[start:start + batch_blocks]
         acts = capture_residuals(lm, batch, hooks)
-        mask = base[start:start + batch_blocks].to(lm.device)
-        yield ActivationBatch(start, batch, acts,
-                              {name: sink_free(a, mask) for name, a in acts.items()})
+        keep = base[start:start + batch_blocks].to(lm.device)
+        yield ActivationBatch(offset + start, batch, acts,
+                              {name: sink_free(a, keep) for name, a in acts.items()})
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,9 @@ class FeatureStats:
     n_tokens: int
     """Tokens that counted (mask true)."""
     n_blocks: int
+    cooccurrence: tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]] | None \
+        = None
+    """(i, j, n_ij) when already counted (merged shards); else computed from block_firings."""
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from atlas import store
+from atlas import shards, store
 from atlas.artifacts import sae_path
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
@@ -51,9 +52,13 @@ class ActivationCache:
     masks: dict[str, torch.Tensor]
     token_ids: torch.Tensor
 
-    def batches(self, batch_blocks: int) -> Iterator[ActivationBatch]:
-        for start in range(0, len(self.token_ids), batch_blocks):
-            sl = slice(start, start + batch_blocks)
+    def batches(self, batch_blocks: int, first: int = 0,
+                stop: int | None = None) -> Iterator[ActivationBatch]:
+        """Batches of the blocks [first, stop) (default: all)."""
+        stop = len(self.token_ids) if stop is None else stop
+        for start in range(first, stop, batch_blocks):
+            end = min(start + batch_blocks, stop)
+            sl = slice(start, end)
             yield ActivationBatch(start, self.token_ids[sl],
                                   {k: v[sl] for k, v in self.acts.items()},
                                   {k: v[sl] for k, v in self.masks.items()})
@@ -182,33 +187,65 @@ def train(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE,
 def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[ActivationBatch],
             *, n_blocks: int, total_tokens: int | None = None
             ) -> tuple[dict[str, FeatureStats], dict[str, SAEQuality]]:
-    """Encode every batch with every SAE and accumulate its statistics.
+    """Encode every batch with every SAE, shard by shard (`config.shard_blocks` blocks), and
+    merge the shards' partials: the computation a sharded build spreads over workers.
 
     SAEs without a measured quality (loaded ones) are evaluated on the held-out blocks.
     """
+    parts: dict[str, list[shards.Partial]] = {s.sae_id: [] for s in saes}
+    bar = tqdm(total=total_tokens, desc="harvest", unit="tok", unit_scale=True)
+    grouped = itertools.groupby(batches, key=lambda b: b.start // config.shard_blocks)
+    for index, shard in grouped:
+        start = index * config.shard_blocks
+        stop = min(start + config.shard_blocks, n_blocks)
+        done = harvest_partials(config, saes, shard, start=start, stop=stop, n_blocks=n_blocks,
+                                on_batch=bar.update)
+        for sae_id, part in done.items():
+            parts[sae_id].append(part)
+    bar.close()
+    return merge_partials(config, saes, parts, n_blocks=n_blocks)
+
+
+@torch.no_grad()
+def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
+                     batches: Iterable[ActivationBatch], *, start: int, stop: int,
+                     n_blocks: int, on_batch=None, measure: set[str] | None = None,
+                     ) -> dict[str, shards.Partial]:
+    """Each SAE's partial harvest of the blocks [start, stop) from their batches, with the
+    held-out quality sums of the SAEs in `measure` (default: those without a quality)."""
+    if measure is None:
+        measure = {s.sae_id for s in saes if s.quality is None}
     accs = {s.sae_id: FeatureAccumulator(s.sae.cfg.d_sae, n_blocks, block_size=config.block_size,
                                          threshold=config.threshold,
                                          n_examples=config.n_examples) for s in saes}
-    held: dict[str, list[torch.Tensor]] = {s.sae_id: [] for s in saes if s.quality is None}
+    quality = {s.sae_id: shards.QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
+               for s in saes if s.sae_id in measure}
     n_train = n_train_blocks(config, n_blocks)
-    bar = tqdm(total=total_tokens, desc="harvest", unit="tok", unit_scale=True)
     for batch in batches:
         for s in saes:
             acts = batch.acts[s.hook.name]
             mask = batch.masks[s.hook.name]
             flat = acts.reshape(-1, acts.shape[-1]).to(s.sae.W_dec.device)
             accs[s.sae_id].update(batch.start, encode_sparse(s.sae, flat), batch.token_ids, mask)
-            if s.sae_id in held and batch.start + len(batch.token_ids) > n_train:
+            if s.sae_id in quality and batch.start + len(batch.token_ids) > n_train:
                 keep = mask.clone()
                 keep[: max(0, n_train - batch.start)] = False
-                held[s.sae_id].append(acts[keep].cpu())
-        bar.update(batch.token_ids.numel())
-    bar.close()
-    stats = {k: a.result() for k, a in accs.items()}
-    quality = {s.sae_id: s.quality for s in saes if s.quality is not None}
-    for s in saes:
-        if s.sae_id in held:
-            quality[s.sae_id] = evaluate(s.sae, torch.cat(held[s.sae_id]))
+                quality[s.sae_id].update(s.sae, acts[keep])
+        if on_batch is not None:
+            on_batch(batch.token_ids.numel())
+    return {sid: shards.partial_of(acc, sid, start, stop, quality.get(sid))
+            for sid, acc in accs.items()}
+
+
+def merge_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
+                   parts: dict[str, list[shards.Partial]], *, n_blocks: int
+                   ) -> tuple[dict[str, FeatureStats], dict[str, SAEQuality]]:
+    """Each SAE's statistics and quality from its shards' partials."""
+    stats = {s.sae_id: shards.merge(parts[s.sae_id], d_sae=s.sae.cfg.d_sae, n_blocks=n_blocks,
+                                    block_size=config.block_size, n_examples=config.n_examples)
+             for s in saes}
+    quality = {s.sae_id: s.quality if s.quality is not None else
+               shards.merge_quality([p.quality for p in parts[s.sae_id]]) for s in saes}
     return stats, quality
 
 
@@ -231,7 +268,8 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
     b, f, a = stats.block_firings
     firings = pa.table({"sae_id": [sid] * len(b), "block_id": b.astype(np.int32),
                         "feature": f.astype(np.int32), "max_act": a})
-    i, j, n_ij = cooccurrence(b, f, n_blocks=blocks.n_blocks, d_sae=d_sae)
+    i, j, n_ij = (stats.cooccurrence if stats.cooccurrence is not None else
+                  cooccurrence(b, f, n_blocks=blocks.n_blocks, d_sae=d_sae))
     cooc = pa.table({"sae_id": [sid] * len(i), "i": i.astype(np.int32),
                      "j": j.astype(np.int32), "n_ij": n_ij.astype(np.int32)})
     harvest = {"harvest_id": hashlib.sha1(f"{sid}|{blocks.corpus_id}|{config.threshold}"

@@ -42,3 +42,76 @@ def test_store_tasks_retry_and_compute_tasks_do_not():
 
     assert as_task(pipeline.store_harvest).retries == 2
     assert as_task(pipeline.train).retries == 0
+
+
+HARVEST_TABLES = {"features": "feature", "block_firings": "block_id, feature",
+                  "cooccurrence": "i, j", "examples": "feature, rank", "decoders": "feature"}
+
+
+def assert_same_atlas(db_a, db_b):
+    """Every harvest table of two atlases holds the same rows (NaN equal to NaN)."""
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{db_a}' AS a (READ_ONLY)")
+    con.execute(f"ATTACH '{db_b}' AS b (READ_ONLY)")
+    for table in HARVEST_TABLES:
+        n_a = con.execute(f"SELECT count(*) FROM a.{table}").fetchone()[0]
+        n_b = con.execute(f"SELECT count(*) FROM b.{table}").fetchone()[0]
+        diff = con.execute(f"SELECT count(*) FROM (SELECT * FROM a.{table} EXCEPT ALL "
+                           f"SELECT * FROM b.{table})").fetchone()[0]
+        assert n_a == n_b > 0 and diff == 0, f"{table}: {n_a} vs {n_b} rows, {diff} differ"
+    cols = "sae_id, l0, explained_variance, dead_fraction, quality_tokens, decoder_checksum"
+    assert (con.execute(f"SELECT {cols} FROM a.saes ORDER BY 1").fetchall()
+            == con.execute(f"SELECT {cols} FROM b.saes ORDER BY 1").fetchall())
+    con.close()
+
+
+def test_sharded_build_on_a_local_dask_cluster_matches_the_single_process_atlas(
+        prefect_harness, tiny_atlas, tmp_path):
+    from atlas.artifacts import shards_dir
+    from flows.build import run_build_flow
+
+    config = tiny_config(tmp_path / "dask.duckdb", runner="dask", workers=2, analyses=())
+    result = run_build_flow(config)
+    assert result.sae_ids == tiny_atlas[1].sae_ids
+    assert_same_atlas(config.db, tiny_atlas[0].db)
+    import json
+    import os
+
+    metas = [json.loads(p.read_text()) for p in shards_dir(config.db).glob("*/*/meta.json")]
+    assert sorted((m["sae_id"], m["start"], m["stop"]) for m in metas) == sorted(
+        (s, a, b) for s in result.sae_ids for a, b in [(0, 64), (64, 96)])
+    # the shards ran in the cluster's worker processes, not in this one
+    assert all(not m["written_by"].endswith(f":{os.getpid()}") for m in metas)
+
+
+def test_a_shard_that_fails_once_is_retried_and_a_rerun_skips_written_shards(
+        prefect_harness, tiny_atlas, tmp_path, monkeypatch):
+    from atlas import distributed
+    from atlas.artifacts import shards_dir
+    from flows.build import run_build_flow
+
+    real, failed = distributed.run_shard, []
+
+    def flaky(job, lm=None, cache=None):
+        if job.start == 64 and not failed:
+            failed.append(job.start)
+            raise RuntimeError("worker lost")
+        return real(job, lm, cache)
+
+    monkeypatch.setattr(distributed, "run_shard", flaky)
+    config = tiny_config(tmp_path / "threads.duckdb", analyses=())
+    run_build_flow(config)
+    assert failed == [64]
+    assert_same_atlas(config.db, tiny_atlas[0].db)
+
+    # A killed run resumes: the shards on disk are kept, the missing one is harvested again.
+    import shutil
+
+    metas = sorted(shards_dir(config.db).glob("*/*/meta.json"))
+    lost = metas[0].parent
+    shutil.rmtree(lost)
+    kept = {m: m.stat().st_mtime_ns for m in metas[1:]}
+    run_build_flow(config)
+    assert (lost / "meta.json").exists()
+    assert all(m.stat().st_mtime_ns == t for m, t in kept.items())
+    assert_same_atlas(config.db, tiny_atlas[0].db)

@@ -1,0 +1,207 @@
+"""A sharded harvest on any Prefect task runner: shard jobs, the work a shard task does, and the
+choice of task runner.
+
+The flow writes the corpus's blocks once as Parquet beside the database; each shard task reads
+its own blocks, runs the model and every SAE over them and writes one Parquet partial per SAE
+under a content-addressed name. A shard whose partials exist is skipped, so a killed build
+resumes where it stopped. Workers need the database's folder (a shared volume on a cluster).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from atlas import shards
+from atlas.artifacts import shards_dir
+from atlas.config import BuildConfig
+from atlas.corpus import Blocks
+from atlas.errors import AtlasError
+from atlas.harvest import forward_range
+from atlas.models import HookPoint, LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """How a worker loads one SAE of the build, and what its result depends on."""
+
+    sae_id: str
+    hook: str
+    path: str | None             # saved SAE (trained by the build or --sae-path)
+    release: str | None          # or a published one: (release, id)
+    published_id: str | None
+    fingerprint: str             # hash of the SAE's weights
+    measure_quality: bool        # loaded SAEs are evaluated on the held-out blocks
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard task's work: blocks [start, stop) with every SAE."""
+
+    config: BuildConfig
+    start: int
+    stop: int
+    n_blocks: int
+    corpus_id: str
+    corpus_path: str
+    saes: tuple[SAESpec, ...]
+
+    def key(self, spec: SAESpec) -> str:
+        c = self.config
+        return shards.shard_key({
+            "model": c.model, "seed": c.seed, "device": c.device, "corpus": self.corpus_id,
+            "start": self.start, "stop": self.stop, "n_blocks": self.n_blocks,
+            "block_size": c.block_size, "batch_blocks": c.batch_blocks,
+            "threshold": c.threshold, "n_examples": c.n_examples, "holdout": c.holdout,
+            "sae": spec.sae_id, "weights": spec.fingerprint, "quality": spec.measure_quality})
+
+    def paths(self) -> dict[str, Path]:
+        root = shards_dir(Path(self.config.db))
+        return {s.sae_id: shards.partial_dir(root, s.sae_id, self.start, self.stop, self.key(s))
+                for s in self.saes}
+
+
+def weights_fingerprint(sae) -> str:
+    """A hash of an SAE's parameters."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def write_corpus(config: BuildConfig, blocks: Blocks) -> Path:
+    """The blocks' token ids and masks as Parquet (content-addressed by the corpus id)."""
+    path = shards_dir(Path(config.db)) / f"corpus-{blocks.corpus_id}.parquet"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"token_ids": list(blocks.token_ids.astype(np.int32)),
+                          "mask": list(blocks.mask)})
+        tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
+        pq.write_table(table, tmp)
+        tmp.rename(path)
+    return path
+
+
+def read_blocks(path: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and masks of blocks [start, stop) from the corpus Parquet."""
+    table = pq.read_table(path).slice(start, stop - start)
+    ids = np.array(table.column("token_ids").to_pylist(), dtype=np.int64)
+    mask = np.array(table.column("mask").to_pylist(), dtype=bool)
+    return ids, mask
+
+
+def shard_jobs(config: BuildConfig, planned, blocks: Blocks, corpus_path: Path) -> list[ShardJob]:
+    specs = []
+    for p in planned:
+        release, pid = (p.source.split("/", 1) if p.path is None and "/" in p.source
+                        else (None, None))
+        specs.append(SAESpec(p.sae_id, p.hook.name, str(p.path) if p.path else None, release,
+                             pid, weights_fingerprint(p.sae), p.quality is None))
+    return [ShardJob(config, start, stop, blocks.n_blocks, blocks.corpus_id, str(corpus_path),
+                     tuple(specs))
+            for start, stop in shards.shard_ranges(blocks.n_blocks, config.shard_blocks)]
+
+
+# Worker-local caches: a worker runs many shards with the same model and SAEs. Capturing
+# residuals puts hooks on the model's blocks, so one forward pass at a time per process.
+_lock = threading.Lock()
+_forward_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _model(spec: str, device: str, seed: int) -> LoadedModel:
+    return load_model(spec, device=device, seed=seed)
+
+
+@functools.lru_cache(maxsize=16)
+def _sae(spec: SAESpec, device: str):
+    from atlas.saes import load_published, load_saved
+
+    sae = (load_saved(Path(spec.path), device=device) if spec.path else
+           load_published(spec.release, spec.published_id, device=device))
+    if weights_fingerprint(sae) != spec.fingerprint:
+        raise AtlasError(f"{spec.sae_id} on this worker differs from the one the build planned "
+                         f"({spec.path or spec.release}); workers must see the same files")
+    return sae
+
+
+@torch.no_grad()
+def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None) -> dict[str, str]:
+    """Harvest one shard and write its partials; skipped when they exist already.
+
+    `lm` and `cache` (the build's activation cache) are used when the task runs in the build's
+    own process; a worker loads the model itself (once per process)."""
+    from atlas.pipeline import AtlasSAE, harvest_partials
+
+    paths = job.paths()
+    if all(p.exists() for p in paths.values()):
+        log.info("shard %d-%d already harvested; skipped", job.start, job.stop)
+        return {k: str(v) for k, v in paths.items()}
+    c = job.config
+    if lm is None:
+        with _lock:
+            lm = _model(c.model, c.device, c.seed)
+    with _lock:
+        saes = [AtlasSAE(s.sae_id, HookPoint.parse(s.hook), "shard", _sae(s, str(lm.device)))
+                for s in job.saes]
+    measure = {s.sae_id for s in job.saes if s.measure_quality}
+    if cache is not None:
+        batches = cache.batches(c.batch_blocks, job.start, job.stop)
+        parts = harvest_partials(c, saes, batches, start=job.start, stop=job.stop,
+                                 n_blocks=job.n_blocks, measure=measure)
+    else:
+        ids, mask = read_blocks(job.corpus_path, job.start, job.stop)
+        with _forward_lock:
+            batches = forward_range(lm, ids, mask, [s.hook for s in saes],
+                                    batch_blocks=c.batch_blocks, offset=job.start)
+            parts = harvest_partials(c, saes, batches, start=job.start, stop=job.stop,
+                                     n_blocks=job.n_blocks, measure=measure)
+    for sae_id, part in parts.items():
+        shards.write_partial(paths[sae_id], part)
+    log.info("shard %d-%d harvested: %d tokens", job.start, job.stop,
+             next(iter(parts.values())).n_tokens)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def merge_shards(config: BuildConfig, planned, paths: list[dict[str, str]], n_blocks: int):
+    """Statistics and quality of each SAE from its shards' Parquet partials."""
+    from atlas.pipeline import merge_partials
+
+    parts = {p.sae_id: [shards.read_partial(Path(d[p.sae_id])) for d in paths] for p in planned}
+    return merge_partials(config, planned, parts, n_blocks=n_blocks)
+
+
+def task_runner(config: BuildConfig):
+    """The Prefect task runner named by `config.runner`."""
+    if config.runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=config.workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise AtlasError("--runner dask needs prefect-dask: pip install 'feature-atlas[dask]'"
+                         ) from exc
+    if config.runner == "dask":
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                              cluster_kwargs={"n_workers": config.workers,
+                                              "threads_per_worker": 1, "processes": True})
+    return DaskTaskRunner(address=config.runner)
+
+
+def in_process(config: BuildConfig) -> bool:
+    """Whether shard tasks run in the build's own process (and may share its model)."""
+    return config.runner == "threads"
+

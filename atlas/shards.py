@@ -1,0 +1,240 @@
+"""The harvest in shards: each shard of consecutive blocks yields a partial result per SAE, and
+partials merge into the statistics of the whole corpus.
+
+Every build harvests this way. In one process the partials stay in memory; on a cluster each
+shard task writes its partials as Parquet under `<db>.shards/` and a merge task reads them. Both
+merge the same partials in the same order, so a sharded build equals a single-process one
+exactly (integer counts, top examples, and float sums added shard by shard in the same order).
+
+A partial holds what can be summed or reduced: firing counts, activation sums and maxima,
+top-example candidates, (block, feature) firings, (feature, token) counts, co-occurrence counts
+within the shard's blocks, and the sums behind held-out quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from jaxtyping import Bool, Float, Int
+
+from atlas.errors import AtlasError
+from atlas.harvest import FeatureAccumulator, FeatureStats, cooccurrence
+from atlas.saes import SAEQuality
+
+Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def shard_ranges(n_blocks: int, shard_blocks: int) -> list[tuple[int, int]]:
+    """[start, stop) block ranges of `shard_blocks` blocks (the last may be shorter)."""
+    return [(s, min(s + shard_blocks, n_blocks)) for s in range(0, n_blocks, shard_blocks)]
+
+
+@dataclass
+class QualityPartial:
+    """Sums over held-out tokens from which explained variance, L0 and dead fraction follow."""
+
+    n: int
+    sse: float
+    active: float
+    ever: Bool[np.ndarray, " f"]
+    sum_x: Float[np.ndarray, " d"]
+    sumsq: float
+
+    @classmethod
+    def empty(cls, d_sae: int, d_in: int) -> QualityPartial:
+        return cls(0, 0.0, 0.0, np.zeros(d_sae, bool), np.zeros(d_in), 0.0)
+
+    @torch.no_grad()
+    def update(self, sae, x: Float[torch.Tensor, "n d"]) -> None:
+        if not len(x):
+            return
+        x = x.to(sae.W_dec.device, torch.float32)
+        feats = sae.encode(x)
+        self.sse += float((x - sae.decode(feats)).pow(2).sum())
+        active = feats > 0
+        self.active += float(active.sum())
+        self.ever |= active.any(0).cpu().numpy()
+        x64 = x.double()
+        self.sum_x += x64.sum(0).cpu().numpy()
+        self.sumsq += float(x64.pow(2).sum())
+        self.n += len(x)
+
+
+def merge_quality(parts: list[QualityPartial]) -> SAEQuality:
+    """Quality of the held-out tokens of all shards."""
+    n = sum(p.n for p in parts)
+    if n == 0:
+        raise AtlasError("no held-out tokens to measure the SAE's quality; raise --tokens or "
+                         "--holdout")
+    sse = sum(p.sse for p in parts)
+    sum_x = np.sum([p.sum_x for p in parts], axis=0)
+    total = sum(p.sumsq for p in parts) - float(sum_x @ sum_x) / n
+    ever = np.logical_or.reduce([p.ever for p in parts])
+    return SAEQuality(l0=sum(p.active for p in parts) / n,
+                      explained_variance=1.0 - sse / max(total, 1e-12),
+                      dead_fraction=1.0 - float(ever.mean()), n_tokens=n)
+
+
+@dataclass
+class Partial:
+    """One SAE's harvest of the blocks [start, stop)."""
+
+    sae_id: str
+    start: int
+    stop: int
+    n_tokens: int
+    firing_count: Int[np.ndarray, " f"]
+    act_sum: Float[np.ndarray, " f"]
+    max_act: Float[np.ndarray, " f"]
+    top: Triple          # (feature, activation, global token position), <= n per feature
+    firings: Triple      # (global block, feature, max activation in the block)
+    tokens: Triple       # (feature, token id, count)
+    cooc: Triple         # (i, j, blocks of this shard where both fire), i < j
+    quality: QualityPartial | None = None
+
+
+def partial_of(acc: FeatureAccumulator, sae_id: str, start: int, stop: int,
+               quality: QualityPartial | None = None) -> Partial:
+    """The accumulator's state after the blocks [start, stop), as a partial."""
+    f, v, p = (x.numpy() for x in acc._top)
+    stats = acc.result()
+    b, feats, a = stats.block_firings
+    i, j, n = cooccurrence(b - start, feats, n_blocks=max(stop - start, 1), d_sae=acc.d_sae)
+    return Partial(sae_id, start, stop, acc.n_tokens, acc.firing_count.numpy().copy(),
+                   acc.act_sum.numpy().copy(), acc.max_act.numpy().copy(),
+                   (f.astype(np.int64), v.astype(np.float32), p.astype(np.int64)),
+                   (b, feats, a), stats.token_counts, (i, j, n), quality)
+
+
+def _sum_by_key(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=counts, minlength=len(uniq)).astype(np.int64)
+
+
+def merge(parts: list[Partial], *, d_sae: int, n_blocks: int, block_size: int,
+          n_examples: int) -> FeatureStats:
+    """The statistics of the whole corpus from the partials of shards that tile it."""
+    parts = sorted(parts, key=lambda p: p.start)
+    edges = [(p.start, p.stop) for p in parts]
+    if not parts or edges[0][0] != 0 or edges[-1][1] != n_blocks or any(
+            a[1] != b[0] for a, b in zip(edges, edges[1:])):
+        raise AtlasError(f"the shards {edges} do not cover blocks 0..{n_blocks} exactly; "
+                         "re-run the build to harvest the missing ones")
+    count = np.zeros(d_sae, np.int64)
+    act_sum = np.zeros(d_sae)
+    max_act = np.zeros(d_sae, np.float32)
+    for p in parts:
+        count += p.firing_count
+        act_sum += p.act_sum
+        np.maximum(max_act, p.max_act, out=max_act)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, act_sum / count, np.nan)
+
+    f, v, pos = (np.concatenate(x) for x in zip(*(p.top for p in parts)))
+    order = np.lexsort((pos, -v.astype(np.float64), f))
+    f, v, pos = f[order], v[order], pos[order]
+    rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
+    keep = rank < n_examples
+    top_acts = np.zeros((n_examples, d_sae), np.float32)
+    top_pos = np.zeros((n_examples, d_sae), np.int64)
+    top_acts[rank[keep], f[keep]] = v[keep]
+    top_pos[rank[keep], f[keep]] = pos[keep]
+
+    blocks, feats, acts = (np.concatenate(x) for x in zip(*(p.firings for p in parts)))
+    tf, tt, tc = (np.concatenate(x) for x in zip(*(p.tokens for p in parts)))
+    stride = int(tt.max()) + 1 if len(tt) else 1
+    keys, counts = _sum_by_key(tf * stride + tt, tc)
+    ci, cj, cn = (np.concatenate(x) for x in zip(*(p.cooc for p in parts)))
+    pairs, n_ij = _sum_by_key(ci * d_sae + cj, cn)
+    return FeatureStats(
+        firing_count=count, block_count=np.bincount(feats, minlength=d_sae), mean_act=mean,
+        max_act=max_act, top_acts=top_acts, top_blocks=top_pos // block_size,
+        top_positions=top_pos % block_size,
+        block_firings=(blocks.astype(np.int64), feats.astype(np.int64),
+                       acts.astype(np.float32)),
+        token_counts=(keys // stride, keys % stride, counts),
+        n_tokens=sum(p.n_tokens for p in parts), n_blocks=n_blocks,
+        cooccurrence=(pairs // d_sae, pairs % d_sae, n_ij))
+
+
+# --- Parquet -------------------------------------------------------------------------------
+
+def shard_key(fingerprint: dict) -> str:
+    """Content address of a shard's partial: a hash of everything its result depends on."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str)
+                          .encode()).hexdigest()[:20]
+
+
+def partial_dir(root: Path, sae_id: str, start: int, stop: int, key: str) -> Path:
+    from atlas.artifacts import safe_name
+
+    return Path(root) / safe_name(sae_id) / f"{start:07d}-{stop:07d}-{key}"
+
+
+def _triple_table(t: Triple, names: tuple[str, str, str]) -> pa.Table:
+    return pa.table(dict(zip(names, t)))
+
+
+def write_partial(path: Path, part: Partial) -> Path:
+    """Write a partial as Parquet files in `path`, atomically (a temporary directory renamed
+    into place): a directory that exists is complete."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    cols = {"firing_count": part.firing_count, "act_sum": part.act_sum, "max_act": part.max_act}
+    meta = {"sae_id": part.sae_id, "start": part.start, "stop": part.stop,
+            "n_tokens": part.n_tokens, "quality": None,
+            "written_by": f"{socket.gethostname()}:{os.getpid()}"}
+    if part.quality is not None:
+        q = part.quality
+        cols["ever"] = q.ever
+        meta["quality"] = {"n": q.n, "sse": q.sse, "active": q.active, "sumsq": q.sumsq,
+                           "sum_x": q.sum_x.tolist()}
+    pq.write_table(pa.table(cols), tmp / "features.parquet")
+    pq.write_table(_triple_table(part.top, ("feature", "act", "position")), tmp / "top.parquet")
+    pq.write_table(_triple_table(part.firings, ("block_id", "feature", "max_act")),
+                   tmp / "firings.parquet")
+    pq.write_table(_triple_table(part.tokens, ("feature", "token", "count")),
+                   tmp / "tokens.parquet")
+    pq.write_table(_triple_table(part.cooc, ("i", "j", "n_ij")), tmp / "cooccurrence.parquet")
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if not path.exists():
+            raise
+        shutil.rmtree(tmp)  # another attempt at the same shard finished first
+    return path
+
+
+def _triple(path: Path) -> Triple:
+    table = pq.read_table(path)
+    return tuple(table.column(i).to_numpy() for i in range(3))
+
+
+def read_partial(path: Path) -> Partial:
+    path = Path(path)
+    meta = json.loads((path / "meta.json").read_text())
+    feats = pq.read_table(path / "features.parquet")
+    quality = None
+    if meta["quality"] is not None:
+        q = meta["quality"]
+        quality = QualityPartial(q["n"], q["sse"], q["active"],
+                                 feats.column("ever").to_numpy(zero_copy_only=False),
+                                 np.asarray(q["sum_x"]), q["sumsq"])
+    return Partial(meta["sae_id"], meta["start"], meta["stop"], meta["n_tokens"],
+                   feats.column("firing_count").to_numpy(), feats.column("act_sum").to_numpy(),
+                   feats.column("max_act").to_numpy(), _triple(path / "top.parquet"),
+                   _triple(path / "firings.parquet"), _triple(path / "tokens.parquet"),
+                   _triple(path / "cooccurrence.parquet"), quality)

@@ -1,0 +1,84 @@
+"""Shard partials: merged, they equal one pass over the whole corpus; Parquet round-trips them."""
+
+import numpy as np
+import pytest
+import torch
+
+from atlas import shards
+from atlas.errors import AtlasError
+from atlas.harvest import FeatureAccumulator, SparseCodes, cooccurrence
+from tests.test_harvest import planted_batches, run
+
+
+def shard_partials(acts, tokens, mask, *, shard=4, batch=2, n_examples=4, quantise=True):
+    n_blocks, t, f = acts.shape
+    parts = []
+    for start, stop in shards.shard_ranges(n_blocks, shard):
+        acc = FeatureAccumulator(f, n_blocks, block_size=t, threshold=1.0,
+                                 n_examples=n_examples)
+        for b in range(start, stop, batch):
+            sl = slice(b, min(b + batch, stop))
+            acc.update(b, SparseCodes.from_dense(acts[sl].reshape(-1, f)), tokens[sl], mask[sl])
+        parts.append(shards.partial_of(acc, "s", start, stop))
+    return parts
+
+
+def test_merged_shards_equal_one_pass():
+    acts, tokens, mask = planted_batches(n_blocks=13)
+    # values on a coarse grid so that sums are exact in any order, and with ties
+    acts = torch.round(acts * 4) / 4
+    whole = run(acts, tokens, mask, batch=2)
+    merged = shards.merge(shard_partials(acts, tokens, mask), d_sae=10, n_blocks=13,
+                          block_size=16, n_examples=4)
+    for name in ("firing_count", "block_count", "max_act", "top_acts", "top_blocks",
+                 "top_positions"):
+        assert np.array_equal(getattr(merged, name), getattr(whole, name)), name
+    np.testing.assert_array_equal(merged.mean_act, whole.mean_act)
+    for a, b in zip(merged.block_firings + merged.token_counts,
+                    whole.block_firings + whole.token_counts):
+        assert np.array_equal(a, b)
+    b, f, _ = whole.block_firings
+    for a, c in zip(merged.cooccurrence, cooccurrence(b, f, n_blocks=13, d_sae=10)):
+        assert np.array_equal(a, c)
+    assert merged.n_tokens == whole.n_tokens
+
+
+def test_parquet_round_trip(tmp_path):
+    acts, tokens, mask = planted_batches(n_blocks=8)
+    part = shard_partials(acts, tokens, mask)[1]
+    part.quality = shards.QualityPartial(5, 1.5, 20.0, np.array([True, False] * 5),
+                                         np.arange(3.0), 9.0)
+    path = shards.write_partial(tmp_path / "p", part)
+    back = shards.read_partial(path)
+    for name in ("firing_count", "act_sum", "max_act"):
+        assert np.array_equal(getattr(back, name), getattr(part, name))
+    for name in ("top", "firings", "tokens", "cooc"):
+        for a, b in zip(getattr(back, name), getattr(part, name)):
+            assert np.array_equal(a, b) and a.dtype == b.dtype
+    assert (back.start, back.stop, back.n_tokens) == (part.start, part.stop, part.n_tokens)
+    assert back.quality.n == 5 and np.array_equal(back.quality.ever, part.quality.ever)
+    # a second writer of the same shard leaves the first one's files
+    shards.write_partial(tmp_path / "p", part)
+    assert not list(tmp_path.glob(".p.tmp-*"))
+
+
+def test_merge_refuses_a_missing_shard():
+    acts, tokens, mask = planted_batches(n_blocks=12)
+    parts = shard_partials(acts, tokens, mask)
+    with pytest.raises(AtlasError, match="do not cover blocks 0..12"):
+        shards.merge(parts[:1] + parts[2:], d_sae=10, n_blocks=12, block_size=16, n_examples=4)
+
+
+def test_merged_quality_equals_the_direct_formula():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    parts = []
+    for chunk in np.array_split(x, 3):
+        parts.append(shards.QualityPartial(len(chunk), float((chunk ** 2).sum() * 0.1),
+                                           float(len(chunk) * 2), np.zeros(4, bool),
+                                           chunk.sum(0), float((chunk ** 2).sum())))
+    parts[1].ever[2] = True
+    q = shards.merge_quality(parts)
+    total = ((x - x.mean(0)) ** 2).sum()
+    assert q.explained_variance == pytest.approx(1 - 0.1 * (x ** 2).sum() / total)
+    assert q.l0 == 2 and q.dead_fraction == 0.75 and q.n_tokens == 40
