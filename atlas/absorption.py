@@ -157,13 +157,13 @@ def store_run(con: duckdb.DuckDBPyConnection, run: dict, tables: dict[str, pa.Ta
 
 
 def absorption(con: duckdb.DuckDBPyConnection, lm: LoadedModel, saes: dict, sae_ids: list[str],
-               *, n_words: int | None = 6000, settings: ab.AbsorptionSettings =
-               ab.AbsorptionSettings(), test_fraction: float = 0.2,
-               batch_size: int = 64) -> list[dict]:
+               *, n_words: int | None = 6000, settings: ab.AbsorptionSettings | None = None,
+               test_fraction: float = 0.2, batch_size: int = 64) -> list[dict]:
     """Run the first-letter absorption analysis for each SAE (one forward pass for all of
     them) and store it. Returns one summary per SAE."""
     from atlas.saes import hook_of
 
+    settings = settings or ab.AbsorptionSettings()
     missing = [s for s in sae_ids if s not in saes]
     if missing:
         raise AtlasError(f"{', '.join(missing)} not on disk; absorption runs the SAE's encoder, "

@@ -198,7 +198,24 @@ def task_runner(config: BuildConfig):
         return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                               cluster_kwargs={"n_workers": config.workers,
                                               "threads_per_worker": 1, "processes": True})
+    check_scheduler(config.runner)
     return DaskTaskRunner(address=config.runner)
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the fix, when nothing listens at a Dask scheduler address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    try:
+        host, port = parts.hostname, parts.port or 8786
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except (OSError, ValueError, TypeError):
+        raise AtlasError(f"no Dask scheduler answers at {address}; start one (`dask scheduler`, "
+                         "or docker/compose.yaml) or use --runner dask for a local cluster"
+                         ) from None
 
 
 def in_process(config: BuildConfig) -> bool:

@@ -66,6 +66,9 @@ def forward_range(lm: LoadedModel, token_ids: np.ndarray, mask: np.ndarray,
                               {name: sink_free(a, keep) for name, a in acts.items()})
 
 
+PairCounts = tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]
+
+
 @dataclass(frozen=True)
 class FeatureStats:
     """What the harvest of one SAE produced; arrays are indexed by feature."""
@@ -86,8 +89,7 @@ class FeatureStats:
     n_tokens: int
     """Tokens that counted (mask true)."""
     n_blocks: int
-    cooccurrence: tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]] | None \
-        = None
+    cooccurrence: PairCounts | None = None
     """(i, j, n_ij) when already counted (merged shards); else computed from block_firings."""
 
 

@@ -14,6 +14,7 @@ within the shard's blocks, and the sums behind held-out quality.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -128,7 +129,7 @@ def merge(parts: list[Partial], *, d_sae: int, n_blocks: int, block_size: int,
     parts = sorted(parts, key=lambda p: p.start)
     edges = [(p.start, p.stop) for p in parts]
     if not parts or edges[0][0] != 0 or edges[-1][1] != n_blocks or any(
-            a[1] != b[0] for a, b in zip(edges, edges[1:])):
+            a[1] != b[0] for a, b in itertools.pairwise(edges)):
         raise AtlasError(f"the shards {edges} do not cover blocks 0..{n_blocks} exactly; "
                          "re-run the build to harvest the missing ones")
     count = np.zeros(d_sae, np.int64)

@@ -59,7 +59,7 @@ def fan_out(config: BuildConfig, lm, planned, blocks, cache):
 
 
 @flow(name="atlas-build")
-def build_flow(config: BuildConfig = BuildConfig()) -> BuildResult:
+def build_flow(config: BuildConfig = BuildConfig()) -> BuildResult:  # noqa: B008 (frozen)
     """Harvest a model's SAE features into the DuckDB atlas (see `atlas.build`)."""
     return build(config, step=as_task, fan_out=fan_out)
 
@@ -70,7 +70,7 @@ def run_build_flow(config: BuildConfig) -> BuildResult:
 
 
 @flow(name="atlas-build-deployment")
-def deployed_build(config: BuildConfig = BuildConfig()) -> BuildResult:
+def deployed_build(config: BuildConfig = BuildConfig()) -> BuildResult:  # noqa: B008
     """The deployments' entry point: runs `atlas-build` as a subflow on the task runner that
     `config.runner` names (a deployment cannot choose its flow's task runner per run)."""
     return run_build_flow(config)

@@ -39,6 +39,16 @@ def tiny_atlas(tmp_path_factory) -> tuple[BuildConfig, object]:
     return config, build(config)
 
 
+@pytest.fixture
+def atlas_copy(tiny_atlas, tmp_path) -> tuple[Path, tuple[str, ...]]:
+    """A writable copy of the tiny atlas and its SAE ids."""
+    import shutil
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(tiny_atlas[0].db, db)
+    return db, tiny_atlas[1].sae_ids
+
+
 @pytest.fixture(scope="session")
 def full_atlas(tiny_atlas, tmp_path_factory) -> Path:
     """A copy of the tiny atlas with universality and absorption runs too."""

@@ -1,10 +1,7 @@
 """`atlas absorption` on the tiny atlas: cached-prefix residuals, stored tables and views."""
 
-import shutil
-
 import duckdb
 import numpy as np
-import pytest
 import torch
 
 from atlas.absorption import first_letter_vocabulary, prompt_prefix, word_residuals
@@ -34,13 +31,6 @@ def test_cached_prefix_gives_the_full_prompt_residuals(tiny_lm):
     for h in hooks:
         np.testing.assert_allclose(got[h.name], want[h.name][:, -1].numpy(), rtol=1e-4,
                                    atol=1e-5)
-
-
-@pytest.fixture
-def atlas_copy(tiny_atlas, tmp_path):
-    db = tmp_path / "abs.duckdb"
-    shutil.copy(tiny_atlas[0].db, db)
-    return db, tiny_atlas[1].sae_ids
 
 
 def test_absorption_command_fills_tables_and_views(atlas_copy, capsys):

@@ -7,15 +7,6 @@ import pytest
 from atlas.cli import main
 
 
-@pytest.fixture
-def atlas_copy(tiny_atlas, tmp_path):
-    import shutil
-
-    db = tmp_path / "cmp.duckdb"
-    shutil.copy(tiny_atlas[0].db, db)
-    return db, tiny_atlas[1].sae_ids
-
-
 def test_an_sae_matched_with_itself_is_the_identity(atlas_copy, tiny_lm):
     from atlas import store
     from atlas.compare import compare

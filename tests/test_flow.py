@@ -115,3 +115,19 @@ def test_a_shard_that_fails_once_is_retried_and_a_rerun_skips_written_shards(
     assert (lost / "meta.json").exists()
     assert all(m.stat().st_mtime_ns == t for m, t in kept.items())
     assert_same_atlas(config.db, tiny_atlas[0].db)
+
+
+def test_an_unreachable_scheduler_is_one_clear_error(tmp_path, capsys):
+    import socket
+
+    from atlas.cli import main
+
+    with socket.socket() as s:            # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "never.duckdb"
+    assert main(["build", "--prefect", "--db", str(db), "--model", "tiny-random-llama",
+                 "--runner", f"tcp://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert "no Dask scheduler answers" in err and "--runner dask" in err
+    assert not db.exists()

@@ -95,7 +95,7 @@ def split_words(labels: Int[np.ndarray, " n"], test_fraction: float = 0.2, *,
     train = np.ones(len(labels), dtype=bool)
     for letter in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == letter))
-        n_test = int(round(len(rows) * test_fraction))
+        n_test = round(len(rows) * test_fraction)
         if len(rows) >= 2:
             n_test = min(max(n_test, 1), len(rows) - 1)
         train[rows[:n_test]] = False

@@ -95,7 +95,7 @@ def test_planted_absorption_rate(absorbed):
 
 
 def test_split_letter_has_two_main_latents():
-    resid, labels, codes, decoder, short, lat = planted(False)
+    resid, labels, codes, decoder, _, lat = planted(False)
     train = ab.split_words(labels, 0.2, seed=0)
     t = {r.letter: r for r in ab.absorption(resid, labels, codes, decoder, train).letters}["t"]
     assert t.n_split == 1
