@@ -30,23 +30,45 @@ def db_path() -> Path:
     return Path(os.environ.get("ATLAS_DB", "atlas.duckdb"))
 
 
-@st.cache_resource
+_OPEN: dict[str, object] = {}
+"""This run's connections. Streamlit runs the script afresh on every interaction and the run
+closes them at its end, so the app never holds the file while a build wants to write it."""
+
+
 def connection(path: str):
     from atlas.readonly import open_readonly
 
-    return open_readonly(path)
+    if path not in _OPEN:
+        _OPEN[path] = open_readonly(path)
+    return _OPEN[path]
 
 
-@st.cache_resource
-def feature_index(path: str, sae_id: str):
+def version(path: str) -> int:
+    """Changes when the atlas is written (the file or its write-ahead log)."""
+    p = Path(path)
+    wal = p.with_name(p.name + ".wal")
+    return max(p.stat().st_mtime_ns, wal.stat().st_mtime_ns if wal.exists() else 0)
+
+
+@st.cache_resource(max_entries=32)
+def _index(path: str, stamp: int, sae_id: str):
     from atlas import query
 
     return query.open_index(connection(path), Path(path), sae_id)
 
 
-@st.cache_data(show_spinner=False)
-def cached(path: str, name: str, *args) -> q.Shown:
+def feature_index(path: str, sae_id: str):
+    return _index(path, version(path), sae_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _cached(path: str, stamp: int, name: str, *args) -> q.Shown:
     return getattr(q, name)(connection(path), *args)
+
+
+def cached(path: str, name: str, *args) -> q.Shown:
+    """A dashboard query's result, cached until the atlas changes."""
+    return _cached(path, version(path), name, *args)
 
 
 def show_sql(shown: q.Shown) -> None:
@@ -390,7 +412,12 @@ def main() -> None:
     page = st.sidebar.radio("Feature Atlas", PAGES,
                             index=PAGES.index(wanted) if wanted in PAGES else 0)
     st.sidebar.caption(f"{path}")
-    RENDER[page](str(path))
+    try:
+        RENDER[page](str(path))
+    finally:
+        for con in _OPEN.values():
+            con.close()
+        _OPEN.clear()
 
 
 main()

@@ -38,7 +38,11 @@ def open_readonly(path: Path | str) -> duckdb.DuckDBPyConnection:
     try:
         con = duckdb.connect(str(path), read_only=True, config=SAFE_CONFIG)
     except duckdb.Error as exc:
-        raise AtlasError(f"{path} is not a DuckDB database ({str(exc).splitlines()[0]}); "
+        first = str(exc).splitlines()[0]
+        if "lock" in first.lower():
+            raise AtlasError(f"{path} is being written by another process (a build?); open it "
+                             "again when that has finished") from None
+        raise AtlasError(f"{path} is not a DuckDB database ({first}); "
                          "pass the atlas's --db path") from None
     names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
              .fetchall()}

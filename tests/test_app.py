@@ -45,6 +45,24 @@ def test_overview_shows_model_and_sae_quality(app, tiny_atlas):
     assert any("FROM sae_overview" in c.value for c in at.code)
 
 
+def test_the_app_lets_a_build_write_and_then_shows_what_it_wrote(atlas_copy, monkeypatch):
+    from atlas import store
+
+    db, ids = atlas_copy
+    monkeypatch.setenv("ATLAS_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"] = "Overview"
+    at.run()
+    assert 99.5 not in list(at.dataframe[0].value["l0"])
+    # between interactions the app holds no connection, so a writer can open the file
+    con = store.connect(db)
+    con.execute("UPDATE saes SET l0 = 99.5 WHERE sae_id = ?", [ids[0]])
+    con.close()
+    at.run()
+    assert not at.exception
+    assert 99.5 in list(at.dataframe[0].value["l0"])
+
+
 def test_feature_page_by_id_and_by_token(app):
     at = app("Feature")
     assert at.subheader[0].value.startswith("#0")
