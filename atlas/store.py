@@ -221,11 +221,27 @@ def checksum(matrix: np.ndarray) -> str:
 
 
 def load_decoders(con: duckdb.DuckDBPyConnection, sae_id: str) -> np.ndarray:
-    """Unit decoder vectors of an SAE as a (d_sae, d_in) float32 matrix, ordered by feature."""
+    """Unit decoder vectors of an SAE as a (d_sae, d_in) float32 matrix, ordered by feature.
+
+    Rows are placed by feature id as they stream out of DuckDB (no ORDER BY over the vectors,
+    no intermediate copy of the whole matrix)."""
     with con.cursor() as cur:  # a cursor, so results pending on `con` stay untouched
-        table = cur.sql("SELECT vector FROM decoders WHERE sae_id = ? ORDER BY feature",
+        table = cur.sql("SELECT feature, vector FROM decoders WHERE sae_id = ?",
                         params=[sae_id]).to_arrow_table()
-    if table.num_rows == 0:
+    n = table.num_rows
+    if n == 0:
         raise AtlasError(f"no SAE '{sae_id}' in this atlas; `atlas info` lists the SAEs")
-    col = table.column("vector").combine_chunks()
-    return col.flatten().to_numpy().reshape(table.num_rows, -1).astype(np.float32)
+    feats = table.column("feature").to_numpy()
+    if feats.min() != 0 or feats.max() != n - 1:
+        raise AtlasError(f"the decoders of {sae_id} are incomplete ({n} rows); rebuild it")
+    out: np.ndarray | None = None
+    row = 0
+    for chunk in table.column("vector").chunks:
+        if not len(chunk):
+            continue
+        flat = chunk.flatten().to_numpy()
+        if out is None:
+            out = np.empty((n, len(flat) // len(chunk)), np.float32)
+        out[feats[row:row + len(chunk)]] = flat.reshape(len(chunk), -1)
+        row += len(chunk)
+    return out
