@@ -6,7 +6,8 @@ checksum no longer matches is rebuilt, never answered from silently.
 
 Exact search has two paths: a single BLAS matrix-vector product for small query batches
 (FAISS's flat scan costs several times a BLAS pass for one query on a CPU) and FAISS's flat
-index for large batches. Approximate indexes (HNSW, IVF) are chosen above `APPROX_ABOVE`
+index for large batches, on the GPU when faiss-gpu sees one (a copy made on first use; files on
+disk are always CPU indexes). Approximate indexes (HNSW, IVF) are chosen above `APPROX_ABOVE`
 vectors, with their recall@10 against exact search measured at build time and recorded.
 """
 
@@ -64,6 +65,16 @@ class FeatureIndex:
     def __init__(self, vectors: Float[np.ndarray, "n d"], ids: Int[np.ndarray, " n"],
                  meta: IndexMeta, index: faiss.Index):
         self.vectors, self.ids, self.meta, self.index = vectors, ids, meta, index
+        self._gpu: faiss.Index | None = None
+
+    def gpu_flat(self) -> faiss.Index | None:
+        """A GPU copy of the exact index's vectors (row positions as labels), or None without
+        faiss-gpu and a GPU."""
+        if self._gpu is None and self.meta.kind == "flat" and gpu_count() > 0:
+            cpu = faiss.IndexFlatIP(self.meta.d)
+            cpu.add(self.vectors)
+            self._gpu = faiss.index_cpu_to_all_gpus(cpu)
+        return self._gpu
 
     @classmethod
     def build(cls, vectors: Float[np.ndarray, "n d"], ids: Int[np.ndarray, " n"] | None = None,
@@ -109,6 +120,10 @@ class FeatureIndex:
         use_exact = self.meta.kind == "flat" if exact is None else exact
         if use_exact and (len(q) <= BLAS_MAX_QUERIES or self.meta.kind != "flat"):
             return blas_topk(self.vectors, q, k, self.ids)
+        gpu = self.gpu_flat() if self.meta.kind == "flat" else None
+        if gpu is not None:
+            scores, rows = gpu.search(q, k)
+            return scores, self.ids[rows]
         return self.index.search(q, k)
 
     def recall_at_10(self, *, n_queries: int = 200, seed: int = 0) -> float:
@@ -144,6 +159,12 @@ class FeatureIndex:
         vectors = faiss.downcast_index(index).index
         vectors = _stored_vectors(faiss.downcast_index(vectors), len(ids), meta.d)
         return cls(vectors, ids, meta, index)
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use: 0 with faiss-cpu."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
 
 
 def blas_topk(vectors: Float[np.ndarray, "n d"], queries: Float[np.ndarray, "m d"], k: int,

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atlas.errors import AtlasError
-from atlas.index import FeatureIndex, blas_topk
+from atlas.index import FeatureIndex, blas_topk, gpu_count
 
 
 def unit(x):
@@ -92,3 +92,30 @@ def test_corrupt_index_file_is_reported(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(AtlasError, match="rebuilt"):
         FeatureIndex.load(tmp_path / "x.faiss")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu_count() == 0, reason="faiss-gpu with a GPU is not present (CPU build)")
+def test_large_batches_on_the_gpu_equal_exact_search():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(5000, 64)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    index = FeatureIndex.build(v, np.arange(5000) + 100, kind="flat")
+    q = v[:200] + 0.01
+    scores, ids = index.search(q, 10)
+    assert index.gpu_flat() is not None
+    want_s, want_i = blas_topk(v, q / np.linalg.norm(q, axis=1, keepdims=True), 10,
+                               np.arange(5000) + 100)
+    assert (ids == want_i).mean() > 0.99
+    np.testing.assert_allclose(scores, want_s, atol=1e-4)
+
+
+def test_without_a_gpu_large_batches_use_faiss_on_the_cpu():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(500, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    index = FeatureIndex.build(v, kind="flat")
+    _, ids = index.search(v[:100], 1)
+    assert (ids[:, 0] == np.arange(100)).all()
+    if gpu_count() == 0:
+        assert index.gpu_flat() is None
