@@ -131,3 +131,13 @@ def test_an_unreachable_scheduler_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no Dask scheduler answers" in err and "--runner dask" in err
     assert not db.exists()
+
+
+def test_the_deployment_entry_point_runs_the_build_as_a_subflow(prefect_harness, tiny_atlas,
+                                                                 tmp_path):
+    from flows.build import deployed_build
+
+    config = tiny_config(tmp_path / "deployed.duckdb", analyses=())
+    state = deployed_build(config, return_state=True)
+    assert state.is_completed()
+    assert_same_atlas(config.db, tiny_atlas[0].db)
