@@ -4,7 +4,8 @@
     python benchmarks/harvest.py --build         # also time the whole default `atlas build`
 
 Prints bare-forward tokens/s (stopping after the deepest hooked layer), harvest tokens/s
-(forward + SAE encode + statistics for every layer), their ratio (goal >= 0.85), and the
+(forward + SAE encode + statistics for every layer, per-shard co-occurrence and the merge of
+the shards), their ratio (goal >= 0.85), and the
 once-per-build cost of turning the statistics into DuckDB rows.
 The SAEs are TopK SAEs of the default size with random weights unless --db names an atlas
 whose trained SAEs should be used; the harvest's cost does not depend on the weights' values.
@@ -108,7 +109,7 @@ def main() -> None:
     print(f"bare forward to layer {deepest}: {n_tok / t_bare:8.0f} tok/s")
     print(f"harvest (forward + SAE encode + statistics): {n_tok / t_harv:8.0f} tok/s")
     print(f"ratio harvest / bare forward: {t_bare / t_harv:.3f}  (goal >= 0.85)")
-    print(f"then, once per build: rows for DuckDB (co-occurrence, labels, example contexts) "
+    print(f"then, once per build: rows for DuckDB (labels, example contexts, Arrow tables) "
           f"{t_rows:.2f}s for {blocks.n_blocks} blocks = {t_rows / t_harv:.2f}x the harvest")
     if args.build:
         from atlas.builder import build
