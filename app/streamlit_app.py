@@ -30,9 +30,10 @@ def db_path() -> Path:
     return Path(os.environ.get("ATLAS_DB", "atlas.duckdb"))
 
 
+# This run's connections. Streamlit runs the script afresh on every interaction and the run
+# closes them at its end, so the app never holds the file while a build wants to write it.
+# (A bare string here would be rendered on the page by Streamlit's magic.)
 _OPEN: dict[str, object] = {}
-"""This run's connections. Streamlit runs the script afresh on every interaction and the run
-closes them at its end, so the app never holds the file while a build wants to write it."""
 
 
 def connection(path: str):

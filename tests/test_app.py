@@ -35,6 +35,17 @@ def app(tiny_atlas, monkeypatch):
     return open_page
 
 
+def test_no_stray_text_reaches_the_page():
+    """Streamlit's magic writes any bare expression statement of the script onto the page;
+    the app's only bare string is its module docstring."""
+    import ast
+
+    tree = ast.parse(Path(APP).read_text())
+    bare = [n.lineno for n in tree.body[1:]
+            if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)]
+    assert bare == [], f"bare strings at lines {bare} would show on every page"
+
+
 def test_overview_shows_model_and_sae_quality(app, tiny_atlas):
     at = app("Overview")
     metrics = {m.label: m.value for m in at.metric}
