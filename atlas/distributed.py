@@ -195,11 +195,29 @@ def task_runner(config: BuildConfig):
         raise AtlasError("--runner dask needs prefect-dask: pip install 'feature-atlas[dask]'"
                          ) from exc
     if config.runner == "dask":
+        # Workers report their task runs to the flow's Prefect API (else each would start a
+        # temporary server of its own and the shards would not show in the flow's UI).
         return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                               cluster_kwargs={"n_workers": config.workers,
-                                              "threads_per_worker": 1, "processes": True})
+                                              "threads_per_worker": 1, "processes": True,
+                                              "env": {"PREFECT_API_URL": prefect_api_url()}})
     check_scheduler(config.runner)
     return DaskTaskRunner(address=config.runner)
+
+
+def prefect_api_url() -> str:
+    """The Prefect API this process uses: the configured one, or Prefect's temporary local
+    server (started here if need be; the flow then uses the same one)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        return str(url)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
 
 
 def check_scheduler(address: str, timeout: float = 5.0) -> None:

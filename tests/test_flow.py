@@ -80,8 +80,18 @@ def test_sharded_build_on_a_local_dask_cluster_matches_the_single_process_atlas(
     metas = [json.loads(p.read_text()) for p in shards_dir(config.db).glob("*/*/meta.json")]
     assert sorted((m["sae_id"], m["start"], m["stop"]) for m in metas) == sorted(
         (s, a, b) for s in result.sae_ids for a, b in [(0, 64), (64, 96)])
-    # the shards ran in the cluster's worker processes, not in this one
+    # the shards ran in the cluster's worker processes, not in this one, and their task runs
+    # were recorded by the flow's Prefect API
     assert all(not m["written_by"].endswith(f":{os.getpid()}") for m in metas)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(like_="harvest_shard")), limit=200,
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+    assert sum(r.state.is_completed() for r in runs) >= 2
 
 
 def test_a_shard_that_fails_once_is_retried_and_a_rerun_skips_written_shards(
