@@ -93,7 +93,8 @@ class BuildConfig:
     local Dask cluster of --workers processes), or a Dask scheduler address 'tcp://host:8786'."""
 
     workers: int = 2
-    """Processes of the local Dask cluster (--runner dask)."""
+    """Processes of the local Dask cluster (--runner dask), or threads of Prefect's pool
+    (--runner threads)."""
 
     seed: int = 0
     """Seed for corpus sampling and SAE initialisation."""
