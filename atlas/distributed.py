@@ -82,24 +82,34 @@ def weights_fingerprint(sae) -> str:
 
 
 def write_corpus(config: BuildConfig, blocks: Blocks) -> Path:
-    """The blocks' token ids and masks as Parquet (content-addressed by the corpus id)."""
+    """The blocks' token ids and masks as Parquet (content-addressed by the corpus id), one row
+    group per shard so that a shard task reads only its own blocks."""
     path = shards_dir(Path(config.db)) / f"corpus-{blocks.corpus_id}.parquet"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.table({"token_ids": list(blocks.token_ids.astype(np.int32)),
-                          "mask": list(blocks.mask)})
+        t = blocks.block_size
+        table = pa.table({
+            "token_ids": pa.FixedSizeListArray.from_arrays(
+                pa.array(blocks.token_ids.astype(np.int32).reshape(-1)), t),
+            "mask": pa.FixedSizeListArray.from_arrays(pa.array(blocks.mask.reshape(-1)), t)})
         tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=config.shard_blocks)
         tmp.rename(path)
     return path
 
 
 def read_blocks(path: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and masks of blocks [start, stop) from the corpus Parquet."""
-    table = pq.read_table(path).slice(start, stop - start)
-    ids = np.array(table.column("token_ids").to_pylist(), dtype=np.int64)
-    mask = np.array(table.column("mask").to_pylist(), dtype=bool)
-    return ids, mask
+    """Token ids and masks of blocks [start, stop), reading only the row groups they lie in."""
+    file = pq.ParquetFile(path)
+    sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+    ends = np.cumsum(sizes)
+    groups = [i for i, end in enumerate(ends) if end > start and end - sizes[i] < stop]
+    first = int(ends[groups[0]] - sizes[groups[0]])
+    table = file.read_row_groups(groups).slice(start - first, stop - start)
+    ids, mask = (table.column(c).combine_chunks() for c in ("token_ids", "mask"))
+    n = table.num_rows
+    return (ids.flatten().to_numpy().reshape(n, -1).astype(np.int64),
+            mask.flatten().to_numpy(zero_copy_only=False).reshape(n, -1))
 
 
 def shard_jobs(config: BuildConfig, planned, blocks: Blocks, corpus_path: Path) -> list[ShardJob]:

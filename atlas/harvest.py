@@ -67,6 +67,7 @@ def forward_range(lm: LoadedModel, token_ids: np.ndarray, mask: np.ndarray,
 
 
 PairCounts = tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]
+Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -198,33 +199,26 @@ class FeatureAccumulator:
 
     def result(self) -> FeatureStats:
         """Final statistics (call once, after the last batch)."""
-        if self._firings:
-            blocks, feats, acts = (np.concatenate(x) for x in zip(*self._firings))
-        else:
-            blocks = feats = np.zeros(0, np.int64)
-            acts = np.zeros(0, np.float32)
-        count = self.firing_count.numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, self.act_sum.numpy() / count, np.nan)
-        top_acts, top_pos = self._top_matrix()
-        return FeatureStats(
-            firing_count=count, block_count=np.bincount(feats, minlength=self.d_sae),
-            mean_act=mean, max_act=self.max_act.numpy(), top_acts=top_acts,
-            top_blocks=top_pos // self.block_size, top_positions=top_pos % self.block_size,
-            block_firings=(blocks.astype(np.int64), feats.astype(np.int64),
-                           acts.astype(np.float32)),
-            token_counts=self._token_counts(), n_tokens=self.n_tokens, n_blocks=self.n_blocks)
+        return stats_from(count=self.firing_count.numpy(), act_sum=self.act_sum.numpy(),
+                          max_act=self.max_act.numpy(), top=self.top(), firings=self.firings(),
+                          tokens=self.token_counts(), n_tokens=self.n_tokens,
+                          n_blocks=self.n_blocks, block_size=self.block_size,
+                          n_examples=self.n_examples)
 
-    def _top_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+    def top(self) -> Triple:
+        """Top-example candidates: (feature, activation, global token position)."""
         f, v, p = (x.numpy() for x in self._top)
-        rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
-        acts = np.zeros((self.n_examples, self.d_sae), np.float32)
-        pos = np.zeros((self.n_examples, self.d_sae), np.int64)
-        acts[rank, f] = v
-        pos[rank, f] = p
-        return acts, pos
+        return f.astype(np.int64), v.astype(np.float32), p.astype(np.int64)
 
-    def _token_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def firings(self) -> Triple:
+        """(block, feature, max activation in the block), ordered by block then feature."""
+        if not self._firings:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        b, f, a = (np.concatenate(x) for x in zip(*self._firings))
+        return b.astype(np.int64), f.astype(np.int64), a.astype(np.float32)
+
+    def token_counts(self) -> Triple:
+        """(feature, token id, firing count), ordered by feature then token."""
         if not self._token_keys:
             empty = np.zeros(0, np.int64)
             return empty, empty, empty
@@ -232,6 +226,32 @@ class FeatureAccumulator:
         keys = pairs[:, 0] * self.vocab_stride + pairs[:, 1]
         uniq, counts = np.unique(keys, return_counts=True)
         return uniq // self.vocab_stride, uniq % self.vocab_stride, counts
+
+
+def stats_from(*, count: np.ndarray, act_sum: np.ndarray, max_act: np.ndarray, top: Triple,
+               firings: Triple, tokens: Triple, n_tokens: int, n_blocks: int, block_size: int,
+               n_examples: int, cooccurrence: PairCounts | None = None) -> FeatureStats:
+    """FeatureStats from summed counts and sums, top-example candidates in any order (each
+    feature keeps its `n_examples` highest, ties to the earlier token) and firings."""
+    d_sae = len(count)
+    f, v, p = top
+    order = np.lexsort((p, -v.astype(np.float64), f))
+    f, v, p = f[order], v[order], p[order]
+    rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
+    keep = rank < n_examples
+    top_acts = np.zeros((n_examples, d_sae), np.float32)
+    top_pos = np.zeros((n_examples, d_sae), np.int64)
+    top_acts[rank[keep], f[keep]] = v[keep]
+    top_pos[rank[keep], f[keep]] = p[keep]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, act_sum / count, np.nan)
+    blocks, feats, acts = firings
+    return FeatureStats(
+        firing_count=count, block_count=np.bincount(feats, minlength=d_sae), mean_act=mean,
+        max_act=max_act, top_acts=top_acts, top_blocks=top_pos // block_size,
+        top_positions=top_pos % block_size,
+        block_firings=(blocks.astype(np.int64), feats.astype(np.int64), acts.astype(np.float32)),
+        token_counts=tokens, n_tokens=n_tokens, n_blocks=n_blocks, cooccurrence=cooccurrence)
 
 
 def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:

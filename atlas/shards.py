@@ -30,10 +30,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from atlas.errors import AtlasError
-from atlas.harvest import FeatureAccumulator, FeatureStats, cooccurrence
+from atlas.harvest import FeatureAccumulator, FeatureStats, Triple, cooccurrence, stats_from
 from atlas.saes import SAEQuality
-
-Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def shard_ranges(n_blocks: int, shard_blocks: int) -> list[tuple[int, int]]:
@@ -108,14 +106,11 @@ class Partial:
 def partial_of(acc: FeatureAccumulator, sae_id: str, start: int, stop: int,
                quality: QualityPartial | None = None) -> Partial:
     """The accumulator's state after the blocks [start, stop), as a partial."""
-    f, v, p = (x.numpy() for x in acc._top)
-    stats = acc.result()
-    b, feats, a = stats.block_firings
-    i, j, n = cooccurrence(b - start, feats, n_blocks=max(stop - start, 1), d_sae=acc.d_sae)
+    b, f, a = acc.firings()
+    i, j, n = cooccurrence(b - start, f, n_blocks=max(stop - start, 1), d_sae=acc.d_sae)
     return Partial(sae_id, start, stop, acc.n_tokens, acc.firing_count.numpy().copy(),
-                   acc.act_sum.numpy().copy(), acc.max_act.numpy().copy(),
-                   (f.astype(np.int64), v.astype(np.float32), p.astype(np.int64)),
-                   (b, feats, a), stats.token_counts, (i, j, n), quality)
+                   acc.act_sum.numpy().copy(), acc.max_act.numpy().copy(), acc.top(), (b, f, a),
+                   acc.token_counts(), (i, j, n), quality)
 
 
 def _sum_by_key(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,34 +134,20 @@ def merge(parts: list[Partial], *, d_sae: int, n_blocks: int, block_size: int,
         count += p.firing_count
         act_sum += p.act_sum
         np.maximum(max_act, p.max_act, out=max_act)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, act_sum / count, np.nan)
 
-    f, v, pos = (np.concatenate(x) for x in zip(*(p.top for p in parts)))
-    order = np.lexsort((pos, -v.astype(np.float64), f))
-    f, v, pos = f[order], v[order], pos[order]
-    rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
-    keep = rank < n_examples
-    top_acts = np.zeros((n_examples, d_sae), np.float32)
-    top_pos = np.zeros((n_examples, d_sae), np.int64)
-    top_acts[rank[keep], f[keep]] = v[keep]
-    top_pos[rank[keep], f[keep]] = pos[keep]
+    def joined(name: str) -> Triple:
+        return tuple(np.concatenate(x) for x in zip(*(getattr(p, name) for p in parts)))
 
-    blocks, feats, acts = (np.concatenate(x) for x in zip(*(p.firings for p in parts)))
-    tf, tt, tc = (np.concatenate(x) for x in zip(*(p.tokens for p in parts)))
+    tf, tt, tc = joined("tokens")
     stride = int(tt.max()) + 1 if len(tt) else 1
     keys, counts = _sum_by_key(tf * stride + tt, tc)
-    ci, cj, cn = (np.concatenate(x) for x in zip(*(p.cooc for p in parts)))
+    ci, cj, cn = joined("cooc")
     pairs, n_ij = _sum_by_key(ci * d_sae + cj, cn)
-    return FeatureStats(
-        firing_count=count, block_count=np.bincount(feats, minlength=d_sae), mean_act=mean,
-        max_act=max_act, top_acts=top_acts, top_blocks=top_pos // block_size,
-        top_positions=top_pos % block_size,
-        block_firings=(blocks.astype(np.int64), feats.astype(np.int64),
-                       acts.astype(np.float32)),
-        token_counts=(keys // stride, keys % stride, counts),
-        n_tokens=sum(p.n_tokens for p in parts), n_blocks=n_blocks,
-        cooccurrence=(pairs // d_sae, pairs % d_sae, n_ij))
+    return stats_from(count=count, act_sum=act_sum, max_act=max_act, top=joined("top"),
+                      firings=joined("firings"), tokens=(keys // stride, keys % stride, counts),
+                      n_tokens=sum(p.n_tokens for p in parts), n_blocks=n_blocks,
+                      block_size=block_size, n_examples=n_examples,
+                      cooccurrence=(pairs // d_sae, pairs % d_sae, n_ij))
 
 
 # --- Parquet -------------------------------------------------------------------------------

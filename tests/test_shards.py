@@ -82,3 +82,24 @@ def test_merged_quality_equals_the_direct_formula():
     total = ((x - x.mean(0)) ** 2).sum()
     assert q.explained_variance == pytest.approx(1 - 0.1 * (x ** 2).sum() / total)
     assert q.l0 == 2 and q.dead_fraction == 0.75 and q.n_tokens == 40
+
+
+def test_a_shard_reads_only_its_blocks_back(tmp_path):
+    from atlas.config import BuildConfig
+    from atlas.corpus import Blocks
+    from atlas.distributed import read_blocks, write_corpus
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 500, (37, 16))
+    mask = rng.random((37, 16)) > 0.2
+    blocks = Blocks("c0", "test", ids, np.zeros(37, int), ["wiki"] * 37, [], mask)
+    config = BuildConfig(db=tmp_path / "a.duckdb", block_size=16, tokens=1000, batch_blocks=4,
+                         shard_blocks=8)
+    path = write_corpus(config, blocks)
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(path).num_row_groups == 5
+    for start, stop in [(0, 8), (8, 16), (32, 37), (5, 21), (36, 37)]:
+        got_ids, got_mask = read_blocks(str(path), start, stop)
+        assert np.array_equal(got_ids, ids[start:stop])
+        assert np.array_equal(got_mask, mask[start:stop])
