@@ -23,11 +23,27 @@ from atlas import shards, store
 from atlas.artifacts import sae_path
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
-from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, cooccurrence,
-                           encode_sparse, forward_batches, top_tokens)
+from atlas.harvest import (
+    ActivationBatch,
+    FeatureAccumulator,
+    FeatureStats,
+    cooccurrence,
+    encode_sparse,
+    forward_batches,
+    top_tokens,
+)
 from atlas.models import HookPoint, LoadedModel, load_model
-from atlas.saes import (SAEQuality, TrainSettings, check_width, evaluate, hook_of,
-                        load_published, load_saved, train_topk)
+from atlas.saes import (
+    QualityPartial,
+    SAEQuality,
+    TrainSettings,
+    check_width,
+    evaluate,
+    hook_of,
+    load_published,
+    load_saved,
+    train_topk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +234,7 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
     accs = {s.sae_id: FeatureAccumulator(s.sae.cfg.d_sae, n_blocks, block_size=config.block_size,
                                          threshold=config.threshold,
                                          n_examples=config.n_examples) for s in saes}
-    quality = {s.sae_id: shards.QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
+    quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
                for s in saes if s.sae_id in measure}
     n_train = n_train_blocks(config, n_blocks)
     for batch in batches:
@@ -245,7 +261,7 @@ def merge_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
                                     block_size=config.block_size, n_examples=config.n_examples)
              for s in saes}
     quality = {s.sae_id: s.quality if s.quality is not None else
-               shards.merge_quality([p.quality for p in parts[s.sae_id]]) for s in saes}
+               merge_quality([p.quality for p in parts[s.sae_id]]) for s in saes}
     return stats, quality
 
 

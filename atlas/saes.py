@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
@@ -196,19 +197,53 @@ def _to_sae_lens(p: dict[str, torch.Tensor], scale: float, k: int, *, hook: Hook
 @torch.no_grad()
 def evaluate(sae: SAE, acts: Float[torch.Tensor, "n d"], *, batch_size: int = 4096) -> SAEQuality:
     """L0, explained variance and dead fraction of an SAE on (held-out) activations."""
-    sse = 0.0
-    active_sum = 0.0
-    ever = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    mean = acts.float().mean(0)
-    total = (acts.float() - mean).pow(2).sum().item()
-    dev = sae.W_dec.device
+    part = QualityPartial.empty(sae.cfg.d_sae, sae.cfg.d_in)
     for chunk in acts.split(batch_size):
-        x = chunk.to(dev, torch.float32)
+        part.update(sae, chunk)
+    return merge_quality([part])
+
+
+@dataclass
+class QualityPartial:
+    """Sums over held-out tokens from which explained variance, L0 and dead fraction follow."""
+
+    n: int
+    sse: float
+    active: float
+    ever: Bool[np.ndarray, " f"]
+    sum_x: Float[np.ndarray, " d"]
+    sumsq: float
+
+    @classmethod
+    def empty(cls, d_sae: int, d_in: int) -> QualityPartial:
+        return cls(0, 0.0, 0.0, np.zeros(d_sae, bool), np.zeros(d_in), 0.0)
+
+    @torch.no_grad()
+    def update(self, sae: SAE, x: Float[torch.Tensor, "n d"]) -> None:
+        if not len(x):
+            return
+        x = x.to(sae.W_dec.device, torch.float32)
         feats = sae.encode(x)
-        sse += (x - sae.decode(feats)).pow(2).sum().item()
+        self.sse += float((x - sae.decode(feats)).pow(2).sum())
         active = feats > 0
-        active_sum += active.sum().item()
-        ever |= active.any(0).cpu()
-    n = len(acts)
-    return SAEQuality(l0=active_sum / n, explained_variance=1.0 - sse / max(total, 1e-12),
-                      dead_fraction=1.0 - ever.float().mean().item(), n_tokens=n)
+        self.active += float(active.sum())
+        self.ever |= active.any(0).cpu().numpy()
+        x64 = x.double()
+        self.sum_x += x64.sum(0).cpu().numpy()
+        self.sumsq += float(x64.pow(2).sum())
+        self.n += len(x)
+
+
+def merge_quality(parts: list[QualityPartial]) -> SAEQuality:
+    """Quality of the held-out tokens of all shards."""
+    n = sum(p.n for p in parts)
+    if n == 0:
+        raise AtlasError("no held-out tokens to measure the SAE's quality; raise --tokens or "
+                         "--holdout")
+    sse = sum(p.sse for p in parts)
+    sum_x = np.sum([p.sum_x for p in parts], axis=0)
+    total = sum(p.sumsq for p in parts) - float(sum_x @ sum_x) / n
+    ever = np.logical_or.reduce([p.ever for p in parts])
+    return SAEQuality(l0=sum(p.active for p in parts) / n,
+                      explained_variance=1.0 - sse / max(total, 1e-12),
+                      dead_fraction=1.0 - float(ever.mean()), n_tokens=n)

@@ -26,63 +26,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 
 from atlas.errors import AtlasError
 from atlas.harvest import FeatureAccumulator, FeatureStats, Triple, cooccurrence, stats_from
-from atlas.saes import SAEQuality
+from atlas.saes import QualityPartial
 
 
 def shard_ranges(n_blocks: int, shard_blocks: int) -> list[tuple[int, int]]:
     """[start, stop) block ranges of `shard_blocks` blocks (the last may be shorter)."""
     return [(s, min(s + shard_blocks, n_blocks)) for s in range(0, n_blocks, shard_blocks)]
-
-
-@dataclass
-class QualityPartial:
-    """Sums over held-out tokens from which explained variance, L0 and dead fraction follow."""
-
-    n: int
-    sse: float
-    active: float
-    ever: Bool[np.ndarray, " f"]
-    sum_x: Float[np.ndarray, " d"]
-    sumsq: float
-
-    @classmethod
-    def empty(cls, d_sae: int, d_in: int) -> QualityPartial:
-        return cls(0, 0.0, 0.0, np.zeros(d_sae, bool), np.zeros(d_in), 0.0)
-
-    @torch.no_grad()
-    def update(self, sae, x: Float[torch.Tensor, "n d"]) -> None:
-        if not len(x):
-            return
-        x = x.to(sae.W_dec.device, torch.float32)
-        feats = sae.encode(x)
-        self.sse += float((x - sae.decode(feats)).pow(2).sum())
-        active = feats > 0
-        self.active += float(active.sum())
-        self.ever |= active.any(0).cpu().numpy()
-        x64 = x.double()
-        self.sum_x += x64.sum(0).cpu().numpy()
-        self.sumsq += float(x64.pow(2).sum())
-        self.n += len(x)
-
-
-def merge_quality(parts: list[QualityPartial]) -> SAEQuality:
-    """Quality of the held-out tokens of all shards."""
-    n = sum(p.n for p in parts)
-    if n == 0:
-        raise AtlasError("no held-out tokens to measure the SAE's quality; raise --tokens or "
-                         "--holdout")
-    sse = sum(p.sse for p in parts)
-    sum_x = np.sum([p.sum_x for p in parts], axis=0)
-    total = sum(p.sumsq for p in parts) - float(sum_x @ sum_x) / n
-    ever = np.logical_or.reduce([p.ever for p in parts])
-    return SAEQuality(l0=sum(p.active for p in parts) / n,
-                      explained_variance=1.0 - sse / max(total, 1e-12),
-                      dead_fraction=1.0 - float(ever.mean()), n_tokens=n)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch
 from atlas import shards
 from atlas.errors import AtlasError
 from atlas.harvest import FeatureAccumulator, SparseCodes, cooccurrence
+from atlas.saes import QualityPartial, merge_quality
 from tests.test_harvest import planted_batches, run
 
 
@@ -46,7 +47,7 @@ def test_merged_shards_equal_one_pass():
 def test_parquet_round_trip(tmp_path):
     acts, tokens, mask = planted_batches(n_blocks=8)
     part = shard_partials(acts, tokens, mask)[1]
-    part.quality = shards.QualityPartial(5, 1.5, 20.0, np.array([True, False] * 5),
+    part.quality = QualityPartial(5, 1.5, 20.0, np.array([True, False] * 5),
                                          np.arange(3.0), 9.0)
     path = shards.write_partial(tmp_path / "p", part)
     back = shards.read_partial(path)
@@ -74,11 +75,11 @@ def test_merged_quality_equals_the_direct_formula():
     x = rng.normal(size=(40, 3))
     parts = []
     for chunk in np.array_split(x, 3):
-        parts.append(shards.QualityPartial(len(chunk), float((chunk ** 2).sum() * 0.1),
+        parts.append(QualityPartial(len(chunk), float((chunk ** 2).sum() * 0.1),
                                            float(len(chunk) * 2), np.zeros(4, bool),
                                            chunk.sum(0), float((chunk ** 2).sum())))
     parts[1].ever[2] = True
-    q = shards.merge_quality(parts)
+    q = merge_quality(parts)
     total = ((x - x.mean(0)) ** 2).sum()
     assert q.explained_variance == pytest.approx(1 - 0.1 * (x ** 2).sum() / total)
     assert q.l0 == 2 and q.dead_fraction == 0.75 and q.n_tokens == 40
