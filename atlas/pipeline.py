@@ -23,27 +23,11 @@ from atlas import shards, store
 from atlas.artifacts import sae_path
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
-from atlas.harvest import (
-    ActivationBatch,
-    FeatureAccumulator,
-    FeatureStats,
-    cooccurrence,
-    encode_sparse,
-    forward_batches,
-    top_tokens,
-)
+from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, cooccurrence,
+                           encode_sparse, forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, load_model
-from atlas.saes import (
-    QualityPartial,
-    SAEQuality,
-    TrainSettings,
-    check_width,
-    evaluate,
-    hook_of,
-    load_published,
-    load_saved,
-    train_topk,
-)
+from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, evaluate,
+                        hook_of, load_published, load_saved, train_topk)
 
 log = logging.getLogger(__name__)
 
