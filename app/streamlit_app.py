@@ -85,14 +85,14 @@ def show_table(shown: q.Shown, title: str | None = None) -> None:
     show_sql(shown)
 
 
-def analysis_page(db: str, title: str, table: str, what: str, how: str):
-    """Header of a page that needs an analysis; the connection, or None (with a how-to)."""
+def analysis_page(db: str, title: str, table: str, what: str, how: str) -> bool:
+    """Header of a page that needs an analysis; whether its results exist (if not, says how
+    to compute them)."""
     st.header(title)
-    con = connection(db)
-    if not q.has_rows(con, table):
+    if not q.has_rows(connection(db), table):
         missing(what, how)
-        return None
-    return con
+        return False
+    return True
 
 
 def missing(what: str, how: str) -> None:
@@ -215,8 +215,7 @@ def page_analogy(db: str) -> None:
 
 
 def page_lobes(db: str) -> None:
-    con = analysis_page(db, "Lobes", "clusters", "lobes", "atlas analyze --what lobes")
-    if con is None:
+    if not analysis_page(db, "Lobes", "clusters", "lobes", "atlas analyze --what lobes"):
         return
     sae = choose_sae(db, "lobes_sae")
     choices = cached(db, "lobe_choices", sae).frame
@@ -254,9 +253,8 @@ def page_lobes(db: str) -> None:
 
 
 def page_crystals(db: str) -> None:
-    con = analysis_page(db, "Crystals", "crystal_tasks", "crystals",
-                        "atlas analyze --what crystals")
-    if con is None:
+    if not analysis_page(db, "Crystals", "crystal_tasks", "crystals",
+                         "atlas analyze --what crystals"):
         return
     layers = cached(db, "crystal_layers").frame
     cols = st.columns(2)
@@ -283,9 +281,8 @@ def page_crystals(db: str) -> None:
 
 
 def page_galaxy(db: str) -> None:
-    con = analysis_page(db, "Galaxy", "spectra", "galaxy analysis",
-                        "atlas analyze --what galaxy")
-    if con is None:
+    if not analysis_page(db, "Galaxy", "spectra", "galaxy analysis",
+                         "atlas analyze --what galaxy"):
         return
     spectra = cached(db, "spectra")
     fits = cached(db, "layer_spectra")
@@ -324,9 +321,8 @@ def page_galaxy(db: str) -> None:
 
 
 def page_universality(db: str) -> None:
-    con = analysis_page(db, "Universality", "universality_runs", "comparison of SAEs",
-                        "atlas compare --all-pairs")
-    if con is None:
+    if not analysis_page(db, "Universality", "universality_runs", "comparison of SAEs",
+                         "atlas compare --all-pairs"):
         return
     runs = cached(db, "universality")
     score = st.radio("score", ["svcca", "rsa", "mean_corr"], horizontal=True)
@@ -344,9 +340,8 @@ def page_universality(db: str) -> None:
 
 
 def page_absorption(db: str) -> None:
-    con = analysis_page(db, "Absorption", "absorption_letters", "absorption analysis",
-                        "atlas absorption")
-    if con is None:
+    if not analysis_page(db, "Absorption", "absorption_letters", "absorption analysis",
+                         "atlas absorption"):
         return
     summary = cached(db, "absorption_summary")
     show_table(summary, "Per SAE (means over the scored letters)")
