@@ -161,7 +161,7 @@ def absorption(con: duckdb.DuckDBPyConnection, lm: LoadedModel, saes: dict, sae_
                test_fraction: float = 0.2, batch_size: int = 64) -> list[dict]:
     """Run the first-letter absorption analysis for each SAE (one forward pass for all of
     them) and store it. Returns one summary per SAE."""
-    from atlas.saes import hook_of
+    from atlas.saes import check_width, hook_of
 
     settings = settings or ab.AbsorptionSettings()
     missing = [s for s in sae_ids if s not in saes]
@@ -169,8 +169,7 @@ def absorption(con: duckdb.DuckDBPyConnection, lm: LoadedModel, saes: dict, sae_
         raise AtlasError(f"{', '.join(missing)} not on disk; absorption runs the SAE's encoder, "
                          "so it needs SAEs trained by atlas build or given with --sae-path")
     for sid in sae_ids:
-        if saes[sid].cfg.d_in != lm.d_model:
-            raise AtlasError(f"{sid} does not read this model's residual stream")
+        check_width(saes[sid], lm.d_model, sid)
     t0 = time.perf_counter()
     vocab = first_letter_vocabulary(lm.tokenizer, n_words=n_words, seed=settings.seed)
     hooks = sorted({hook_of(saes[s]) for s in sae_ids}, key=lambda h: (h.layer, h.where))

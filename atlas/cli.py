@@ -254,11 +254,9 @@ def _word_analogy(args: argparse.Namespace) -> int:
         sae_ids = [r[0] for r in con.execute("SELECT sae_id FROM saes WHERE layer = ? "
                                              "ORDER BY sae_id", [args.layer]).fetchall()]
         sae_id = query.resolve_sae(con, args.sae) if args.sae else (sae_ids or [None])[0]
-        spec = (con.execute("SELECT m.spec FROM models m JOIN saes s USING (model_id) "
-                            "WHERE s.sae_id = ?", [sae_id]).fetchone() if sae_id else
-                con.execute("SELECT spec FROM models ORDER BY model_id LIMIT 1").fetchone())
+        model = _model_of(con, [sae_id] if sae_id else None)
         index = query.open_index(con, args.db, sae_id) if sae_id else None
-        lm = load_model(spec[0] if spec and spec[0] else "smollm2-135m", device="auto")
+        lm = load_model(model[1] if model and model[1] else "smollm2-135m", device="auto")
         a, b, c = args.terms
         result = query.word_analogy(lm, args.layer, a, b, c, k=args.k, con=con, index=index)
     finally:
@@ -287,8 +285,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         sae_id = query.resolve_sae(con, args.sae)
         path, source = con.execute("SELECT path, source FROM saes WHERE sae_id = ?",
                                    [sae_id]).fetchone()
-        spec = con.execute("SELECT m.spec FROM models m JOIN saes s USING (model_id) "
-                           "WHERE s.sae_id = ?", [sae_id]).fetchone()[0]
+        spec = _loadable_model(con, [sae_id])[1]
         labels = dict(con.execute("SELECT feature, label FROM features WHERE sae_id = ?",
                                   [sae_id]).fetchall())
     finally:
@@ -329,25 +326,36 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_of(con, sae_ids: list[str] | None = None) -> tuple[str, str | None] | None:
+    """(model_id, spec) of the model the given SAEs read (they must share one; default: the
+    atlas's first model), or None when the atlas records none."""
+    if not sae_ids:
+        return con.execute("SELECT model_id, spec FROM models ORDER BY model_id LIMIT 1").fetchone()
+    models = {r[0] for r in con.execute(
+        "SELECT DISTINCT model_id FROM saes WHERE sae_id IN (SELECT unnest(?))",
+        [list(sae_ids)]).fetchall()}
+    if len(models) > 1:
+        raise AtlasError(f"the SAEs belong to different models ({', '.join(sorted(models))}); "
+                         "choose SAEs of one model")
+    return con.execute("SELECT model_id, spec FROM models WHERE model_id = ?",
+                       [models.pop()]).fetchone() if models else None
+
+
+def _loadable_model(con, sae_ids: list[str] | None = None) -> tuple[str, str]:
+    """`_model_of`, with a clear error when there is no spec to load the model from."""
+    row = _model_of(con, sae_ids)
+    if not row or not row[1]:
+        raise AtlasError("the atlas records no loadable model; rebuild it with `atlas build`")
+    return row
+
+
 def _model_and_saes(con, sae_ids: list[str] | None = None):
-    """The model the given SAEs read (they must share one; default: the atlas's first model)
-    and every SAE of that model that is on disk."""
+    """The model the given SAEs read (see `_model_of`) and every SAE of that model that is on
+    disk."""
     from atlas.models import load_model
     from atlas.saes import load_saved
 
-    if sae_ids:
-        models = {r[0] for r in con.execute(
-            "SELECT DISTINCT model_id FROM saes WHERE sae_id IN (SELECT unnest(?))",
-            [list(sae_ids)]).fetchall()}
-        if len(models) > 1:
-            raise AtlasError(f"the SAEs belong to different models ({', '.join(sorted(models))}); "
-                             "choose SAEs of one model")
-        row = con.execute("SELECT model_id, spec FROM models WHERE model_id = ?",
-                          [models.pop()]).fetchone() if models else None
-    else:
-        row = con.execute("SELECT model_id, spec FROM models ORDER BY model_id LIMIT 1").fetchone()
-    if not row or not row[1]:
-        raise AtlasError("the atlas records no loadable model; rebuild it with `atlas build`")
+    row = _loadable_model(con, sae_ids)
     lm = load_model(row[1], device="auto")
     saes = {sid: load_saved(Path(path), device=str(lm.device)) for sid, path in
             con.execute("SELECT sae_id, path FROM saes WHERE path IS NOT NULL AND model_id = ?",

@@ -20,6 +20,7 @@ from atlas.errors import AtlasError
 from atlas.geometry import universality as un
 from atlas.harvest import sink_free
 from atlas.models import capture_residuals
+from atlas.saes import check_width, hook_of
 
 log = logging.getLogger(__name__)
 WORDLIKE = re.compile(r"[A-Za-z]{2,}")
@@ -38,8 +39,6 @@ def activation_correlation(con, lm, sae_a, sae_b, sae_id_a: str, *, n_blocks: in
                            batch_blocks: int = 8) -> tuple[np.ndarray, int]:
     """Correlations of A's and B's activations over `n_blocks` blocks of A's corpus (spread
     evenly), one forward pass per batch for both hooks. Returns (correlations, tokens)."""
-    from atlas.saes import hook_of
-
     ids = con.execute("SELECT b.token_ids FROM blocks b JOIN harvests h ON b.corpus_id = h.corpus "
                       "WHERE h.sae_id = ? ORDER BY b.block_id", [sae_id_a]).fetchall()
     if not ids:
@@ -72,8 +71,7 @@ def compare(con, lm, saes: dict, sae_id_a: str, sae_id_b: str, *, n_blocks: int 
         raise AtlasError("both SAEs must be on disk (trained by atlas build or given with "
                          "--sae-path) to be run on the tokens again")
     for sid in (sae_id_a, sae_id_b):
-        if saes[sid].cfg.d_in != lm.d_model:
-            raise AtlasError(f"{sid} does not read this model's residual stream")
+        check_width(saes[sid], lm.d_model, sid)
     t0 = time.perf_counter()
     corr, n_tok = activation_correlation(con, lm, saes[sae_id_a], saes[sae_id_b], sae_id_a,
                                          n_blocks=n_blocks)
