@@ -195,18 +195,16 @@ def absorption(con: duckdb.DuckDBPyConnection, lm: LoadedModel, saes: dict, sae_
                "params": json.dumps({**asdict(settings), "test_fraction": test_fraction}),
                "setup_seconds": setup, "seconds": seconds, "created_at": store.utc_now()}
         store_run(con, run, run_tables(run_id, sid, vocab, result))
-        scored = [r for r in result.letters if r.scored]
-        summary = {"sae_id": sid, "letters_scored": len(scored),
-                   "mean_probe_f1": float(np.mean([r.probe_f1 for r in result.letters]))
-                   if result.letters else None,
-                   "mean_absorption_rate": float(np.mean([r.absorption_rate for r in scored]))
-                   if scored else None,
-                   "mean_full_absorption_rate":
-                   float(np.mean([r.full_absorption_rate for r in scored])) if scored else None,
-                   "mean_n_split": float(np.mean([r.n_split for r in result.letters]))
-                   if result.letters else None, "seconds": seconds, "setup_seconds": setup}
+        # The per-SAE means are the view's, so the log, the CLI and the app show one number.
+        cur = con.execute("SELECT * FROM absorption_by_sae WHERE sae_id = ?", [sid])
+        row = cur.fetchone()
+        summary = dict(zip([d[0] for d in cur.description], row)) if row else {
+            "sae_id": sid, "letters_scored": 0, "mean_probe_f1": None,
+            "mean_absorption_rate": None, "mean_full_absorption_rate": None,
+            "mean_n_split": None}
+        summary.update(seconds=seconds, setup_seconds=setup)
         log.info("%s: %d letters scored, absorption %s, full %s, splits %s (%.1fs)", sid,
-                 len(scored), _fmt(summary["mean_absorption_rate"]),
+                 summary["letters_scored"], _fmt(summary["mean_absorption_rate"]),
                  _fmt(summary["mean_full_absorption_rate"]), _fmt(summary["mean_n_split"]),
                  seconds)
         summaries.append(summary)
