@@ -148,11 +148,13 @@ def _sae(spec: SAESpec, device: str):
 
 
 @torch.no_grad()
-def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None) -> dict[str, str]:
+def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None,
+              loaded: dict | None = None) -> dict[str, str]:
     """Harvest one shard and write its partials; skipped when they exist already.
 
-    `lm` and `cache` (the build's activation cache) are used when the task runs in the build's
-    own process; a worker loads the model itself (once per process)."""
+    `lm`, `cache` (the build's activation cache) and `loaded` (its SAEs by id) are used when the
+    task runs in the build's own process; a worker loads the model and SAEs itself (once per
+    process)."""
     from atlas.pipeline import AtlasSAE, harvest_partials
 
     paths = job.paths()
@@ -164,7 +166,8 @@ def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None) -> dict[
         with _lock:
             lm = _model(c.model, c.device, c.seed)
     with _lock:
-        saes = [AtlasSAE(s.sae_id, HookPoint.parse(s.hook), "shard", _sae(s, str(lm.device)))
+        saes = [AtlasSAE(s.sae_id, HookPoint.parse(s.hook), "shard",
+                         loaded[s.sae_id] if loaded else _sae(s, str(lm.device)))
                 for s in job.saes]
     measure = {s.sae_id for s in job.saes if s.measure_quality}
     if cache is not None:

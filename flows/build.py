@@ -34,9 +34,10 @@ def as_task(fn: Callable) -> Callable:
 
 
 @task(name="harvest_shard", cache_policy=NONE, retries=2, retry_delay_seconds=1)
-def harvest_shard(job: distributed.ShardJob, lm=None, cache=None) -> dict[str, str]:
+def harvest_shard(job: distributed.ShardJob, lm=None, cache=None,
+                  loaded: dict | None = None) -> dict[str, str]:
     """Harvest one shard (or find it written already) and return its partials' paths."""
-    return distributed.run_shard(job, lm, cache)
+    return distributed.run_shard(job, lm, cache, loaded)
 
 
 @task(name="merge_shards", cache_policy=NONE)
@@ -52,8 +53,9 @@ def fan_out(config: BuildConfig, lm, planned, blocks, cache):
     local = distributed.in_process(config)
     log.info("harvest: %d shards of %d blocks on %s", len(jobs), config.shard_blocks,
              config.runner)
-    futures = [harvest_shard.submit(job, lm if local else None, cache if local else None)
-               for job in jobs]
+    # In the build's own process the shards share its model, activations and SAEs.
+    shared = (lm, cache, {p.sae_id: p.sae for p in planned}) if local else (None, None, None)
+    futures = [harvest_shard.submit(job, *shared) for job in jobs]
     paths = [f.result() for f in futures]
     return merge_shards(config, planned, paths, blocks.n_blocks)
 

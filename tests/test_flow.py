@@ -102,11 +102,11 @@ def test_a_shard_that_fails_once_is_retried_and_a_rerun_skips_written_shards(
 
     real, failed = distributed.run_shard, []
 
-    def flaky(job, lm=None, cache=None):
+    def flaky(job, lm=None, cache=None, loaded=None):
         if job.start == 64 and not failed:
             failed.append(job.start)
             raise RuntimeError("worker lost")
-        return real(job, lm, cache)
+        return real(job, lm, cache, loaded)
 
     monkeypatch.setattr(distributed, "run_shard", flaky)
     config = tiny_config(tmp_path / "threads.duckdb", analyses=())
