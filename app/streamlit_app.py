@@ -158,6 +158,8 @@ def page_feature(db: str) -> None:
     cols[1].metric("firing rate", f"{row['firing_rate']:.4f}")
     cols[2].metric("blocks", f"{int(row['block_count']):,}")
     cols[3].metric("code share", "-" if pd.isna(row["code_share"]) else f"{row['code_share']:.2f}")
+    if isinstance(row["neuronpedia_url"], str):
+        st.link_button("Open on Neuronpedia", row["neuronpedia_url"])
     show_sql(card)
     ex = cached(db, "examples", sae, feature)
     st.subheader("Top examples")

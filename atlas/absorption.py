@@ -25,6 +25,7 @@ from atlas import store
 from atlas.errors import AtlasError
 from atlas.geometry import absorption as ab
 from atlas.models import HookPoint, LoadedModel, capture_residuals
+from atlas.saes import sae_input
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def word_residuals(lm: LoadedModel, token_ids: np.ndarray, hooks: list[HookPoint
 def sae_codes(sae, resid: np.ndarray, batch: int = 4096) -> np.ndarray:
     """Dense SAE activations of `resid`, in batches."""
     dev = next(sae.parameters()).device
-    parts = [sae.encode(torch.as_tensor(resid[i:i + batch], device=dev)).float().cpu().numpy()
+    parts = [sae.encode(sae_input(sae, torch.as_tensor(resid[i:i + batch], device=dev)))
+             .float().cpu().numpy()
              for i in range(0, len(resid), batch)]
     return np.concatenate(parts)
 

@@ -18,6 +18,7 @@ from atlas import store
 from atlas.geometry import crystals as cr
 from atlas.geometry import galaxy as gx
 from atlas.geometry import lobes as lb
+from atlas.saes import sae_input
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,8 @@ def crystals(con: duckdb.DuckDBPyConnection, lm, layer: int, settings: AnalysisS
     spaces = {"residual": dict(zip(words, wv.vectors.astype(np.float64)))}
     if sae is not None:
         with torch.no_grad():
-            codes = sae.encode(torch.from_numpy(wv.vectors).to(sae.W_dec.device)).cpu().numpy()
+            x = sae_input(sae, torch.from_numpy(wv.vectors).to(sae.W_dec.device))
+            codes = sae.encode(x).cpu().numpy()
         # Only features active on some task word carry information here; dropping the rest
         # keeps LDA's covariance small (a few hundred dimensions instead of d_sae).
         codes = codes[:, np.abs(codes).sum(0) > 0]

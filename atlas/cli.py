@@ -18,13 +18,31 @@ log = logging.getLogger("atlas")
 
 
 def _parse_tuple(item: type):
+    """Parser of a comma-separated list; integer lists also take ranges ('0-25')."""
+    def one(x: str) -> list:
+        if item is int and "-" in x.strip()[1:]:
+            lo, hi = x.split("-", 1)
+            return list(range(int(lo), int(hi) + 1))
+        return [item(x)]
+
     def parse(text: str) -> tuple:
         try:
-            return tuple(item(x) for x in text.split(",") if x.strip())
+            return tuple(v for x in text.split(",") if x.strip() for v in one(x.strip()))
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of "
                                               f"{item.__name__}, got {text!r}") from None
     return parse
+
+
+class _Extend(argparse.Action):
+    """A list flag that may be repeated: each use adds its items; the first replaces the
+    default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = f"_{self.dest}_given"
+        current = getattr(namespace, self.dest) if getattr(namespace, given, False) else ()
+        setattr(namespace, self.dest, tuple(current) + tuple(values))
+        setattr(namespace, given, True)
 
 
 def _flag_options(hint) -> dict:
@@ -34,7 +52,8 @@ def _flag_options(hint) -> dict:
         inner = [a for a in args if a is not type(None)][0]
         return _flag_options(inner)
     if origin is tuple:
-        return {"type": _parse_tuple(args[0]), "metavar": f"{args[0].__name__.upper()},..."}
+        return {"type": _parse_tuple(args[0]), "metavar": f"{args[0].__name__.upper()},...",
+                "action": _Extend}
     if origin is typing.Literal:
         return {"choices": list(args)}
     if hint is bool:

@@ -20,7 +20,7 @@ from atlas.errors import AtlasError
 from atlas.geometry import universality as un
 from atlas.harvest import sink_free
 from atlas.models import capture_residuals
-from atlas.saes import check_width, hook_of
+from atlas.saes import check_width, hook_of, sae_input
 
 log = logging.getLogger(__name__)
 WORDLIKE = re.compile(r"[A-Za-z]{2,}")
@@ -56,8 +56,8 @@ def activation_correlation(con, lm, sae_a, sae_b, sae_id_a: str, *, n_blocks: in
         acts = capture_residuals(lm, batch, hooks)
         mask = (sink_free(acts[hooks[0].name], base.to(lm.device))
                 & sink_free(acts[hooks[1].name], base.to(lm.device)))
-        fa = sae_a.encode(acts[hooks[0].name][mask])
-        fb = sae_b.encode(acts[hooks[1].name][mask])
+        fa = sae_a.encode(sae_input(sae_a, acts[hooks[0].name][mask]))
+        fb = sae_b.encode(sae_input(sae_b, acts[hooks[1].name][mask]))
         acc.update(fa.float().cpu().numpy(), fb.float().cpu().numpy())
         n_tok += int(mask.sum())
     return acc.result(), n_tok

@@ -58,13 +58,18 @@ class BuildConfig:
     """Share of the default corpus's tokens that come from Python source."""
 
     sae_release: str | None = None
-    """SAELens release to load published SAEs from (needs network), e.g. 'gpt2-small-res-jb'."""
+    """SAELens release to load published SAEs from (the hub, or its local cache), e.g.
+    'gemma-scope-2b-pt-res-canonical' or 'gpt2-small-res-jb'."""
 
     sae_id: tuple[str, ...] = ()
-    """SAE ids within --sae-release, comma-separated; their hook names set the layers."""
+    """SAE ids within --sae-release (repeat the flag or separate by commas); their hook names
+    set the layers. '{layer}' in an id stands for each of --layers
+    ('layer_{layer}/width_16k/canonical'); '*' matches the ids SAELens lists for the release
+    ('blocks.*.hook_resid_pre')."""
 
     sae_path: tuple[Path, ...] = ()
-    """Directories of SAEs saved in SAELens format (SAE.load_from_disk); they set the layers."""
+    """Directories of SAEs saved in SAELens format (SAE.save_model; repeat the flag or separate
+    by commas); their hook names set the layers."""
 
     epochs: int = 4
     """Training passes over the cached activations, per trained SAE."""
@@ -120,6 +125,10 @@ class BuildConfig:
                "no layers to harvest: give --layers, --sae-id or --sae-path")
         _check(not (self.sae_id and not self.sae_release),
                "--sae-id needs --sae-release (the SAELens release it belongs to)")
+        _check(not (self.sae_release and not self.sae_id),
+               f"--sae-release {self.sae_release} needs --sae-id (one or more ids of the "
+               "release, 'layer_{layer}/...' for each of --layers, or a pattern like "
+               "'blocks.*.hook_resid_pre')")
         _check(min(self.epochs, self.train_batch, self.batch_blocks, self.n_examples) > 0,
                "--epochs, --train-batch, --batch-blocks and --n-examples must be positive")
         _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")

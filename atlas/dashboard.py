@@ -57,10 +57,10 @@ def overview(con) -> dict[str, Shown]:
                             "c.corpus_id) AS documents FROM corpora c"),
         "sources": run(con, "SELECT corpus_id, source, count(*) AS blocks FROM blocks "
                             "GROUP BY ALL ORDER BY ALL"),
-        "saes": run(con, "SELECT sae_id, layer, d_sae, k, round(l0, 1) AS l0, "
+        "saes": run(con, "SELECT sae_id, layer, architecture, d_sae, k, round(l0, 1) AS l0, "
                          "round(explained_variance, 3) AS explained_variance, "
                          "round(dead_fraction, 4) AS dead_fraction, live_features, n_tokens, "
-                         "n_blocks, threshold FROM sae_overview"),
+                         "n_blocks, threshold, release, neuronpedia_id FROM sae_overview"),
         "config": run(con, "SELECT sae_id, config FROM harvests ORDER BY sae_id LIMIT 1"),
     }
 

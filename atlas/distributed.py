@@ -115,10 +115,8 @@ def read_blocks(path: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarra
 def shard_jobs(config: BuildConfig, planned, blocks: Blocks, corpus_path: Path) -> list[ShardJob]:
     specs = []
     for p in planned:
-        release, pid = (p.source.split("/", 1) if p.path is None and "/" in p.source
-                        else (None, None))
-        specs.append(SAESpec(p.sae_id, p.hook.name, str(p.path) if p.path else None, release,
-                             pid, weights_fingerprint(p.sae), p.quality is None))
+        specs.append(SAESpec(p.sae_id, p.hook.name, str(p.path) if p.path else None, p.release,
+                             p.release_sae_id, weights_fingerprint(p.sae), p.quality is None))
     return [ShardJob(config, start, stop, blocks.n_blocks, blocks.corpus_id, str(corpus_path),
                      tuple(specs))
             for start, stop in shards.shard_ranges(blocks.n_blocks, config.shard_blocks)]

@@ -23,11 +23,32 @@ from atlas import shards, store
 from atlas.artifacts import sae_path
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
-from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, cooccurrence,
-                           encode_sparse, forward_batches, top_tokens)
+from atlas.errors import AtlasError
+from atlas.harvest import (
+    ActivationBatch,
+    FeatureAccumulator,
+    FeatureStats,
+    cooccurrence,
+    encode_sparse,
+    forward_batches,
+    top_tokens,
+)
 from atlas.models import HookPoint, LoadedModel, load_model
-from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, evaluate,
-                        hook_of, load_published, load_saved, train_topk)
+from atlas.saes import (
+    QualityPartial,
+    SAEQuality,
+    TrainSettings,
+    check_width,
+    evaluate,
+    expand_sae_ids,
+    hook_of,
+    load_published,
+    load_saved,
+    merge_quality,
+    neuronpedia_id,
+    sae_input,
+    train_topk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +63,12 @@ class AtlasSAE:
     sae: SAE | None = None
     quality: SAEQuality | None = None
     path: Path | None = None
+    release: str | None = None
+    """SAELens release of a published SAE."""
+    release_sae_id: str | None = None
+    """Its id within the release."""
+    neuronpedia_id: str | None = None
+    """Its Neuronpedia id ('gpt2-small/8-res-jb'), when it has one."""
 
 
 @dataclass
@@ -80,7 +107,11 @@ def load(config: BuildConfig) -> LoadedModel:
 
 
 def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
-    """The SAEs of this build: loaded ones (checked against the model) or ones to train."""
+    """The SAEs of this build: loaded ones (checked against the model) or ones to train.
+
+    Every given SAE is loaded and checked (residual hook, a layer the model has, d_in equal to
+    the model's width, distinct ids) before anything reads the corpus or runs the model.
+    """
     if config.trains_saes:
         hooks = [HookPoint(layer) for layer in sorted(set(config.layers))]
         lm.check_hooks(hooks)
@@ -88,18 +119,45 @@ def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
         return [AtlasSAE(f"{lm.model_id}/L{h.layer}/topk{config.d_sae}-k{config.k}{suffix}", h,
                          "trained") for h in hooks]
     planned = []
-    for sae_id in config.sae_id:
+    ids = expand_sae_ids(config.sae_release, config.sae_id, config.layers) if config.sae_id else []
+    for sae_id in ids:
         sae = load_published(config.sae_release, sae_id, device=str(lm.device))
-        planned.append(AtlasSAE(f"{config.sae_release}/{sae_id}", hook_of(sae),
-                                f"{config.sae_release}/{sae_id}", sae))
+        planned.append(AtlasSAE(f"{config.sae_release}/{sae_id}", _hook(sae, sae_id),
+                                f"{config.sae_release}/{sae_id}", sae,
+                                release=config.sae_release, release_sae_id=sae_id,
+                                neuronpedia_id=neuronpedia_id(sae, config.sae_release, sae_id)))
     for path in config.sae_path:
         sae = load_saved(path, device=str(lm.device))
-        planned.append(AtlasSAE(f"{lm.model_id}/{path.name}", hook_of(sae), str(path), sae,
-                                path=path))
+        planned.append(AtlasSAE(f"{lm.model_id}/{path.name}", _hook(sae, str(path)), str(path),
+                                sae, path=path, neuronpedia_id=neuronpedia_id(sae)))
+    check_planned(planned, lm)
+    return planned
+
+
+def _hook(sae: SAE, what: str) -> HookPoint:
+    try:
+        return hook_of(sae)
+    except AtlasError as exc:
+        raise AtlasError(f"SAE {what}: {exc}") from None
+
+
+def check_planned(planned: Sequence[AtlasSAE], lm: LoadedModel) -> None:
+    """One clear error for SAEs that cannot run on this model, or that share an id."""
+    ids = [p.sae_id for p in planned]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise AtlasError(f"several SAEs would be stored as {', '.join(twice)}; give each "
+                         "--sae-path folder its own name")
     for p in planned:
         check_width(p.sae, lm.d_model, p.sae_id)
-    lm.check_hooks([p.hook for p in planned])
-    return planned
+        if not 0 <= p.hook.layer < lm.n_layers:
+            raise AtlasError(f"SAE {p.sae_id} reads {p.hook.name}, but {lm.model_id} has layers "
+                             f"0..{lm.n_layers - 1}; load the model it was trained on (--model) "
+                             "or leave this SAE out")
+        trained_on = p.sae.cfg.metadata.model_name
+        if trained_on and trained_on.split("/")[-1].lower() != lm.model_id.split("/")[-1].lower():
+            log.warning("%s was trained on %s; this build runs %s", p.sae_id, trained_on,
+                        lm.model_id)
 
 
 def corpus(config: BuildConfig, lm: LoadedModel, source: object | None = None) -> Blocks:
@@ -225,7 +283,7 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
         for s in saes:
             acts = batch.acts[s.hook.name]
             mask = batch.masks[s.hook.name]
-            flat = acts.reshape(-1, acts.shape[-1]).to(s.sae.W_dec.device)
+            flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1]).to(s.sae.W_dec.device))
             accs[s.sae_id].update(batch.start, encode_sparse(s.sae, flat), batch.token_ids, mask)
             if s.sae_id in quality and batch.start + len(batch.token_ids) > n_train:
                 keep = mask.clone()
@@ -333,7 +391,8 @@ def sae_record(lm: LoadedModel, planned: AtlasSAE, quality: SAEQuality) -> store
         k=getattr(cfg, "k", None), source=planned.source,
         path=str(planned.path) if planned.path else None, l0=quality.l0,
         explained_variance=quality.explained_variance, dead_fraction=quality.dead_fraction,
-        quality_tokens=quality.n_tokens)
+        quality_tokens=quality.n_tokens, release=planned.release,
+        release_sae_id=planned.release_sae_id, neuronpedia_id=planned.neuronpedia_id)
 
 
 def _token_labels(lm: LoadedModel, stats: FeatureStats) -> list[tuple[list[str], list[int]]]:

@@ -36,12 +36,14 @@ class Hit:
 
 
 def resolve_sae(con: duckdb.DuckDBPyConnection, text: str) -> str:
-    """An SAE id from its full id, a unique substring, or 'L<layer>' when one SAE has it."""
-    ids = [r[0] for r in con.execute("SELECT sae_id FROM saes ORDER BY layer, sae_id").fetchall()]
+    """An SAE id from its full id, a unique substring, or 'L<layer>' when one SAE reads that
+    layer (`saes.layer`)."""
+    rows = con.execute("SELECT sae_id, layer FROM saes ORDER BY layer, sae_id").fetchall()
+    ids = [r[0] for r in rows]
     if text in ids:
         return text
     m = re.fullmatch(r"[Ll](\d+)", text)
-    found = ([i for i in ids if re.search(rf"/L{m.group(1)}/", i)] if m
+    found = ([i for i, layer in rows if layer == int(m.group(1))] if m
              else [i for i in ids if text in i])
     if len(found) == 1:
         return found[0]
@@ -161,7 +163,7 @@ def features_of(lm, sae, text: str, *, top: int = 8) -> list[TokenFeatures]:
     """
     from atlas.harvest import encode_sparse
     from atlas.models import capture_residuals
-    from atlas.saes import hook_of
+    from atlas.saes import hook_of, sae_input
 
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
@@ -169,7 +171,7 @@ def features_of(lm, sae, text: str, *, top: int = 8) -> list[TokenFeatures]:
     hook = hook_of(sae)
     full = torch.tensor([[lm.tokenizer.eos_token_id, *ids]])
     acts = capture_residuals(lm, full, [hook])[hook.name][0, 1:]
-    codes = encode_sparse(sae, acts.to(sae.W_dec.device))
+    codes = encode_sparse(sae, sae_input(sae, acts.to(sae.W_dec.device)))
     out = []
     for pos, tok in enumerate(lm.tokenizer.batch_decode([[i] for i in ids])):
         sel = codes.rows == pos

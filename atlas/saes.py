@@ -9,8 +9,10 @@ threshold assumes.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ class SAEQuality:
     """How well an SAE reconstructs held-out activations."""
 
     l0: float
-    """Mean number of active (> 0) features per token."""
+    """Mean number of active (non-zero) features per token."""
     explained_variance: float
     """1 - SSE / total variance of the held-out activations."""
     dead_fraction: float
@@ -67,13 +69,78 @@ def load_saved(path: Path, *, device: str = "cpu") -> SAE:
 
 
 def load_published(release: str, sae_id: str, *, device: str = "cpu") -> SAE:
-    """A published SAE by SAELens release and id (needs the Hugging Face hub)."""
+    """A published SAE by SAELens release and id, through `SAE.from_pretrained` unchanged (from
+    the Hugging Face hub, or from its local cache when `HF_HUB_OFFLINE=1`)."""
     try:
         return SAE.from_pretrained(release, sae_id, device=device)
     except Exception as exc:
         raise AtlasError(f"SAE '{sae_id}' of release '{release}' could not be loaded "
                          f"({type(exc).__name__}: {str(exc)[:200]}); check the names against "
-                         "SAELens' pretrained_saes.yaml and that the hub is reachable") from exc
+                         "SAELens' pretrained_saes.yaml and that the hub (or its local cache) "
+                         "holds them") from exc
+
+
+def release_ids(release: str) -> list[str]:
+    """The SAE ids SAELens lists for a release (empty for a release it does not list)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    found = get_pretrained_saes_directory().get(release)
+    return list(found.saes_map) if found else []
+
+
+def expand_sae_ids(release: str, patterns: Sequence[str], layers: Sequence[int]) -> list[str]:
+    """SAE ids of a release from the given ids or patterns, in order, without repeats.
+
+    A pattern with '{layer}' stands for one id per layer in `layers`
+    ('layer_{layer}/width_16k/canonical'); one with '*' or '?' matches the ids SAELens lists
+    for the release ('blocks.*.hook_resid_pre').
+
+    Raises:
+        AtlasError: a pattern matches no listed id.
+    """
+    out: list[str] = []
+    for pattern in patterns:
+        if "{layer}" in pattern:
+            found = [pattern.replace("{layer}", str(layer)) for layer in layers]
+        elif any(c in pattern for c in "*?["):
+            known = release_ids(release)
+            found = [i for i in known if fnmatch.fnmatchcase(i, pattern)]
+            if not found:
+                listed = (f"it lists {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}"
+                          if known else "SAELens lists no ids for it")
+                raise AtlasError(f"--sae-id '{pattern}' matches no SAE of release '{release}' "
+                                 f"({listed}); check the pattern")
+        else:
+            found = [pattern]
+        out += [i for i in found if i not in out]
+    return out
+
+
+def neuronpedia_id(sae: SAE, release: str | None = None, sae_id: str | None = None
+                   ) -> str | None:
+    """The SAE's Neuronpedia id ('gpt2-small/8-res-jb'): from its metadata, else from SAELens'
+    directory entry of (release, sae_id); None when it has none."""
+    found = sae.cfg.metadata.neuronpedia_id
+    if not found and release and sae_id:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        entry = get_pretrained_saes_directory().get(release)
+        found = entry.neuronpedia_id.get(sae_id) if entry else None
+    return found or None
+
+
+def reads_centered(sae: SAE) -> bool:
+    """True when the SAE was trained on a TransformerLens model loaded with
+    `center_writing_weights=True` (SAELens records it in `model_from_pretrained_kwargs`, e.g.
+    gpt2-small-res-jb). Such a model's residual stream is a Hugging Face model's residual minus
+    its mean over d_model: every write into it is centred, and LayerNorm ignores the mean."""
+    kwargs = sae.cfg.metadata.model_from_pretrained_kwargs or {}
+    return bool(kwargs.get("center_writing_weights"))
+
+
+def sae_input(sae: SAE, x: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... d"]:
+    """Residuals of the Hugging Face model as the SAE expects them (see `reads_centered`)."""
+    return x - x.mean(-1, keepdim=True) if reads_centered(sae) else x
 
 
 def hook_of(sae: SAE) -> HookPoint:
@@ -222,10 +289,10 @@ class QualityPartial:
     def update(self, sae: SAE, x: Float[torch.Tensor, "n d"]) -> None:
         if not len(x):
             return
-        x = x.to(sae.W_dec.device, torch.float32)
+        x = sae_input(sae, x.to(sae.W_dec.device, torch.float32))
         feats = sae.encode(x)
         self.sse += float((x - sae.decode(feats)).pow(2).sum())
-        active = feats > 0
+        active = feats != 0  # AbsTopK SAEs code with signed activations
         self.active += float(active.sum())
         self.ever |= active.any(0).cpu().numpy()
         x64 = x.double()

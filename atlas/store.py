@@ -114,6 +114,13 @@ class SAERecord:
     quality_tokens: int | None
     decoder_checksum: str | None = None
     """sha1 of the stored unit decoder matrix (float32, row-major): what an index was built from."""
+    release: str | None = None
+    """SAELens release of a published SAE."""
+    release_sae_id: str | None = None
+    """The SAE's id within its release."""
+    neuronpedia_id: str | None = None
+    """The SAE's Neuronpedia id, when it has one (its features' pages are
+    https://www.neuronpedia.org/<neuronpedia_id>/<feature>)."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything a fresh machine lacks, then runs the whole test suite (CPU, offline).
+# Installs everything a fresh machine lacks, then lints (ruff: undefined names, unused imports)
+# and runs the whole test suite (CPU, offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -12,5 +13,6 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
       || { $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium chromium-driver; }; } \
     >/dev/null 2>&1 || echo "note: Chromium could not be installed; the browser test will be skipped"
 fi
+.venv/bin/ruff check .
 export HF_HUB_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 exec .venv/bin/python -m pytest "$@"
