@@ -61,7 +61,8 @@ def _replace(con: duckdb.DuckDBPyConnection, *, subject: str, what: str, run_id:
                     [run_id, subject, what, json.dumps(settings.__dict__), seconds,
                      store.utc_now()])
         for name, table in tables.items():
-            store.insert_table(con, name, table)
+            if table.num_rows:
+                store.insert_table(con, name, table)
 
 
 def galaxy(con: duckdb.DuckDBPyConnection, sae_id: str, settings: AnalysisSettings) -> dict:
@@ -117,6 +118,10 @@ def lobes(con: duckdb.DuckDBPyConnection, sae_id: str, settings: AnalysisSetting
                                          rows["n_ij"][both], len(keep))
     vectors = store.load_decoders(con, sae_id)[keep]
     ks = [k for k in settings.ks if k < len(keep)]
+    if not ks:
+        log.warning("%s: only %d features fire in some but not all of the %d blocks, too few "
+                    "for %s lobes; harvest more blocks (--tokens) or raise --threshold",
+                    sae_id, len(keep), n_blocks, ",".join(map(str, settings.ks)))
     geo = _spectral_labels(lb.angular_similarity(vectors), ks, settings.seed)
     cluster_rows, tests = [], []
     for k in ks:
@@ -143,7 +148,8 @@ def lobes(con: duckdb.DuckDBPyConnection, sae_id: str, settings: AnalysisSetting
         "metric": [x for _, x, _, _ in cluster_rows for _ in range(n)],
         "k": np.repeat([k for _, _, k, _ in cluster_rows], n).astype(np.int32),
         "feature": np.tile(keep, len(cluster_rows)).astype(np.int32),
-        "cluster": np.concatenate([lab for *_, lab in cluster_rows]).astype(np.int32)})
+        "cluster": np.concatenate([np.zeros(0)] + [lab for *_, lab in cluster_rows])
+        .astype(np.int32)})
     method, xy = lb.feature_map(store.load_decoders(con, sae_id), seed=settings.seed)
     layout = pa.table({"run_id": [run] * len(xy), "sae_id": [sae_id] * len(xy),
                        "method": [method] * len(xy), "feature": np.arange(len(xy), dtype=np.int32),

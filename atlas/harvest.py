@@ -118,8 +118,11 @@ class SparseCodes:
 
 
 def encode_sparse(sae: SAE, x: Float[torch.Tensor, "n d"]) -> SparseCodes:
-    """SAE activations as sparse entries; TopK SAEs skip the dense (n, d_sae) code entirely."""
-    if (isinstance(sae, TopKSAE) and not sae.cfg.rescale_acts_by_decoder_norm
+    """SAE activations as sparse entries; TopK SAEs skip the dense (n, d_sae) code entirely.
+
+    The shortcut is taken for plain TopK only: subclasses such as AbsTopK select by another
+    rule, so they go through their own `encode`."""
+    if (type(sae) is TopKSAE and not sae.cfg.rescale_acts_by_decoder_norm
             and not sae.use_error_term):
         pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
         values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)

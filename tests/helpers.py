@@ -1,0 +1,84 @@
+"""Test helpers: SAELens SAEs of every architecture with small random weights, and a Hugging
+Face hub cache written in the hub's own layout (blobs, snapshot links, refs/main)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from sae_lens import (AbsTopKSAE, AbsTopKSAEConfig, GatedSAE, GatedSAEConfig, JumpReLUSAE,
+                      JumpReLUSAEConfig, MatchingPursuitSAE, MatchingPursuitSAEConfig,
+                      StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig)
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+# architecture -> (SAE class, config class, extra config); batchtopk is a training
+# architecture that SAELens saves for inference as jumprelu.
+ARCHITECTURES = {
+    "standard": (StandardSAE, StandardSAEConfig, {}),
+    "topk": (TopKSAE, TopKSAEConfig, {"k": 6}),
+    "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {}),
+    "gated": (GatedSAE, GatedSAEConfig, {}),
+    "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, {"k": 6}),
+    "abstopk": (AbsTopKSAE, AbsTopKSAEConfig, {"k": 6}),
+    "matching_pursuit": (MatchingPursuitSAE, MatchingPursuitSAEConfig, {}),
+}
+SAVED_AS = {"batchtopk": "jumprelu"}
+
+
+def random_sae(architecture: str, *, d_in: int, d_sae: int, hook: str, input_norm: float,
+               seed: int = 0, model_name: str = "tiny-random-llama"):
+    """An SAELens SAE with random weights whose pre-activations on inputs of norm
+    `input_norm` are O(1), so a good share of features fire above a threshold of 0.5."""
+    cls, cfg_cls, extra = ARCHITECTURES[architecture]
+    torch.manual_seed(seed)
+    cfg = cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook,
+                                                                model_name=model_name), **extra)
+    sae = cls(cfg)
+    with torch.no_grad():
+        w_dec = torch.randn(d_sae, d_in)
+        sae.W_dec.copy_(w_dec / w_dec.norm(dim=1, keepdim=True))
+        sae.b_dec.zero_()
+        if "W_enc" in sae._parameters:  # matching pursuit's encoder is its decoder
+            sae.W_enc.copy_(torch.randn(d_in, d_sae) * (2.0 / input_norm))
+        if hasattr(sae, "threshold"):
+            sae.threshold.fill_(0.3)
+        if architecture == "batchtopk":
+            sae.topk_threshold.fill_(0.3)
+    return sae.eval()
+
+
+def save_sae(sae, path: Path) -> Path:
+    """Save as SAELens does for inference (`save_inference_model` where the class has it)."""
+    (sae.save_inference_model if hasattr(sae, "save_inference_model") else sae.save_model)(path)
+    return path
+
+
+def write_hub_repo(cache: Path, repo_id: str, files: dict[str, bytes], *,
+                   revision: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """Write files into a Hugging Face hub cache as `huggingface_hub` lays it out:
+    `models--org--name/blobs/<sha256>`, `snapshots/<revision>/<path>` linking to the blob,
+    and `refs/main` naming the revision. Returns the snapshot folder."""
+    root = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = root / "snapshots" / revision
+    for rel, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under a folder, keyed by its path relative to it."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
