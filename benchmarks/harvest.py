@@ -2,6 +2,8 @@
 
     python benchmarks/harvest.py                 # SmolLM2, default layers, 32 blocks
     python benchmarks/harvest.py --build         # also time the whole default `atlas build`
+    python benchmarks/harvest.py --model tiny-random-llama --layers 1,3 --blocks 4 \
+        --block-size 64 --d-sae 64 --k 4         # a smoke run in seconds
 
 Prints bare-forward tokens/s (stopping after the deepest hooked layer), harvest tokens/s
 (forward + SAE encode + statistics for every layer, per-shard co-occurrence and the merge of
@@ -72,11 +74,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--db", type=Path, help="take the SAEs from this atlas")
     parser.add_argument("--build", action="store_true", help="also time the default build")
+    defaults = BuildConfig()
+    parser.add_argument("--model", default=defaults.model)
+    parser.add_argument("--layers", default=",".join(map(str, defaults.layers)))
+    parser.add_argument("--d-sae", type=int, default=defaults.d_sae)
+    parser.add_argument("--k", type=int, default=defaults.k)
+    parser.add_argument("--block-size", type=int, default=defaults.block_size)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
 
-    config = BuildConfig(tokens=args.blocks * 256)
+    config = BuildConfig(model=args.model, tokens=args.blocks * args.block_size,
+                         layers=tuple(int(x) for x in args.layers.split(",")),
+                         d_sae=args.d_sae, k=args.k, block_size=args.block_size)
     lm = pipeline.load(config)
     saes = atlas_saes(args.db) if args.db else random_saes(config, lm.d_model)
     hooks = [s.hook for s in saes]

@@ -66,3 +66,20 @@ def test_sae_width_mismatch_is_refused(tiny_atlas, tmp_path, capsys):
     code = main(["build", "--db", str(tmp_path / "w.duckdb"), "--model", config.model,
                  "--block-size", "64", "--tokens", "640", "--sae-path", str(tmp_path / "wide")])
     assert code == 2 and "d_in=576" in capsys.readouterr().err
+
+
+def test_list_flags_repeat_and_take_ranges():
+    from atlas.cli import _parser, config_from_args
+
+    config = config_from_args(_parser().parse_args([
+        "build", "--sae-release", "r", "--sae-id", "layer_{layer}/width_16k/canonical",
+        "--sae-id", "x,y", "--layers", "0-2,5", "--sae-path", "a", "--sae-path", "b"]))
+    assert config.sae_id == ("layer_{layer}/width_16k/canonical", "x", "y")
+    assert config.layers == (0, 1, 2, 5)
+    assert [str(p) for p in config.sae_path] == ["a", "b"]
+    assert config_from_args(_parser().parse_args(["build"])).layers == (3, 7, 11, 15)
+
+
+def test_a_release_without_ids_is_refused(capsys):
+    assert main(["build", "--sae-release", "gpt2-small-res-jb"]) == 2
+    assert "--sae-release gpt2-small-res-jb needs --sae-id" in capsys.readouterr().err

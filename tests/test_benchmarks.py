@@ -1,0 +1,65 @@
+"""Every benchmark in benchmarks/ runs its main path to its printed ratios at a tiny size, so a
+benchmark cannot rot unnoticed. These are smoke runs: they check that the figures are printed
+and are finite numbers, never how fast anything is."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def ratios(text: str, pattern: str) -> list[float]:
+    found = [float(x) for x in re.findall(pattern, text)]
+    assert found, f"no figure matching {pattern!r} in:\n{text[-2000:]}"
+    assert all(0 <= x < float("inf") for x in found), found
+    return found
+
+
+def test_every_benchmark_has_a_smoke_test():
+    here = Path(__file__).read_text()
+    for script in BENCHMARKS.glob("*.py"):
+        assert f'"{script.name}"' in here, f"{script.name} has no smoke test"
+
+
+def test_harvest_benchmark_prints_its_ratio():
+    out = run("harvest.py", "--model", "tiny-random-llama", "--layers", "1,3", "--blocks", "8",
+              "--block-size", "64", "--d-sae", "64", "--k", "4", "--repeats", "1")
+    ratios(out, r"ratio harvest / bare forward: ([\d.]+)")
+    ratios(out, r"bare forward to layer 3:\s+([\d.]+) tok/s")
+
+
+def test_query_benchmark_prints_its_ratios():
+    out = run("query.py", "--sizes", "3000", "--d", "32", "--queries", "20", "--data", "random")
+    ratios(out, r"= ([\d.]+)x BLAS pass")
+    ratios(out, r"speed-up\s+([\d.]+)x over exact")
+    ratios(out, r"recall@10 ([\d.]+)")
+
+
+def test_scale_benchmark_prints_its_figures(tmp_path):
+    out = run("scale.py", "--out", str(tmp_path / "scale"), "--saes", "2", "--width", "2048",
+              "--d", "32", "--partners", "4", "--blocks", "200", "--spectrum-sample", "512")
+    ratios(out, r"= ([\d.]+)x faster than the BLAS pass")
+    ratios(out, r"peak RSS over the run ([\d.]+) GB")
+
+
+@pytest.mark.usefixtures("tiny_atlas")
+def test_absorption_benchmark_prints_its_ratios(atlas_copy):
+    db, _ = atlas_copy
+    out = run("absorption.py", "--db", str(db), "--words", "200")
+    ratios(out, r"full prompts [\d.]+s; ratio ([\d.]+)x")
+    ratios(out, r"per-SAE ratio ([\d.]+)x")
