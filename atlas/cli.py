@@ -297,21 +297,20 @@ def cmd_features(args: argparse.Namespace) -> int:
     from atlas import query
     from atlas.models import load_model
     from atlas.readonly import open_readonly
-    from atlas.saes import load_published, load_saved
+    from atlas.saes import load_recorded
 
     con = open_readonly(args.db)
     try:
         sae_id = query.resolve_sae(con, args.sae)
-        path, source = con.execute("SELECT path, source FROM saes WHERE sae_id = ?",
-                                   [sae_id]).fetchone()
+        where = con.execute("SELECT path, release, release_sae_id FROM saes WHERE sae_id = ?",
+                            [sae_id]).fetchone()
         spec = _loadable_model(con, [sae_id])[1]
         labels = dict(con.execute("SELECT feature, label FROM features WHERE sae_id = ?",
                                   [sae_id]).fetchall())
     finally:
         con.close()
     lm = load_model(spec, device="auto")
-    sae = (load_saved(Path(path), device=str(lm.device)) if path else
-           load_published(*source.split("/", 1), device=str(lm.device)))
+    sae = load_recorded(*where, device=str(lm.device))
     tokens = query.features_of(lm, sae, args.text, top=args.k)
     if args.json:
         print(json.dumps([dataclasses.asdict(t) for t in tokens], indent=1))
@@ -368,18 +367,21 @@ def _loadable_model(con, sae_ids: list[str] | None = None) -> tuple[str, str]:
     return row
 
 
+_LOADABLE = "(path IS NOT NULL OR release IS NOT NULL)"
+
+
 def _model_and_saes(con, sae_ids: list[str] | None = None):
-    """The model the given SAEs read (see `_model_of`) and every SAE of that model that is on
-    disk."""
+    """The model the given SAEs read (see `_model_of`) and those SAEs (default: every SAE of
+    that model the atlas can load, from its folder or its release)."""
     from atlas.models import load_model
-    from atlas.saes import load_saved
+    from atlas.saes import load_recorded
 
     row = _loadable_model(con, sae_ids)
     lm = load_model(row[1], device="auto")
-    saes = {sid: load_saved(Path(path), device=str(lm.device)) for sid, path in
-            con.execute("SELECT sae_id, path FROM saes WHERE path IS NOT NULL AND model_id = ?",
-                        [row[0]]).fetchall()}
-    return lm, saes
+    rows = con.execute(f"SELECT sae_id, path, release, release_sae_id FROM saes WHERE "
+                       f"model_id = ? AND {_LOADABLE} AND (? OR sae_id IN (SELECT unnest(?)))",
+                       [row[0], not sae_ids, list(sae_ids or [])]).fetchall()
+    return lm, {r[0]: load_recorded(*r[1:], device=str(lm.device)) for r in rows}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -427,10 +429,10 @@ def cmd_absorption(args: argparse.Namespace) -> int:
     con = store.connect(args.db)
     try:
         ids = ([resolve_sae(con, s) for s in args.sae] if args.sae else
-               [r[0] for r in con.execute("SELECT sae_id FROM saes WHERE path IS NOT NULL "
+               [r[0] for r in con.execute(f"SELECT sae_id FROM saes WHERE {_LOADABLE} "
                                           "ORDER BY layer, sae_id").fetchall()])
         if not ids:
-            raise AtlasError("the atlas has no SAEs on disk to run; build one with atlas build")
+            raise AtlasError("the atlas has no SAEs it can load; build one with atlas build")
         lm, saes = _model_and_saes(con, ids)
         settings = AbsorptionSettings(max_k=args.max_k, f1_jump=args.f1_jump, seed=args.seed)
         rows = absorption(con, lm, saes, ids, n_words=args.words or None, settings=settings)

@@ -24,31 +24,12 @@ from atlas.artifacts import sae_path
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
 from atlas.errors import AtlasError
-from atlas.harvest import (
-    ActivationBatch,
-    FeatureAccumulator,
-    FeatureStats,
-    cooccurrence,
-    encode_sparse,
-    forward_batches,
-    top_tokens,
-)
+from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, cooccurrence,
+                           encode_sparse, forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, load_model
-from atlas.saes import (
-    QualityPartial,
-    SAEQuality,
-    TrainSettings,
-    check_width,
-    evaluate,
-    expand_sae_ids,
-    hook_of,
-    load_published,
-    load_saved,
-    merge_quality,
-    neuronpedia_id,
-    sae_input,
-    train_topk,
-)
+from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, evaluate,
+                        expand_sae_ids, hook_of, load_published, load_saved, merge_quality,
+                        neuronpedia_id, sae_input, train_topk)
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +107,7 @@ def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
                                 f"{config.sae_release}/{sae_id}", sae,
                                 release=config.sae_release, release_sae_id=sae_id,
                                 neuronpedia_id=neuronpedia_id(sae, config.sae_release, sae_id)))
-    for path in config.sae_path:
+    for path in (p.resolve() for p in config.sae_path):
         sae = load_saved(path, device=str(lm.device))
         planned.append(AtlasSAE(f"{lm.model_id}/{path.name}", _hook(sae, str(path)), str(path),
                                 sae, path=path, neuronpedia_id=neuronpedia_id(sae)))

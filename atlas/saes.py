@@ -80,6 +80,17 @@ def load_published(release: str, sae_id: str, *, device: str = "cpu") -> SAE:
                          "holds them") from exc
 
 
+def load_recorded(path: str | None, release: str | None, release_sae_id: str | None, *,
+                  device: str = "cpu") -> SAE:
+    """An SAE as the atlas's `saes` row records it: from its folder, else from its release."""
+    if path:
+        return load_saved(Path(path), device=device)
+    if release and release_sae_id:
+        return load_published(release, release_sae_id, device=device)
+    raise AtlasError("the atlas records neither a folder nor a release for this SAE; rebuild "
+                     "it with `atlas build`")
+
+
 def release_ids(release: str) -> list[str]:
     """The SAE ids SAELens lists for a release (empty for a release it does not list)."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory

@@ -5,14 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas.harvest import (
-    FeatureAccumulator,
-    SparseCodes,
-    cooccurrence,
-    encode_sparse,
-    sink_free,
-    top_tokens,
-)
+from atlas.harvest import (FeatureAccumulator, SparseCodes, cooccurrence, encode_sparse,
+                           sink_free, top_tokens)
 
 
 def planted_batches(n_blocks=12, t=16, f=10, seed=0):

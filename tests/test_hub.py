@@ -86,22 +86,36 @@ def hub_cache(tmp_path_factory, tiny_smollm2) -> tuple[Path, dict]:
     return cache, weights
 
 
-@pytest.fixture(scope="module")
-def hub_atlas(hub_cache, tmp_path_factory) -> Path:
-    """`atlas build` of the hub model with two published SAEs ('{layer}' over --layers 1-2)."""
-    cache, _ = hub_cache
-    db = tmp_path_factory.mktemp("hub-atlas") / "hub.duckdb"
+def atlas_offline(cache: Path, *args: str) -> str:
+    """Run the `atlas` console script with the hub cache set and the hub switched off."""
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "home"),
            "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     atlas = Path(sys.executable).with_name("atlas")
-    done = subprocess.run(
-        [str(atlas), "build", "--db", str(db), "--model", MODEL_REPO, "--sae-release", RELEASE,
-         "--sae-id", "blocks.{layer}.hook_resid_pre", "--layers", "1-2",
-         "--tokens", str(BLOCK * 24), "--block-size", str(BLOCK), "--batch-blocks", "8",
-         "--shard-blocks", "8", "--n-examples", "4", "--analyses", "galaxy"],
-        env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([str(atlas), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def hub_atlas(hub_cache, tmp_path_factory) -> Path:
+    """`atlas build` of the hub model with two published SAEs ('{layer}' over --layers 1-2)."""
+    db = tmp_path_factory.mktemp("hub-atlas") / "hub.duckdb"
+    atlas_offline(hub_cache[0], "build", "--db", str(db), "--model", MODEL_REPO,
+                  "--sae-release", RELEASE, "--sae-id", "blocks.{layer}.hook_resid_pre",
+                  "--layers", "1-2", "--tokens", str(BLOCK * 24), "--block-size", str(BLOCK),
+                  "--batch-blocks", "8", "--shard-blocks", "8", "--n-examples", "4",
+                  "--analyses", "galaxy")
     return db
+
+
+def test_later_commands_reload_published_saes_from_their_release(hub_atlas, hub_cache):
+    out = atlas_offline(hub_cache[0], "features", "--db", str(hub_atlas), "--sae", "L2",
+                        "def main(): return 0", "--json")
+    assert [t["token"] for t in json.loads(out)][:2] == ["def", " main"]
+    out = atlas_offline(hub_cache[0], "compare", "--db", str(hub_atlas), "--a", "L1", "--b",
+                        "L2", "--blocks", "8", "--permutations", "5")
+    assert f"{RELEASE}/blocks.1.hook_resid_pre vs {RELEASE}/blocks.2.hook_resid_pre" in out
 
 
 def q(db, sql: str, params=()) -> list[tuple]:

@@ -1,15 +1,9 @@
 import numpy as np
 import pytest
 
-from atlas.geometry.crystals import (
-    analogy_accuracy,
-    find_crystals,
-    parallelogram_error,
-    parallelogram_quality,
-    remove_distractors,
-    trapezoid_error,
-    word_pair_tasks,
-)
+from atlas.geometry.crystals import (analogy_accuracy, find_crystals, parallelogram_error,
+                                     parallelogram_quality, remove_distractors, trapezoid_error,
+                                     word_pair_tasks)
 
 
 def test_shipped_tasks_have_dozens_of_pairs():

@@ -1,13 +1,8 @@
 import numpy as np
 import pytest
 
-from atlas.geometry.galaxy import (
-    clustering_entropy,
-    cosine_tails,
-    eigen_spectrum,
-    gaussian_cloud,
-    power_law_fit,
-)
+from atlas.geometry.galaxy import (clustering_entropy, cosine_tails, eigen_spectrum,
+                                   gaussian_cloud, power_law_fit)
 
 
 def power_law_cloud(n=3000, d=300, alpha=0.5, seed=0):

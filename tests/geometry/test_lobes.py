@@ -1,16 +1,9 @@
 import numpy as np
 import pytest
 
-from atlas.geometry.lobes import (
-    METRICS,
-    affinity,
-    affinity_matrix,
-    ami_test,
-    cooccurrence_counts,
-    cooccurrence_lobes,
-    geometric_clusters,
-    lobe_predictability,
-)
+from atlas.geometry.lobes import (METRICS, affinity, affinity_matrix, ami_test,
+                                  cooccurrence_counts, cooccurrence_lobes, geometric_clusters,
+                                  lobe_predictability)
 
 
 def planted_lobes(n_per=40, d=32, n_blocks=400, seed=0):

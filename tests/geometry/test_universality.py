@@ -1,13 +1,8 @@
 import numpy as np
 import pytest
 
-from atlas.geometry.universality import (
-    CorrelationAccumulator,
-    against_shuffles,
-    match_features,
-    rsa,
-    svcca,
-)
+from atlas.geometry.universality import (CorrelationAccumulator, against_shuffles,
+                                         match_features, rsa, svcca)
 
 
 def test_correlations_equal_numpy_corrcoef_in_batches():
