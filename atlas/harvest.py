@@ -263,16 +263,37 @@ def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:
     return order[torch.argsort(major[order], stable=True)]
 
 
+DENSE_GRAM_ENTRIES = 1 << 25
+"""Above this many (block, live feature) entries, co-occurrence uses the sparse product."""
+
+
 def cooccurrence(block_ids: Int[np.ndarray, " m"], features: Int[np.ndarray, " m"], *,
-                 n_blocks: int, d_sae: int
-                 ) -> tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]:
-    """n_ij = blocks where features i and j both fire, for i < j, by a sparse product.
+                 n_blocks: int, d_sae: int, chunk: int = 2048,
+                 dense_limit: int = DENSE_GRAM_ENTRIES) -> tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]:
+    """n_ij = blocks where features i and j both fire, for i < j.
+
+    The Gram matrix of the blocks' firing indicators over the features that fire, by dense
+    BLAS products of `chunk` features at a time (exact: float32 holds every count below 2^24);
+    a sparse product when the indicator matrix would hold more than `dense_limit` entries (a
+    whole corpus at once).
 
     Args:
         block_ids, features: one entry per (block, feature) firing, each pair at most once.
     Returns:
         (i, j, n_ij) for every pair with n_ij > 0, sorted by (i, j).
     """
+    live, column = np.unique(features, return_inverse=True)
+    if n_blocks * len(live) <= dense_limit and n_blocks < (1 << 24):
+        fires = np.zeros((n_blocks, len(live)), np.float32)
+        fires[block_ids, column] = 1.0
+        i, j, n = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for lo in range(0, len(live), chunk):
+            gram = np.triu(fires[:, lo:lo + chunk].T @ fires[:, lo:], k=1)
+            r, c = np.nonzero(gram)  # row-major, so sorted by (i, j)
+            i.append(live[lo + r])
+            j.append(live[lo + c])
+            n.append(gram[r, c].astype(np.int64))
+        return np.concatenate(i), np.concatenate(j), np.concatenate(n)
     ones = np.ones(len(block_ids), dtype=np.int32)
     fires = sp.csr_matrix((ones, (block_ids, features)), shape=(n_blocks, d_sae))
     counts = sp.triu(fires.T @ fires, k=1).tocoo()

@@ -66,7 +66,14 @@ def partial_of(acc: FeatureAccumulator, sae_id: str, start: int, stop: int,
                    acc.token_counts(), (i, j, n), quality)
 
 
-def _sum_by_key(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sum_by_key(keys: np.ndarray, counts: np.ndarray, *, n_keys: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct keys (all below `n_keys`) and the summed counts of each: by a dense
+    count array when it is small (no sort), else by sorting."""
+    if n_keys <= 1 << 24:
+        total = np.bincount(keys, weights=counts, minlength=n_keys)
+        uniq = np.flatnonzero(total)
+        return uniq, total[uniq].astype(np.int64)
     uniq, inverse = np.unique(keys, return_inverse=True)
     return uniq, np.bincount(inverse, weights=counts, minlength=len(uniq)).astype(np.int64)
 
@@ -93,9 +100,9 @@ def merge(parts: list[Partial], *, d_sae: int, n_blocks: int, block_size: int,
 
     tf, tt, tc = joined("tokens")
     stride = int(tt.max()) + 1 if len(tt) else 1
-    keys, counts = _sum_by_key(tf * stride + tt, tc)
+    keys, counts = _sum_by_key(tf * stride + tt, tc, n_keys=d_sae * stride)
     ci, cj, cn = joined("cooc")
-    pairs, n_ij = _sum_by_key(ci * d_sae + cj, cn)
+    pairs, n_ij = _sum_by_key(ci * d_sae + cj, cn, n_keys=d_sae * d_sae)
     return stats_from(count=count, act_sum=act_sum, max_act=max_act, top=joined("top"),
                       firings=joined("firings"), tokens=(keys // stride, keys % stride, counts),
                       n_tokens=sum(p.n_tokens for p in parts), n_blocks=n_blocks,

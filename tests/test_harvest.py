@@ -77,13 +77,15 @@ def test_block_firings_and_token_counts():
     assert tops[9] == []
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 9), st.data())
-def test_cooccurrence_equals_the_dense_product(n_blocks, d, data):
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 9), st.data(), st.sampled_from([1, 2, 3, 2048]),
+       st.booleans())
+def test_cooccurrence_equals_the_dense_product(n_blocks, d, data, chunk, sparse):
     fires = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=d, max_size=d),
                                         min_size=n_blocks, max_size=n_blocks)))
     b, f = np.nonzero(fires)
-    i, j, n = cooccurrence(b, f, n_blocks=n_blocks, d_sae=d)
+    i, j, n = cooccurrence(b, f, n_blocks=n_blocks, d_sae=d, chunk=chunk,
+                           dense_limit=0 if sparse else 1 << 25)  # both ways of counting
     dense = fires.astype(int).T @ fires.astype(int)
     want = {(a, c): dense[a, c] for a in range(d) for c in range(a + 1, d) if dense[a, c]}
     assert dict(zip(zip(i.tolist(), j.tolist()), n.tolist())) == want

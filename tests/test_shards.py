@@ -104,3 +104,19 @@ def test_a_shard_reads_only_its_blocks_back(tmp_path):
         got_ids, got_mask = read_blocks(str(path), start, stop)
         assert np.array_equal(got_ids, ids[start:stop])
         assert np.array_equal(got_mask, mask[start:stop])
+
+
+def test_sums_by_key_agree_by_dense_counts_and_by_sorting():
+    from atlas.shards import _sum_by_key
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 5000, 20_000)
+    counts = rng.integers(1, 4, 20_000)
+    dense = _sum_by_key(keys, counts, n_keys=5000)
+    sorted_ = _sum_by_key(keys, counts, n_keys=1 << 30)
+    for a, b in zip(dense, sorted_):
+        np.testing.assert_array_equal(a, b)
+    want = {}
+    for k, c in zip(keys.tolist(), counts.tolist()):
+        want[k] = want.get(k, 0) + c
+    assert dict(zip(dense[0].tolist(), dense[1].tolist())) == want
