@@ -269,7 +269,7 @@ DENSE_GRAM_ENTRIES = 1 << 25
 
 def cooccurrence(block_ids: Int[np.ndarray, " m"], features: Int[np.ndarray, " m"], *,
                  n_blocks: int, d_sae: int, chunk: int = 2048,
-                 dense_limit: int = DENSE_GRAM_ENTRIES) -> tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]:
+                 dense_limit: int = DENSE_GRAM_ENTRIES) -> PairCounts:
     """n_ij = blocks where features i and j both fire, for i < j.
 
     The Gram matrix of the blocks' firing indicators over the features that fire, by dense

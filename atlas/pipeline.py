@@ -106,7 +106,7 @@ def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
         planned.append(AtlasSAE(f"{config.sae_release}/{sae_id}", _hook(sae, sae_id),
                                 f"{config.sae_release}/{sae_id}", sae,
                                 release=config.sae_release, release_sae_id=sae_id,
-                                neuronpedia_id=neuronpedia_id(sae, config.sae_release, sae_id)))
+                                neuronpedia_id=neuronpedia_id(sae)))
     for path in (p.resolve() for p in config.sae_path):
         sae = load_saved(path, device=str(lm.device))
         planned.append(AtlasSAE(f"{lm.model_id}/{path.name}", _hook(sae, str(path)), str(path),

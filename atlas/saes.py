@@ -127,17 +127,10 @@ def expand_sae_ids(release: str, patterns: Sequence[str], layers: Sequence[int])
     return out
 
 
-def neuronpedia_id(sae: SAE, release: str | None = None, sae_id: str | None = None
-                   ) -> str | None:
-    """The SAE's Neuronpedia id ('gpt2-small/8-res-jb'): from its metadata, else from SAELens'
-    directory entry of (release, sae_id); None when it has none."""
-    found = sae.cfg.metadata.neuronpedia_id
-    if not found and release and sae_id:
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-        entry = get_pretrained_saes_directory().get(release)
-        found = entry.neuronpedia_id.get(sae_id) if entry else None
-    return found or None
+def neuronpedia_id(sae: SAE) -> str | None:
+    """The SAE's Neuronpedia id ('gpt2-small/8-res-jb'), which `SAE.from_pretrained` copies
+    into its metadata from SAELens's list of releases; None when it has none."""
+    return sae.cfg.metadata.neuronpedia_id or None
 
 
 def reads_centered(sae: SAE) -> bool:
