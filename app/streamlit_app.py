@@ -53,9 +53,9 @@ def version(path: str) -> int:
 
 @st.cache_resource(max_entries=32)
 def _index(path: str, stamp: int, sae_id: str):
-    from atlas import query
+    from atlas.index import open_index
 
-    return query.open_index(connection(path), Path(path), sae_id)
+    return open_index(connection(path), Path(path), sae_id)
 
 
 def feature_index(path: str, sae_id: str):
@@ -189,7 +189,7 @@ def page_feature(db: str) -> None:
     if len(lobes.frame):
         show_table(lobes)
     else:
-        missing("lobes", "atlas analyze --what lobes")
+        missing("lobes", "atlas analyze --analyses lobes")
 
 
 def page_analogy(db: str) -> None:
@@ -217,12 +217,12 @@ def page_analogy(db: str) -> None:
 
 
 def page_lobes(db: str) -> None:
-    if not analysis_page(db, "Lobes", "clusters", "lobes", "atlas analyze --what lobes"):
+    if not analysis_page(db, "Lobes", "clusters", "lobes", "atlas analyze --analyses lobes"):
         return
     sae = choose_sae(db, "lobes_sae")
     choices = cached(db, "lobe_choices", sae).frame
     if not len(choices):
-        missing(f"lobes for {sae}", "atlas analyze --what lobes")
+        missing(f"lobes for {sae}", "atlas analyze --analyses lobes")
         return
     cols = st.columns(3)
     metric = cols[0].selectbox("affinity", sorted(choices["metric"].unique()))
@@ -239,7 +239,7 @@ def page_lobes(db: str) -> None:
         ).properties(height=480).interactive())
         show_sql(points)
     else:
-        missing("2-D map", "atlas analyze --what lobes")
+        missing("2-D map", "atlas analyze --analyses lobes")
     tests = cached(db, "lobe_tests", sae, metric, k).frame
     if len(tests):
         t = tests.iloc[0]
@@ -256,7 +256,7 @@ def page_lobes(db: str) -> None:
 
 def page_crystals(db: str) -> None:
     if not analysis_page(db, "Crystals", "crystal_tasks", "crystals",
-                         "atlas analyze --what crystals"):
+                         "atlas analyze --analyses crystals"):
         return
     layers = cached(db, "crystal_layers").frame
     cols = st.columns(2)
@@ -284,7 +284,7 @@ def page_crystals(db: str) -> None:
 
 def page_galaxy(db: str) -> None:
     if not analysis_page(db, "Galaxy", "spectra", "galaxy analysis",
-                         "atlas analyze --what galaxy"):
+                         "atlas analyze --analyses galaxy"):
         return
     spectra = cached(db, "spectra")
     fits = cached(db, "layer_spectra")
@@ -323,8 +323,8 @@ def page_galaxy(db: str) -> None:
 
 
 def page_universality(db: str) -> None:
-    if not analysis_page(db, "Universality", "universality_runs", "comparison of SAEs",
-                         "atlas compare --all-pairs"):
+    if not analysis_page(db, "Universality", "universality_scores", "comparison of SAEs",
+                         "atlas compare --pairs all"):
         return
     runs = cached(db, "universality")
     score = st.radio("score", ["svcca", "rsa", "mean_corr"], horizontal=True)

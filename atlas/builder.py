@@ -1,7 +1,7 @@
 """`atlas.build(config)`: the whole build in one call.
 
-The sequence of steps lives here once; `flows/build.py` runs the same sequence with each step
-wrapped as a Prefect task (the `step` argument).
+The sequence of steps lives here once; `atlas.flows.build` (flows/build.py) runs the same
+sequence with each step wrapped as a Prefect task (the `step` argument).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ import logging
 import sys
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from atlas.config import BuildConfig, config_fields
@@ -61,22 +63,30 @@ def _flag_options(hint) -> dict:
     return {"type": hint}
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type = BuildConfig) -> None:
-    """One flag per config field, with the field's docstring as help."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type = BuildConfig, *,
+                     prefix: str = "") -> None:
+    """One flag per config field (`--{prefix}{field}`), with the field's docstring as help."""
     hints = typing.get_type_hints(cls)
     for name, default, doc in config_fields(cls):
         opts = _flag_options(hints[name])
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=default,
-                            help=f"{doc} (default: {shown})", **opts)
+        parser.add_argument("--" + (prefix + name).replace("_", "-"), dest=prefix + name,
+                            default=default, help=f"{doc} (default: {shown})", **opts)
 
 
-def config_from_args(args: argparse.Namespace, cls: type = BuildConfig):
+def config_from_args(args: argparse.Namespace, cls: type = BuildConfig, *, prefix: str = ""):
     """Build the config dataclass from parsed arguments."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
 
 
-def _parser() -> argparse.ArgumentParser:
+SHORTCUTS = {"compare": "universality", "absorption": "absorption"}
+"""Commands that run one analysis, with its settings as unprefixed flags."""
+ANALYSIS_COMMANDS = {"analyze", *SHORTCUTS}
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `atlas` parser; analysis settings become flags only for the command that runs
+    them (`command`), so other commands start without importing the analyses."""
     parser = argparse.ArgumentParser(prog="atlas", description="Feature Atlas: SAE features "
                                      "of a language model in DuckDB.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -85,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="harvest a model's SAE features into the atlas")
     add_config_flags(p)
     p.add_argument("--prefect", action="store_true",
-                   help="run as the Prefect flow (flows/build.py) instead of in-process")
+                   help="run as the Prefect flow (atlas.flows.build) instead of in-process")
 
     p = sub.add_parser("info", help="what the atlas holds: model, layers, SAEs, quality, counts")
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
@@ -113,47 +123,47 @@ def _parser() -> argparse.ArgumentParser:
     _query_args(p)
     p.add_argument("text")
 
-    p = sub.add_parser("analyze", help="galaxy, lobes and crystals analyses on a built atlas")
-    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
-    p.add_argument("--what", type=_parse_tuple(str), default=("galaxy", "lobes", "crystals"),
-                   help="comma-separated: galaxy, lobes, crystals")
-    p.add_argument("--ks", type=_parse_tuple(int), default=(2, 4, 8),
-                   help="numbers of lobes / clusters")
-    p.add_argument("--metrics", type=_parse_tuple(str), default=("phi",),
-                   help="co-occurrence affinities: phi, jaccard, dice, overlap, smc")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("analyze", help="run the analyses on a built atlas (default: all); "
+                       "each analysis's settings are flags prefixed by its name")
+    _analysis_args(p)
+    p.add_argument("--analyses", type=_parse_tuple(str), default=None,
+                   help="comma-separated analyses to run (default: all of them)")
+    p.add_argument("--seed", type=int, default=None, help="seed of every analysis (default: "
+                   "each analysis's --<name>-seed)")
+    if command == "analyze":
+        from atlas import analyses
 
-    p = sub.add_parser("compare", help="universality: match two SAEs' features on the same "
-                       "tokens, score SVCCA and RSA against shuffled pairings")
-    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
-    p.add_argument("--a", help="first SAE (id, unique part, or L<layer>)")
-    p.add_argument("--b", help="second SAE")
-    p.add_argument("--all-pairs", action="store_true", help="every pair of SAEs in the atlas")
-    p.add_argument("--blocks", type=int, default=64, help="blocks whose tokens are compared")
-    p.add_argument("--one-to-one", action="store_true", help="Hungarian matching, not max")
-    p.add_argument("--permutations", type=int, default=100)
+        for m in analyses.modules():
+            add_config_flags(p.add_argument_group(f"{m.NAME} (definition '{m.DEFINITION}')"),
+                             m.Settings, prefix=m.NAME + "_")
 
-    p = sub.add_parser("absorption", help="feature absorption on the first-letter task: "
-                       "letter probes, main latents by k-sparse probing, absorption rates")
-    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
-    p.add_argument("--sae", type=_parse_tuple(str), default=(),
-                   help="comma-separated SAEs (id, unique part, or L<layer>); default: all")
-    p.add_argument("--words", type=int, default=6000,
-                   help="whole-word vocabulary tokens to use (0: all of them)")
-    p.add_argument("--max-k", type=int, default=10, help="k-sparse probes for k = 1..K")
-    p.add_argument("--f1-jump", type=float, default=0.03,
-                   help="F1 rise that makes an added latent a split")
-    p.add_argument("--seed", type=int, default=0)
+    for name, analysis in SHORTCUTS.items():
+        p = sub.add_parser(name, help=f"run the {analysis} analysis (atlas analyze --analyses "
+                           f"{analysis}; settings as flags)")
+        _analysis_args(p)
+        if command == name:
+            from atlas import analyses
+
+            add_config_flags(p, analyses.module(analysis).Settings)
 
     p = sub.add_parser("app", help="open the Streamlit app on the atlas (read-only)")
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--address", default="localhost",
+                   help="interface to listen on (0.0.0.0: every interface, as in a container)")
 
     p = sub.add_parser("index", help="build (or refresh) the FAISS index of every SAE")
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
     p.add_argument("--kind", choices=["auto", "flat", "hnsw", "ivf"], default="auto")
     p.add_argument("--json", action="store_true")
     return parser
+
+
+def _analysis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
+    p.add_argument("--sae", type=_parse_tuple(str), default=(), action=_Extend,
+                   help="SAEs to analyse (id, unique part, or L<layer>; comma-separated or "
+                   "repeated); default: all")
 
 
 def _query_args(p: argparse.ArgumentParser, *, sae_required: bool = True) -> None:
@@ -167,7 +177,7 @@ def _query_args(p: argparse.ArgumentParser, *, sae_required: bool = True) -> Non
 def cmd_build(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.prefect:
-        from flows.build import run_build_flow
+        from atlas.flows.build import run_build_flow
 
         result = run_build_flow(config)
     else:
@@ -221,14 +231,15 @@ def _print_hits(hits, as_json: bool, title: str) -> None:
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
-    from atlas import query
+    from atlas import catalog, query
+    from atlas.index import open_index
     from atlas.readonly import open_readonly
 
     con = open_readonly(args.db)
     try:
-        sae_id = query.resolve_sae(con, args.sae)
-        index = query.open_index(con, args.db, sae_id)
-        target = (query.open_index(con, args.db, query.resolve_sae(con, args.target))
+        sae_id = catalog.resolve_sae(con, args.sae)
+        index = open_index(con, args.db, sae_id)
+        target = (open_index(con, args.db, catalog.resolve_sae(con, args.target))
                   if args.target else None)
         hits = query.neighbors(con, index, args.feature, args.k, target=target)
     finally:
@@ -239,7 +250,8 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 
 def cmd_analogy(args: argparse.Namespace) -> int:
-    from atlas import query
+    from atlas import catalog, query
+    from atlas.index import open_index
     from atlas.readonly import open_readonly
 
     if args.words:
@@ -253,8 +265,8 @@ def cmd_analogy(args: argparse.Namespace) -> int:
                          "words") from None
     con = open_readonly(args.db)
     try:
-        sae_id = query.resolve_sae(con, args.sae)
-        hits = query.analogy(con, query.open_index(con, args.db, sae_id), a, b, c, args.k)
+        sae_id = catalog.resolve_sae(con, args.sae)
+        hits = query.analogy(con, open_index(con, args.db, sae_id), a, b, c, args.k)
     finally:
         con.close()
     _print_hits(hits, args.json, f"#{b} - #{a} + #{c} in {sae_id}:")
@@ -262,9 +274,11 @@ def cmd_analogy(args: argparse.Namespace) -> int:
 
 
 def _word_analogy(args: argparse.Namespace) -> int:
-    from atlas import query
+    from atlas import catalog
+    from atlas.index import open_index
     from atlas.models import load_model
     from atlas.readonly import open_readonly
+    from atlas.words import word_analogy
 
     if args.layer is None:
         raise AtlasError("word analogies need --layer L (the residual stream they are read at)")
@@ -272,12 +286,12 @@ def _word_analogy(args: argparse.Namespace) -> int:
     try:
         sae_ids = [r[0] for r in con.execute("SELECT sae_id FROM saes WHERE layer = ? "
                                              "ORDER BY sae_id", [args.layer]).fetchall()]
-        sae_id = query.resolve_sae(con, args.sae) if args.sae else (sae_ids or [None])[0]
-        model = _model_of(con, [sae_id] if sae_id else None)
-        index = query.open_index(con, args.db, sae_id) if sae_id else None
+        sae_id = catalog.resolve_sae(con, args.sae) if args.sae else (sae_ids or [None])[0]
+        model = catalog.model_of(con, [sae_id] if sae_id else None)
+        index = open_index(con, args.db, sae_id) if sae_id else None
         lm = load_model(model[1] if model and model[1] else "smollm2-135m", device="auto")
         a, b, c = args.terms
-        result = query.word_analogy(lm, args.layer, a, b, c, k=args.k, con=con, index=index)
+        result = word_analogy(lm, args.layer, a, b, c, k=args.k, con=con, index=index)
     finally:
         con.close()
     if args.json:
@@ -294,24 +308,22 @@ def _word_analogy(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from atlas import query
+    from atlas import catalog
+    from atlas.harvest import features_of
     from atlas.models import load_model
     from atlas.readonly import open_readonly
-    from atlas.saes import load_recorded
 
     con = open_readonly(args.db)
     try:
-        sae_id = query.resolve_sae(con, args.sae)
-        where = con.execute("SELECT path, release, release_sae_id FROM saes WHERE sae_id = ?",
-                            [sae_id]).fetchone()
-        spec = _loadable_model(con, [sae_id])[1]
+        sae_id = catalog.resolve_sae(con, args.sae)
+        spec = catalog.loadable_model(con, [sae_id])[1]
         labels = dict(con.execute("SELECT feature, label FROM features WHERE sae_id = ?",
                                   [sae_id]).fetchall())
+        lm = load_model(spec, device="auto")
+        sae = catalog.load_sae(con, sae_id, device=str(lm.device))
     finally:
         con.close()
-    lm = load_model(spec, device="auto")
-    sae = load_recorded(*where, device=str(lm.device))
-    tokens = query.features_of(lm, sae, args.text, top=args.k)
+    tokens = features_of(lm, sae, args.text, top=args.k)
     if args.json:
         print(json.dumps([dataclasses.asdict(t) for t in tokens], indent=1))
         return 0
@@ -321,141 +333,60 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from atlas import store
-    from atlas.analyses import AnalysisSettings, run_all
-    from atlas.geometry.lobes import METRICS
+def _run_analyses(args: argparse.Namespace, settings: dict[str, object]) -> dict:
+    """Run the analyses `settings` names on the SAEs `--sae` chooses; print one line per run."""
+    from atlas import analyses, catalog, store
+    from atlas.analyses import runner
 
-    bad = set(args.metrics) - set(METRICS)
-    if bad:
-        raise AtlasError(f"unknown --metrics {sorted(bad)}; choose from {', '.join(METRICS)}")
     if not args.db.exists():
         raise AtlasError(f"{args.db} does not exist; build an atlas first with "
                          f"`atlas build --db {args.db}`")
+    modules = [analyses.module(n) for n in settings]
     con = store.connect(args.db)
     try:
-        lm, saes = (_model_and_saes(con) if "crystals" in args.what else (None, {}))
-        settings = AnalysisSettings(ks=args.ks, metrics=args.metrics, seed=args.seed)
-        run_all(con, args.what, settings=settings, lm=lm, saes=saes)
-    finally:
-        con.close()
-    print(f"analyses {','.join(args.what)} stored in {args.db}; see the views layer_spectra, "
-          "clustering_entropy, cosine_tails, lobes, lobe_modularity, crystal_quality")
-    return 0
-
-
-def _model_of(con, sae_ids: list[str] | None = None) -> tuple[str, str | None] | None:
-    """(model_id, spec) of the model the given SAEs read (they must share one; default: the
-    atlas's first model), or None when the atlas records none."""
-    if not sae_ids:
-        return con.execute("SELECT model_id, spec FROM models ORDER BY model_id LIMIT 1").fetchone()
-    models = {r[0] for r in con.execute(
-        "SELECT DISTINCT model_id FROM saes WHERE sae_id IN (SELECT unnest(?))",
-        [list(sae_ids)]).fetchall()}
-    if len(models) > 1:
-        raise AtlasError(f"the SAEs belong to different models ({', '.join(sorted(models))}); "
-                         "choose SAEs of one model")
-    return con.execute("SELECT model_id, spec FROM models WHERE model_id = ?",
-                       [models.pop()]).fetchone() if models else None
-
-
-def _loadable_model(con, sae_ids: list[str] | None = None) -> tuple[str, str]:
-    """`_model_of`, with a clear error when there is no spec to load the model from."""
-    row = _model_of(con, sae_ids)
-    if not row or not row[1]:
-        raise AtlasError("the atlas records no loadable model; rebuild it with `atlas build`")
-    return row
-
-
-_LOADABLE = "(path IS NOT NULL OR release IS NOT NULL)"
-
-
-def _model_and_saes(con, sae_ids: list[str] | None = None):
-    """The model the given SAEs read (see `_model_of`) and those SAEs (default: every SAE of
-    that model the atlas can load, from its folder or its release)."""
-    from atlas.models import load_model
-    from atlas.saes import load_recorded
-
-    row = _loadable_model(con, sae_ids)
-    lm = load_model(row[1], device="auto")
-    rows = con.execute(f"SELECT sae_id, path, release, release_sae_id FROM saes WHERE "
-                       f"model_id = ? AND {_LOADABLE} AND (? OR sae_id IN (SELECT unnest(?)))",
-                       [row[0], not sae_ids, list(sae_ids or [])]).fetchall()
-    return lm, {r[0]: load_recorded(*r[1:], device=str(lm.device)) for r in rows}
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from itertools import combinations
-
-    from atlas import store
-    from atlas.compare import compare
-    from atlas.query import resolve_sae
-
-    if not args.db.exists():
-        raise AtlasError(f"{args.db} does not exist; build an atlas first")
-    con = store.connect(args.db)
-    try:
-        if args.all_pairs:
-            ids = [r[0] for r in con.execute("SELECT sae_id FROM saes ORDER BY layer, sae_id")
-                   .fetchall()]
-            pairs = list(combinations(ids, 2))
-        elif args.a and args.b:
-            pairs = [(resolve_sae(con, args.a), resolve_sae(con, args.b))]
-        else:
-            raise AtlasError("give --a and --b, or --all-pairs")
-        lm, saes = _model_and_saes(con, sorted({x for pair in pairs for x in pair}))
-        for a, b in pairs:
-            row = compare(con, lm, saes, a, b, n_blocks=args.blocks, one_to_one=args.one_to_one,
-                          n_permutations=args.permutations)
-            print(f"{a} vs {b}: {row['n_pairs']} pairs, mean corr {row['mean_corr']:.3f}, "
-                  f"SVCCA {row['svcca']:.3f} (null {row['svcca_null']:.3f}, "
-                  f"p {row['svcca_p']:.3f}),"
-                  f" RSA {row['rsa']:.3f} (null {row['rsa_null']:.3f}, p {row['rsa_p']:.3f})")
-    finally:
-        con.close()
-    return 0
-
-
-def cmd_absorption(args: argparse.Namespace) -> int:
-    from atlas import store
-    from atlas.absorption import absorption
-    from atlas.geometry.absorption import AbsorptionSettings
-    from atlas.query import resolve_sae
-
-    if not args.db.exists():
-        raise AtlasError(f"{args.db} does not exist; build an atlas first")
-    if args.words < 0 or args.max_k < 1:
-        raise AtlasError("--words must be >= 0 and --max-k >= 1")
-    con = store.connect(args.db)
-    try:
-        ids = ([resolve_sae(con, s) for s in args.sae] if args.sae else
-               [r[0] for r in con.execute(f"SELECT sae_id FROM saes WHERE {_LOADABLE} "
-                                          "ORDER BY layer, sae_id").fetchall()])
+        needs_model = any(m.NEEDS_MODEL for m in modules)
+        ids = tuple(catalog.sae_ids(con, args.sae, loadable=needs_model and not args.sae))
         if not ids:
-            raise AtlasError("the atlas has no SAEs it can load; build one with atlas build")
-        lm, saes = _model_and_saes(con, ids)
-        settings = AbsorptionSettings(max_k=args.max_k, f1_jump=args.f1_jump, seed=args.seed)
-        rows = absorption(con, lm, saes, ids, n_words=args.words or None, settings=settings)
+            raise AtlasError("the atlas has no SAEs to analyse; build one with atlas build")
+        inputs = runner.Inputs(con, ids,
+                               loader=lambda chosen: catalog.model_and_saes(con, chosen))
+        results = runner.run_many(inputs, list(settings), settings)
     finally:
         con.close()
-    for r in rows:
-        rate = "-" if r["mean_absorption_rate"] is None else f"{r['mean_absorption_rate']:.3f}"
-        full = ("-" if r["mean_full_absorption_rate"] is None
-                else f"{r['mean_full_absorption_rate']:.3f}")
-        print(f"{r['sae_id']}: {r['letters_scored']} letters scored, mean probe F1 "
-              f"{r['mean_probe_f1']:.3f}, absorption {rate}, full absorption {full}, "
-              f"splits {r['mean_n_split']:.2f} per letter ({r['seconds']:.1f}s)")
-    print("see the views absorption, absorption_by_sae and absorbed_examples")
+    for name, rows in results.items():
+        module = analyses.module(name)
+        for r in rows:
+            print(f"{name} {r['subject']}: {module.describe(r)} ({r['seconds']:.1f}s)")
+        print(f"{name} ({module.DEFINITION}): stored in {', '.join(module.TABLES)}")
+    return results
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from atlas import analyses
+    from atlas.analyses.runner import with_seed
+
+    names = args.analyses if args.analyses is not None else analyses.names()
+    settings = {n: with_seed(config_from_args(args, analyses.module(n).Settings,
+                                              prefix=n + "_"), args.seed) for n in names}
+    _run_analyses(args, settings)
     return 0
 
 
-def app_file() -> Path:
-    """The Streamlit entry point (app/ beside the package in a checkout)."""
-    path = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
-    if not path.exists():
-        raise AtlasError(f"the app is not at {path}; run `atlas app` from a checkout of the "
-                         "project (pip install -e .)")
-    return path
+def cmd_shortcut(args: argparse.Namespace) -> int:
+    from atlas import analyses
+
+    name = SHORTCUTS[args.command]
+    _run_analyses(args, {name: config_from_args(args, analyses.module(name).Settings)})
+    return 0
+
+
+@contextmanager
+def app_file() -> Iterator[Path]:
+    """The Streamlit entry point, `streamlit_app.py` of the `atlas.app` package, as a file."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("atlas.app") / "streamlit_app.py") as path:
+        yield path
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -464,21 +395,23 @@ def cmd_app(args: argparse.Namespace) -> int:
     from atlas.readonly import open_readonly
 
     open_readonly(args.db).close()  # a clear error now rather than in the browser
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app_file()), "--server.headless",
-           "true", "--server.port", str(args.port), "--browser.gatherUsageStats", "false",
-           "--", "--db", str(args.db.resolve())]
-    print(f"Feature Atlas on http://localhost:{args.port}  (Ctrl+C stops it)")
-    return subprocess.call(cmd)
+    with app_file() as script:
+        cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless",
+               "true", "--server.port", str(args.port), "--server.address", args.address,
+               "--browser.gatherUsageStats", "false", "--", "--db", str(args.db.resolve())]
+        print(f"Feature Atlas on http://{args.address}:{args.port}  (Ctrl+C stops it)",
+              flush=True)
+        return subprocess.call(cmd)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from atlas import query
+    from atlas.index import build_index
     from atlas.readonly import open_readonly
 
     con = open_readonly(args.db)
     try:
         ids = [r[0] for r in con.execute("SELECT sae_id FROM saes ORDER BY layer").fetchall()]
-        metas = [dataclasses.asdict(query.build_index(con, args.db, i, kind=args.kind).meta)
+        metas = [dataclasses.asdict(build_index(con, args.db, i, kind=args.kind).meta)
                  for i in ids]
     finally:
         con.close()
@@ -494,12 +427,18 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
             "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index,
-            "analyze": cmd_analyze, "app": cmd_app, "compare": cmd_compare,
-            "absorption": cmd_absorption}
+            "analyze": cmd_analyze, "app": cmd_app, "compare": cmd_shortcut,
+            "absorption": cmd_shortcut}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        args = _parser(command if command in ANALYSIS_COMMANDS else None).parse_args(argv)
+    except AtlasError as exc:  # a settings check while parsing
+        print(f"atlas: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

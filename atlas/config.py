@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import textwrap
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
@@ -108,8 +109,14 @@ class BuildConfig:
     """Seed for SAE initialisation and batch order only (default: --seed). A second build with
     another --sae-seed trains a second SAE per layer on the same corpus (universality)."""
 
-    analyses: tuple[str, ...] = ("galaxy", "lobes", "crystals")
-    """Analyses to run after the harvest (comma-separated; empty to skip)."""
+    analyses: tuple[str, ...] = ("galaxy", "lobes", "crystals", "universality", "absorption")
+    """Analyses to run after the harvest, each with its default settings (comma-separated;
+    `atlas analyze` runs them later with other settings). Universality compares SAEs of
+    adjacent layers."""
+
+    quick: bool = False
+    """Harvest and index only: skip the analyses (the app says which command fills each
+    page)."""
 
     def __post_init__(self) -> None:
         _check(self.tokens >= self.block_size, f"--tokens {self.tokens} is smaller than one block "
@@ -139,13 +146,21 @@ class BuildConfig:
                f"--runner {self.runner!r}: use threads, dask, or a scheduler address "
                "tcp://host:port")
         _check(self.workers > 0, "--workers must be at least 1")
-        _check(set(self.analyses) <= {"galaxy", "lobes", "crystals"},
-               f"--analyses {','.join(self.analyses)}: choose from galaxy, lobes, crystals")
+        from atlas.analyses import available
+
+        _check(set(self.analyses) <= available(),
+               f"--analyses {','.join(self.analyses)}: choose from "
+               f"{', '.join(sorted(available()))}")
 
     @property
     def init_seed(self) -> int:
         """The seed SAE training uses."""
         return self.seed if self.sae_seed is None else self.sae_seed
+
+    @property
+    def analyses_to_run(self) -> tuple[str, ...]:
+        """The analyses the build ends with (none with --quick)."""
+        return () if self.quick else self.analyses
 
     @property
     def trains_saes(self) -> bool:
@@ -160,14 +175,18 @@ def _check(ok: bool, message: str) -> None:
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass, read from its source."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    """The docstring written under each field of a dataclass (and of its dataclass bases), read
+    from their source."""
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    for klass in reversed(cls.__mro__):
+        if klass is object or not hasattr(klass, "__dataclass_fields__"):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
 

@@ -211,7 +211,7 @@ def matched_pairs(con, sae_a: str, sae_b: str, limit: int = 50) -> Shown:
 SELECT m.feature_a, fa.label AS label_a, m.feature_b, fb.label AS label_b,
        round(m.corr, 3) AS corr
 FROM matched_pairs m
-JOIN universality_runs u USING (run_id)
+JOIN universality_scores u USING (run_id)
 JOIN features fa ON fa.sae_id = m.sae_a AND fa.feature = m.feature_a
 JOIN features fb ON fb.sae_id = m.sae_b AND fb.feature = m.feature_b
 WHERE m.sae_a = {literal(sae_a)} AND m.sae_b = {literal(sae_b)} AND m.kept

@@ -129,8 +129,8 @@ _forward_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
-def _model(spec: str, device: str, seed: int) -> LoadedModel:
-    return load_model(spec, device=device, seed=seed)
+def _model(spec: str, device: str) -> LoadedModel:
+    return load_model(spec, device=device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -162,7 +162,7 @@ def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None,
     c = job.config
     if lm is None:
         with _lock:
-            lm = _model(c.model, c.device, c.seed)
+            lm = _model(c.model, c.device)
     with _lock:
         saes = [AtlasSAE(s.sae_id, HookPoint.parse(s.hook), "shard",
                          loaded[s.sae_id] if loaded else _sae(s, str(lm.device)))

@@ -17,6 +17,7 @@ from sae_lens import SAE
 from sae_lens.saes.topk_sae import TopKSAE
 
 from atlas.corpus import Blocks
+from atlas.errors import AtlasError
 from atlas.models import HookPoint, LoadedModel, capture_residuals
 
 SINK_FACTOR = 20.0
@@ -312,4 +313,40 @@ def top_tokens(stats: FeatureStats, *, n: int = 5) -> list[list[tuple[int, int]]
     out: list[list[tuple[int, int]]] = [[] for _ in range(len(stats.firing_count))]
     for f, t, c in zip(feats[keep].tolist(), toks[keep].tolist(), counts[keep].tolist()):
         out[f].append((t, c))
+    return out
+
+
+@dataclass(frozen=True)
+class TokenFeatures:
+    """The SAE features active on one token of a text."""
+
+    position: int
+    token: str
+    features: tuple[tuple[int, float], ...]
+    """(feature, activation), strongest first."""
+
+
+@torch.no_grad()
+def features_of(lm, sae, text: str, *, top: int = 8) -> list[TokenFeatures]:
+    """Per token of `text`, the SAE's active features with their activations.
+
+    The text is preceded by the end-of-text token, which absorbs the attention sink of the
+    first position, so the first real token reads like any other.
+    """
+    from atlas.saes import hook_of, sae_input
+
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise AtlasError("the text is empty; give some words to read")
+    hook = hook_of(sae)
+    full = torch.tensor([[lm.tokenizer.eos_token_id, *ids]])
+    acts = capture_residuals(lm, full, [hook])[hook.name][0, 1:]
+    codes = encode_sparse(sae, sae_input(sae, acts.to(sae.W_dec.device)))
+    out = []
+    for pos, tok in enumerate(lm.tokenizer.batch_decode([[i] for i in ids])):
+        sel = codes.rows == pos
+        vals, feats = codes.values[sel], codes.features[sel]
+        order = torch.argsort(vals, descending=True)[:top]
+        out.append(TokenFeatures(pos, tok, tuple((int(feats[i]), float(vals[i]))
+                                                 for i in order)))
     return out

@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import duckdb
 import faiss
 import numpy as np
 from jaxtyping import Float, Int
 
+from atlas.artifacts import index_path
 from atlas.errors import AtlasError
 
 log = logging.getLogger(__name__)
@@ -210,3 +212,47 @@ def _stored_vectors(inner: faiss.Index, n: int, d: int) -> np.ndarray:
         inner.make_direct_map()
         return inner.reconstruct_n(0, n)
     raise AtlasError(f"cannot read vectors back from a {type(inner).__name__}; rebuild the index")
+
+
+# An atlas's persisted indexes: one file per SAE beside the database.
+
+def _checksum(con: duckdb.DuckDBPyConnection, sae_id: str) -> str:
+    row = con.execute("SELECT decoder_checksum FROM saes WHERE sae_id = ?", [sae_id]).fetchone()
+    if row is None:
+        raise AtlasError(f"no SAE '{sae_id}' in this atlas; `atlas info` lists the SAEs")
+    return row[0] or ""
+
+
+def build_index(con: duckdb.DuckDBPyConnection, db: Path, sae_id: str, *, kind: Kind = "auto",
+                save: bool = True) -> FeatureIndex:
+    """Build an SAE's index from the decoders in DuckDB and persist it beside the database."""
+    from atlas import store
+
+    vectors = store.load_decoders(con, sae_id)
+    index = FeatureIndex.build(vectors, sae_id=sae_id, checksum=_checksum(con, sae_id), kind=kind)
+    if save:
+        try:
+            index.save(index_path(db, sae_id))
+        except OSError as exc:
+            log.warning("could not save the index of %s (%s); using it in memory", sae_id, exc)
+    return index
+
+
+def open_index(con: duckdb.DuckDBPyConnection, db: Path, sae_id: str, *,
+               kind: Kind = "auto") -> FeatureIndex:
+    """The SAE's index from disk, rebuilt (and saved again) when missing, corrupt or stale."""
+    path = index_path(db, sae_id)
+    want = _checksum(con, sae_id)
+    if path.exists():
+        try:
+            index = FeatureIndex.load(path)
+        except AtlasError as exc:
+            log.warning("%s", exc)
+        else:
+            if index.meta.checksum == want and index.meta.sae_id == sae_id:
+                return index
+            log.warning("index %s was built from other decoders than the atlas holds now; "
+                        "rebuilding it", path)
+    else:
+        log.info("no index for %s yet; building it", sae_id)
+    return build_index(con, db, sae_id, kind=kind)

@@ -1,4 +1,4 @@
-"""Language models: loading (embedded GGUF, local, hub, tiny test model) and residual capture.
+"""Language models: loading (embedded GGUF, local directory, hub) and residual capture.
 
 The residual stream at any set of hook points is captured in one forward pass that stops right
 after the deepest block it needs, so harvesting layer 15 of a 30-layer model costs half a pass.
@@ -23,7 +23,6 @@ from atlas.errors import AtlasError
 log = logging.getLogger(__name__)
 
 EMBEDDED = "smollm2-135m"
-TINY = "tiny-random-llama"
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 
@@ -95,18 +94,14 @@ def embedded_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
 
 
-def load_model(spec: str, *, device: str = "auto", seed: int = 0) -> LoadedModel:
+def load_model(spec: str, *, device: str = "auto") -> LoadedModel:
     """Load a model by name, GGUF file, local directory or hub id.
 
     Args:
-        spec: 'smollm2-135m', 'tiny-random-llama', a .gguf path, a directory, or a hub id.
+        spec: 'smollm2-135m', a .gguf path, a local model directory, or a hub id.
         device: 'auto', 'cpu' or 'cuda'.
-        seed: seed of the tiny random model.
     """
     dev = resolve_device(device)
-    if spec == TINY:
-        model, tok = tiny_llama(seed=seed)
-        return _wrap(model, tok, TINY, f"random init, seed {seed} (tests)", dev, spec)
     if spec == EMBEDDED:
         gguf = embedded_gguf()
         model, tok = _load_gguf(gguf)
@@ -223,42 +218,3 @@ def capture_residuals(lm: LoadedModel, input_ids: Int[torch.Tensor, "batch seq"]
         for handle in handles:
             handle.remove()
     return out
-
-
-def tiny_llama(*, seed: int = 0, n_layers: int = 4, d_model: int = 64,
-               vocab_size: int = 512) -> tuple[nn.Module, object]:
-    """A small randomly initialised Llama with a byte-level BPE tokenizer, built offline."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = tiny_tokenizer(vocab_size=vocab_size)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=2 * d_model,
-                      num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).eval(), tok
-
-
-_TINY_TRAINING_TEXT = """
-The quick brown fox jumps over the lazy dog. Paris is the capital of France, Berlin the
-capital of Germany. def main(argv): return 0 if argv else 1
-import os, sys; for i in range(10): print(i * 2 + 1)
-The king and the queen, the man and the woman, a boy and a girl walked to the river.
-class Node: def __init__(self, value): self.value = value; self.children = []
-In 1905 Albert Einstein published four papers on physics, light and matter.
-"""
-
-
-def tiny_tokenizer(*, vocab_size: int = 512):
-    """A deterministic byte-level BPE tokenizer trained in code on a fixed text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    bpe.train_from_iterator([_TINY_TRAINING_TEXT] * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>")

@@ -1,5 +1,6 @@
-"""The build, step by step. `atlas.build` runs the steps in order; `flows/build.py` runs each
-step as a Prefect task. Steps are plain functions of explicit inputs."""
+"""The build, step by step. `atlas.build` runs the steps in order; `atlas.flows.build`
+(flows/build.py) runs each step as a Prefect task. Steps are plain functions of explicit
+inputs."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def open_store(config: BuildConfig):
 def load(config: BuildConfig) -> LoadedModel:
     """Load the model named by the config."""
     t0 = time.perf_counter()
-    lm = load_model(config.model, device=config.device, seed=config.seed)
+    lm = load_model(config.model, device=config.device)
     log.info("model %s: %d layers, d_model %d, on %s (%.1fs)", lm.model_id, lm.n_layers,
              lm.d_model, lm.device, time.perf_counter() - t0)
     return lm
@@ -336,7 +337,7 @@ def store_harvest(con, config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, 
 def index_saes(con, config: BuildConfig, sae_ids: Sequence[str]) -> list[dict]:
     """Build and persist the FAISS index of each SAE (exact below the size where approximate
     search pays off); returns each index's metadata."""
-    from atlas.query import build_index
+    from atlas.index import build_index
 
     out = []
     for sae_id in sae_ids:
@@ -349,13 +350,21 @@ def index_saes(con, config: BuildConfig, sae_ids: Sequence[str]) -> list[dict]:
 
 
 def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE]) -> dict:
-    """Run the configured analyses on the freshly harvested SAEs."""
-    from atlas.analyses import AnalysisSettings, run_all
+    """Run the configured analyses (default settings, the build's seed) on the SAEs just
+    harvested, with the model and SAEs already in memory."""
+    from atlas import analyses
+    from atlas.analyses import runner
 
-    if not config.analyses:
+    names = config.analyses_to_run
+    if not names:
         return {}
-    return run_all(con, config.analyses, settings=AnalysisSettings(seed=config.seed), lm=lm,
-                   saes={p.sae_id: p.sae for p in planned})
+    ids = tuple(p.sae_id for p in sorted(planned, key=lambda p: (p.hook.layer, p.sae_id)))
+    loaded = {p.sae_id: p.sae for p in planned}
+    inputs = runner.Inputs(con, ids, loader=lambda _ids: (lm, loaded))
+    settings = {n: runner.with_seed(analyses.module(n).Settings(), config.seed) for n in names}
+    if len(ids) < 2:
+        names = tuple(n for n in names if n != "universality")  # it needs a pair
+    return runner.run_many(inputs, names, settings)
 
 
 def unit_decoders(sae: SAE) -> np.ndarray:

@@ -20,7 +20,8 @@ import duckdb
 import numpy as np
 import torch
 
-from atlas.absorption import first_letter_vocabulary, prompt_prefix, sae_codes, word_residuals
+from atlas.analyses.absorption import (first_letter_vocabulary, prompt_prefix, sae_codes,
+                                       word_residuals)
 from atlas.geometry import absorption as ab
 from atlas.models import capture_residuals, load_model
 from atlas.saes import hook_of, load_saved

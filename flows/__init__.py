@@ -1,1 +1,2 @@
-"""Prefect flows of the Feature Atlas."""
+"""Prefect flows, shipped in the wheel as `atlas.flows` (deployments name
+`atlas.flows.build:deployed_build`)."""

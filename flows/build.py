@@ -2,7 +2,7 @@
 harvest fans out as one task per shard on the flow's task runner.
 
 Run it with `atlas build --prefect [--runner threads|dask|tcp://host:8786]`,
-`python -m flows.build --db atlas.duckdb`, or as a deployment (docker/prefect.yaml).
+`python -m atlas.flows.build --db atlas.duckdb`, or as a deployment (docker/prefect.yaml).
 Steps pass the model and activations in memory, so tasks opt out of Prefect's input hashing and
 result caching (cache_policy NONE); shards are cached by their own content-addressed Parquet
 partials instead. Shard and store steps retry; a retried or re-run shard rewrites the same

@@ -13,12 +13,13 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from atlas.config import BuildConfig  # noqa: E402
-from atlas.models import TINY, load_model  # noqa: E402
+from atlas.models import load_model  # noqa: E402
+from tests.tiny import tiny_model_dir  # noqa: E402
 
 
 def tiny_config(db: Path, **overrides) -> BuildConfig:
     """A build of the tiny model on a small slice of the shipped corpus (seconds on CPU)."""
-    base = dict(db=db, model=TINY, layers=(1, 3), tokens=64 * 96, d_sae=96, k=6,
+    base = dict(db=db, model=str(tiny_model_dir()), layers=(1, 3), tokens=64 * 96, d_sae=96, k=6,
                 block_size=64, epochs=2, train_batch=256, n_examples=5, batch_blocks=16,
                 threshold=0.5)
     base.update(overrides)
@@ -27,7 +28,7 @@ def tiny_config(db: Path, **overrides) -> BuildConfig:
 
 @pytest.fixture(scope="session")
 def tiny_lm():
-    return load_model(TINY, device="cpu")
+    return load_model(str(tiny_model_dir()), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,7 @@ def full_atlas(tiny_atlas, tmp_path_factory) -> Path:
 
     db = tmp_path_factory.mktemp("full") / "full.duckdb"
     shutil.copy(tiny_atlas[0].db, db)
-    assert main(["compare", "--db", str(db), "--all-pairs", "--blocks", "16",
+    assert main(["compare", "--db", str(db), "--pairs", "all", "--blocks", "16",
                  "--permutations", "20"]) == 0
     assert main(["absorption", "--db", str(db), "--max-k", "4"]) == 0
     return db

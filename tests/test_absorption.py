@@ -4,7 +4,7 @@ import duckdb
 import numpy as np
 import torch
 
-from atlas.absorption import first_letter_vocabulary, prompt_prefix, word_residuals
+from atlas.analyses.absorption import first_letter_vocabulary, prompt_prefix, word_residuals
 from atlas.cli import main
 from atlas.models import HookPoint, capture_residuals
 

@@ -97,7 +97,7 @@ def test_rerunning_analyses_replaces_results(tiny_atlas, tmp_path):
     tables = ("spectra", "galaxy_stats", "clusters", "lobe_tests", "analysis_runs")
     with duckdb.connect(str(db), read_only=True) as c:
         before = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
-    assert main(["analyze", "--db", str(db), "--what", "galaxy,lobes"]) == 0
+    assert main(["analyze", "--db", str(db), "--analyses", "galaxy,lobes"]) == 0
     with duckdb.connect(str(db), read_only=True) as c:
         after = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
     assert after == before
@@ -106,5 +106,5 @@ def test_rerunning_analyses_replaces_results(tiny_atlas, tmp_path):
 def test_unknown_metric_is_a_clear_error(tiny_atlas, capsys):
     from atlas.cli import main
 
-    assert main(["analyze", "--db", str(tiny_atlas[0].db), "--metrics", "cosine"]) == 2
+    assert main(["analyze", "--db", str(tiny_atlas[0].db), "--lobes-metrics", "cosine"]) == 2
     assert "unknown --metrics" in capsys.readouterr().err

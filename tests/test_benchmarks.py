@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import tiny_model_dir
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -37,7 +39,7 @@ def test_every_benchmark_has_a_smoke_test():
 
 
 def test_harvest_benchmark_prints_its_ratio():
-    out = run("harvest.py", "--model", "tiny-random-llama", "--layers", "1,3", "--blocks", "8",
+    out = run("harvest.py", "--model", str(tiny_model_dir()), "--layers", "1,3", "--blocks", "8",
               "--block-size", "64", "--d-sae", "64", "--k", "4", "--repeats", "1")
     ratios(out, r"ratio harvest / bare forward: ([\d.]+)")
     ratios(out, r"bare forward to layer 3:\s+([\d.]+) tok/s")

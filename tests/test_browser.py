@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from atlas.appserver import chromium, render, serve
+from tests.appdriver import chromium, render, serve
 
 PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality",
          "Absorption", "SQL")

@@ -8,19 +8,18 @@ from atlas.cli import main
 
 
 def test_an_sae_matched_with_itself_is_the_identity(atlas_copy, tiny_lm):
-    from atlas import store
-    from atlas.compare import compare
-    from atlas.saes import load_saved
+    from atlas import catalog, store
+    from atlas.analyses import runner, universality
 
     db, ids = atlas_copy
     con = store.connect(db)
-    path = con.execute("SELECT path FROM saes WHERE sae_id = ?", [ids[1]]).fetchone()[0]
-    from pathlib import Path
-
-    saes = {ids[1]: load_saved(Path(path))}
-    row = compare(con, tiny_lm, saes, ids[1], ids[1], n_blocks=16, n_permutations=20)
-    pairs = con.execute("SELECT feature_a, feature_b, corr FROM matched_pairs WHERE run_id = ?",
-                        [row["run_id"]]).fetchnumpy()
+    saes = {ids[1]: catalog.load_sae(con, ids[1])}
+    inputs = runner.Inputs(con, (ids[1],), loader=lambda _: (tiny_lm, saes))
+    settings = universality.Settings(blocks=16, permutations=20)
+    out = universality.compute(inputs, runner.Subject("self", (ids[1], ids[1])), settings)
+    row = out.summary
+    pairs = out.tables["matched_pairs"].to_pydict()
+    pairs = {k: np.asarray(v) for k, v in pairs.items()}
     live = pairs["corr"] > 0.5
     assert live.sum() > 0 and (pairs["feature_a"][live] == pairs["feature_b"][live]).all()
     assert row["rsa"] == pytest.approx(1.0) and row["rsa_p"] <= 0.05
@@ -29,7 +28,7 @@ def test_an_sae_matched_with_itself_is_the_identity(atlas_copy, tiny_lm):
 
 def test_compare_all_pairs_fills_the_universality_view(atlas_copy, capsys):
     db, ids = atlas_copy
-    assert main(["compare", "--db", str(db), "--all-pairs", "--blocks", "16",
+    assert main(["compare", "--db", str(db), "--pairs", "all", "--blocks", "16",
                  "--permutations", "20"]) == 0
     assert "SVCCA" in capsys.readouterr().out
     with duckdb.connect(str(db), read_only=True) as con:
@@ -39,16 +38,18 @@ def test_compare_all_pairs_fills_the_universality_view(atlas_copy, capsys):
         n = con.execute("SELECT count(*) FROM matched_pairs WHERE kept").fetchone()[0]
         assert n == rows[0][2] and np.isfinite(rows[0][3])
     # A re-run replaces the pair's results.
-    assert main(["compare", "--db", str(db), "--a", "L1", "--b", "L3", "--blocks", "16",
+    assert main(["compare", "--db", str(db), "--sae", "L1,L3", "--blocks", "16",
                  "--permutations", "20"]) == 0
     with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM universality_runs").fetchone()[0] == 1
+        assert con.execute("SELECT count(*) FROM universality_scores").fetchone()[0] == 1
+        assert con.execute("SELECT count(*) FROM analysis_runs WHERE analysis = "
+                           "'universality'").fetchone()[0] == 1
 
 
 def test_compare_needs_two_saes(atlas_copy, capsys):
     db, _ = atlas_copy
-    assert main(["compare", "--db", str(db), "--a", "L1"]) == 2
-    assert "--all-pairs" in capsys.readouterr().err
+    assert main(["compare", "--db", str(db), "--sae", "L1"]) == 2
+    assert "compares two SAEs" in capsys.readouterr().err
 
 
 def test_universality_page_shows_a_compared_atlas(atlas_copy, monkeypatch):
@@ -60,7 +61,7 @@ def test_universality_page_shows_a_compared_atlas(atlas_copy, monkeypatch):
     from tests.test_app import APP
 
     db, _ = atlas_copy
-    assert main(["compare", "--db", str(db), "--all-pairs", "--blocks", "8",
+    assert main(["compare", "--db", str(db), "--pairs", "all", "--blocks", "8",
                  "--permutations", "10"]) == 0
     monkeypatch.setenv("ATLAS_DB", str(db))
     at = AppTest.from_file(APP, default_timeout=120)
@@ -80,8 +81,8 @@ def test_a_second_sae_seed_trains_on_the_same_corpus(tmp_path):
     second = build(tiny_config(tmp_path / "seeds.duckdb", layers=(2,), analyses=(), sae_seed=1))
     assert first.corpus_id == second.corpus_id
     assert second.sae_ids == (first.sae_ids[0] + "-s1",)
-    assert main(["compare", "--db", str(tmp_path / "seeds.duckdb"), "--a", first.sae_ids[0],
-                 "--b", second.sae_ids[0], "--blocks", "16", "--permutations", "20"]) == 0
+    assert main(["compare", "--db", str(tmp_path / "seeds.duckdb"), "--sae", first.sae_ids[0],
+                 "--sae", second.sae_ids[0], "--blocks", "16", "--permutations", "20"]) == 0
     with duckdb.connect(str(tmp_path / "seeds.duckdb"), read_only=True) as con:
         n_saes = con.execute("SELECT count(*) FROM saes").fetchone()[0]
         n_corpora = con.execute("SELECT count(*) FROM corpora").fetchone()[0]

@@ -4,6 +4,7 @@ import duckdb
 import pytest
 
 from tests.conftest import tiny_config
+from tests.tiny import tiny_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +137,7 @@ def test_an_unreachable_scheduler_is_one_clear_error(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     db = tmp_path / "never.duckdb"
-    assert main(["build", "--prefect", "--db", str(db), "--model", "tiny-random-llama",
+    assert main(["build", "--prefect", "--db", str(db), "--model", str(tiny_model_dir()),
                  "--runner", f"tcp://127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err
     assert "no Dask scheduler answers" in err and "--runner dask" in err

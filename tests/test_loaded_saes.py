@@ -14,8 +14,9 @@ from helpers import ARCHITECTURES, SAVED_AS, random_sae, save_sae
 from sae_lens import SAE
 
 from atlas.cli import main
-from atlas.models import TINY, HookPoint, capture_residuals
+from atlas.models import HookPoint, capture_residuals
 from atlas.saes import expand_sae_ids, sae_input
+from tests.tiny import tiny_model_dir
 
 D_SAE = 48
 BLOCK = 64
@@ -26,7 +27,7 @@ HOOKS = {arch: ["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre",
 
 
 def build_args(db, *extra) -> list[str]:
-    return ["build", "--db", str(db), "--model", TINY, "--tokens", str(BLOCK * 40),
+    return ["build", "--db", str(db), "--model", str(tiny_model_dir()), "--tokens", str(BLOCK * 40),
             "--block-size", str(BLOCK), "--batch-blocks", "8", "--shard-blocks", "16",
             "--n-examples", "4", "--threshold", str(THRESHOLD), *map(str, extra)]
 

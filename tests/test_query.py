@@ -6,8 +6,12 @@ import pytest
 
 from atlas import query, store
 from atlas.artifacts import index_path
+from atlas.catalog import resolve_sae
 from atlas.errors import AtlasError
+from atlas.harvest import features_of
+from atlas.index import open_index
 from atlas.readonly import open_readonly
+from atlas.words import word_analogy, word_vectors
 
 
 @pytest.fixture
@@ -26,7 +30,7 @@ def test_build_writes_an_index_per_sae(tiny_atlas):
 def test_neighbors_match_numpy_over_stored_decoders(atlas_copy):
     db, sae_ids = atlas_copy
     con = open_readonly(db)
-    index = query.open_index(con, db, sae_ids[0])
+    index = open_index(con, db, sae_ids[0])
     vectors = store.load_decoders(con, sae_ids[0])
     hits = query.neighbors(con, index, 7, k=5)
     cos = vectors @ vectors[7]
@@ -41,7 +45,7 @@ def test_neighbors_match_numpy_over_stored_decoders(atlas_copy):
 def test_feature_analogy_excludes_inputs_and_matches_numpy(atlas_copy):
     db, sae_ids = atlas_copy
     con = open_readonly(db)
-    index = query.open_index(con, db, sae_ids[0])
+    index = open_index(con, db, sae_ids[0])
     v = store.load_decoders(con, sae_ids[0])
     hits = query.analogy(con, index, 1, 2, 3, k=3)
     q = v[2] - v[1] + v[3]
@@ -54,7 +58,7 @@ def test_feature_analogy_excludes_inputs_and_matches_numpy(atlas_copy):
 def test_cross_layer_neighbours_search_the_other_sae(atlas_copy):
     db, sae_ids = atlas_copy
     con = open_readonly(db)
-    a, b = (query.open_index(con, db, s) for s in sae_ids)
+    a, b = (open_index(con, db, s) for s in sae_ids)
     hits = query.neighbors(con, a, 4, k=3, target=b)
     assert all(h.sae_id == sae_ids[1] for h in hits) and len(hits) == 3
     con.close()
@@ -64,19 +68,19 @@ def test_stale_or_corrupt_index_is_rebuilt_and_said(atlas_copy, caplog):
     db, sae_ids = atlas_copy
     con = open_readonly(db)
     path = index_path(db, sae_ids[0])
-    fresh = query.open_index(con, db, sae_ids[0])
+    fresh = open_index(con, db, sae_ids[0])
     # Stale: an index built from other vectors under the same name.
     from atlas.index import FeatureIndex
 
     FeatureIndex.build(np.eye(fresh.meta.d, dtype=np.float32)[:3], sae_id=sae_ids[0],
                        checksum="old").save(path)
     with caplog.at_level(logging.WARNING):
-        rebuilt = query.open_index(con, db, sae_ids[0])
+        rebuilt = open_index(con, db, sae_ids[0])
     assert "rebuilding" in caplog.text and rebuilt.meta.n == fresh.meta.n
     path.write_bytes(b"\x00broken")
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        again = query.open_index(con, db, sae_ids[0])
+        again = open_index(con, db, sae_ids[0])
     assert "unreadable" in caplog.text and again.meta.checksum == fresh.meta.checksum
     con.close()
 
@@ -85,9 +89,9 @@ def test_unknown_sae_and_feature_are_clear_errors(atlas_copy):
     db, sae_ids = atlas_copy
     con = open_readonly(db)
     with pytest.raises(AtlasError, match="matches no SAE.*use one of"):
-        query.resolve_sae(con, "L99")
-    assert query.resolve_sae(con, "L1") == sae_ids[0]
-    index = query.open_index(con, db, sae_ids[0])
+        resolve_sae(con, "L99")
+    assert resolve_sae(con, "L1") == sae_ids[0]
+    index = open_index(con, db, sae_ids[0])
     with pytest.raises(AtlasError, match="feature 5000 does not exist"):
         query.neighbors(con, index, 5000)
     con.close()
@@ -103,7 +107,7 @@ def test_features_of_a_text_equal_the_sae_on_the_residual(tiny_atlas, tiny_lm):
     with duckdb.connect(str(tiny_atlas[0].db), read_only=True) as con:
         path, hook = con.execute("SELECT path, hook FROM saes ORDER BY layer").fetchone()
     sae = SAE.load_from_disk(path)
-    tokens = query.features_of(tiny_lm, sae, "The river flows to the sea", top=100)
+    tokens = features_of(tiny_lm, sae, "The river flows to the sea", top=100)
     ids = tiny_lm.tokenizer("The river flows to the sea", add_special_tokens=False)["input_ids"]
     assert [t.token for t in tokens] == tiny_lm.tokenizer.batch_decode([[i] for i in ids])
     full = torch.tensor([[tiny_lm.tokenizer.eos_token_id, *ids]])
@@ -115,7 +119,7 @@ def test_features_of_a_text_equal_the_sae_on_the_residual(tiny_atlas, tiny_lm):
 
 
 def test_word_analogy_reports_split_words(tiny_lm):
-    result = query.word_analogy(tiny_lm, 2, "man", "woman", "kingfisher", k=3,
+    result = word_analogy(tiny_lm, 2, "man", "woman", "kingfisher", k=3,
                                 vocab=["queen", "river", "sea", "boy", "girl"])
     assert len(result.words) == 3 and all(-1 <= c <= 1 for _, c in result.words)
     assert any("kingfisher" in n and "tokens" in n for n in result.notes)
@@ -127,7 +131,7 @@ def test_word_vectors_equal_a_single_forward(tiny_lm):
 
     from atlas.models import HookPoint, capture_residuals
 
-    wv = query.word_vectors(tiny_lm, 1, ["sea", "river"])
+    wv = word_vectors(tiny_lm, 1, ["sea", "river"])
     ids = tiny_lm.tokenizer(" river", add_special_tokens=False)["input_ids"]
     full = torch.tensor([[tiny_lm.tokenizer.eos_token_id, *ids]])
     want = capture_residuals(tiny_lm, full, [HookPoint(1)])["blocks.1.hook_resid_post"][0, -1]

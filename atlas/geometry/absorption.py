@@ -34,16 +34,35 @@ EPS = 1e-8
 class AbsorptionSettings:
     """Thresholds (the published metric's defaults) and probe settings, recorded with a run."""
 
-    max_k: int = 10             # k-sparse probes for k = 1..max_k
-    f1_jump: float = 0.03       # a latent counts as a split when F1 rises by more than this
-    full_cos: float = 0.025     # full absorption: the absorbing latent's cosine with the probe
-    fraction_cos: float = 0.1   # absorption fraction: cosine of each counted absorbing latent
-    share: float = 0.4          # absorbing latents must carry this share of the probe projection
-    max_absorbers: int = 3      # latents that may share the absorption of one word
-    min_probe_f1: float = 0.6   # letters whose probe is weaker are reported but not scored
-    min_words: int = 5          # held-out words of the letter needed to score it
-    probe_c: float = 1.0        # inverse L2 strength of the residual probes
+    max_k: int = 10
+    """k-sparse probes over the SAE's latents for k = 1..max_k."""
+
+    f1_jump: float = 0.03
+    """A latent counts as a split when adding it raises the k-sparse probe's F1 by more."""
+
+    full_cos: float = 0.025
+    """Full absorption: the absorbing latent's decoder cosine with the probe is at least this."""
+
+    fraction_cos: float = 0.1
+    """Absorption fraction: decoder cosine with the probe of each counted absorbing latent."""
+
+    share: float = 0.4
+    """Absorbing latents must carry this share of the probe projection."""
+
+    max_absorbers: int = 3
+    """Latents that may share the absorption of one word."""
+
+    min_probe_f1: float = 0.6
+    """Letters whose residual probe is weaker are reported but not scored."""
+
+    min_words: int = 5
+    """Held-out words of a letter needed to score it."""
+
+    probe_c: float = 1.0
+    """Inverse L2 strength of the residual probes."""
+
     seed: int = 0
+    """Seed of the word split and the probes."""
 
 
 @dataclass

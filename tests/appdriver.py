@@ -1,8 +1,11 @@
-"""Run the app on localhost and look at it in headless Chromium (tests, docs screenshots)."""
+"""Test driver of the app: run it on localhost (`atlas app`'s command) and look at it in
+headless Chromium through Selenium. Lives with the tests, outside the library."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,33 +37,38 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(db: Path, *, port: int | None = None, timeout: float = 90) -> Iterator[str]:
-    """Start the app on the atlas at `db`; yield its base URL; stop it afterwards."""
-    from atlas.cli import app_file
-
+def serve(db: Path, *, port: int | None = None, timeout: float = 90,
+          command: list[str] | None = None, cwd: Path | None = None) -> Iterator[str]:
+    """Start the app on the atlas at `db` (by default `atlas app` of this interpreter; or
+    `command`, e.g. another environment's `atlas`); yield its base URL; stop it afterwards."""
     port = port or free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(app_file()), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false", "--", "--db", str(db)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = command or [sys.executable, "-m", "atlas.cli"]
+    proc = subprocess.Popen([*base, "app", "--db", str(db), "--port", str(port),
+                             "--address", "127.0.0.1"], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the app did not start on {url}")
-            time.sleep(0.5)
+        wait_healthy(url, proc, timeout)
         yield url
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # atlas app and the streamlit it started
         proc.wait(timeout=20)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until the app at `url` answers its health check."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"the app did not start on {url}")
+        time.sleep(0.5)
 
 
 def render(url: str, *, png: Path | None = None, width: int = 1400, height: int = 1100,

@@ -1,33 +1,59 @@
-"""`atlas absorption`: the first-letter absorption analysis of each SAE in an atlas.
+"""Absorption, per SAE: the first-letter task (Chanin et al.). Letter probes on residuals,
+each letter's main latents by k-sparse probing over the SAE's latents, and the rate at which
+they stay silent on words their letter's probe reads while another latent carries the probe
+direction.
 
 Words are the vocabulary's alphabetic tokens that start with a space (whole words). Each word is
 read at its own token after a few in-context examples of the task; the examples are computed
 once and kept in the model's key/value cache, so each word costs one token of forward pass. The
-residuals of every hook the SAEs read come from the same pass. Results go to
-`absorption_runs`, `absorption_letters` and `absorbed_words`.
+residuals of every hook the SAEs read come from the same pass, shared by all SAEs of a run.
+Tables: `absorption_tasks`, `absorption_letters`, `absorbed_words`; views `absorption`,
+`absorption_by_sae`, `absorbed_examples`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from atlas import store
+from atlas.analyses.runner import Inputs, Output, Subject
 from atlas.errors import AtlasError
 from atlas.geometry import absorption as ab
 from atlas.models import HookPoint, LoadedModel, capture_residuals
-from atlas.saes import sae_input
+from atlas.saes import check_width, hook_of, sae_input
+
+NAME = "absorption"
+DEFINITION = "atlas"
+TABLES = ("absorption_tasks", "absorption_letters", "absorbed_words")
+NEEDS_MODEL = True
+ORDER = 50
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings(ab.AbsorptionSettings):
+    """The first-letter task's vocabulary and split, and the metric's thresholds."""
+
+    words: int = 6000
+    """Whole-word vocabulary tokens to use, drawn evenly at random (0: all of them)."""
+
+    test_fraction: float = 0.2
+    """Share of the words held out for probe F1, k-sparse F1 and absorption."""
+
+    batch_size: int = 64
+    """Words per forward batch."""
+
+    def __post_init__(self) -> None:
+        if self.words < 0 or self.max_k < 1 or not 0 < self.test_fraction < 1:
+            raise AtlasError("--words must be >= 0, --max-k >= 1 and --test-fraction in (0, 1)")
+
 
 TEMPLATE = "{word} has the first letter:"
 EXAMPLES = ("tartan", "mirth", "orbit")
@@ -109,10 +135,10 @@ def sae_codes(sae, resid: np.ndarray, batch: int = 4096) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def run_tables(run_id: str, sae_id: str, vocab: Vocabulary,
+def run_tables(sae_id: str, vocab: Vocabulary,
                result: ab.AbsorptionResult) -> dict[str, pa.Table]:
     """The result as rows of `absorption_letters` and `absorbed_words`."""
-    letters = [{"run_id": run_id, "sae_id": sae_id, "letter": r.letter, "n_train": r.n_train,
+    letters = [{"sae_id": sae_id, "letter": r.letter, "n_train": r.n_train,
                 "n_test": r.n_test, "probe_f1": r.probe_f1, "probe_precision": r.probe_precision,
                 "probe_recall": r.probe_recall, "f1_by_k": r.f1_by_k,
                 "main_latents": r.main_latents, "main_cos": r.main_cos, "n_split": r.n_split,
@@ -120,14 +146,14 @@ def run_tables(run_id: str, sae_id: str, vocab: Vocabulary,
                 "absorption_rate": r.absorption_rate,
                 "full_absorption_rate": r.full_absorption_rate, "n_full": r.n_full}
                for r in result.letters]
-    words = [{"run_id": run_id, "sae_id": sae_id, "letter": w.letter,
+    words = [{"sae_id": sae_id, "letter": w.letter,
               "token_id": int(vocab.token_ids[w.word]), "word": vocab.words[w.word],
               "probe_projection": w.probe_projection, "main_activation": w.main_activation,
               "absorber": w.absorber, "absorber_activation": w.absorber_activation,
               "absorber_cos": w.absorber_cos, "absorber_share": w.absorber_share,
               "absorption_fraction": w.absorption_fraction, "full": w.full}
              for w in result.words]
-    schema_l = pa.schema([("run_id", pa.string()), ("sae_id", pa.string()),
+    schema_l = pa.schema([("sae_id", pa.string()),
                           ("letter", pa.string()), ("n_train", pa.int32()),
                           ("n_test", pa.int32()), ("probe_f1", pa.float64()),
                           ("probe_precision", pa.float64()), ("probe_recall", pa.float64()),
@@ -137,7 +163,7 @@ def run_tables(run_id: str, sae_id: str, vocab: Vocabulary,
                           ("n_true_positives", pa.int32()), ("scored", pa.bool_()),
                           ("absorption_rate", pa.float64()),
                           ("full_absorption_rate", pa.float64()), ("n_full", pa.int32())])
-    schema_w = pa.schema([("run_id", pa.string()), ("sae_id", pa.string()),
+    schema_w = pa.schema([("sae_id", pa.string()),
                           ("letter", pa.string()), ("token_id", pa.int32()),
                           ("word", pa.string()), ("probe_projection", pa.float64()),
                           ("main_activation", pa.float64()), ("absorber", pa.int32()),
@@ -148,69 +174,69 @@ def run_tables(run_id: str, sae_id: str, vocab: Vocabulary,
             "absorbed_words": pa.Table.from_pylist(words, schema=schema_w)}
 
 
-def store_run(con: duckdb.DuckDBPyConnection, run: dict, tables: dict[str, pa.Table]) -> None:
-    """Replace the SAE's previous absorption results with this run, in one transaction."""
-    with store.transaction(con):
-        for name in ("absorbed_words", "absorption_letters", "absorption_runs"):
-            con.execute(f"DELETE FROM {name} WHERE sae_id = ?", [run["sae_id"]])
-        store.insert_table(con, "absorption_runs", pa.Table.from_pylist([run]))
-        for name, table in tables.items():
-            store.insert_table(con, name, table)
+@dataclass(frozen=True)
+class Task:
+    """What every SAE of a run is scored on: the words, their split, and their residuals."""
+
+    vocab: Vocabulary
+    train: np.ndarray
+    resid: dict[str, np.ndarray]
+    setup_seconds: float
 
 
-def absorption(con: duckdb.DuckDBPyConnection, lm: LoadedModel, saes: dict, sae_ids: list[str],
-               *, n_words: int | None = 6000, settings: ab.AbsorptionSettings | None = None,
-               test_fraction: float = 0.2, batch_size: int = 64) -> list[dict]:
-    """Run the first-letter absorption analysis for each SAE (one forward pass for all of
-    them) and store it. Returns one summary per SAE."""
-    from atlas.saes import check_width, hook_of
+def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
+    """One run per SAE."""
+    return [Subject(s, (s,)) for s in inputs.sae_ids]
 
-    settings = settings or ab.AbsorptionSettings()
-    missing = [s for s in sae_ids if s not in saes]
-    if missing:
-        raise AtlasError(f"{', '.join(missing)} not on disk; absorption runs the SAE's encoder, "
-                         "so it needs SAEs trained by atlas build or given with --sae-path")
-    for sid in sae_ids:
-        check_width(saes[sid], lm.d_model, sid)
+
+def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings) -> Task:
+    """The vocabulary, its split, and the residuals at every hook the SAEs read (one pass)."""
+    lm = inputs.lm
+    saes = inputs.saes([s.sae_ids[0] for s in subjects])
+    for sid, sae in saes.items():
+        check_width(sae, lm.d_model, sid)
     t0 = time.perf_counter()
-    vocab = first_letter_vocabulary(lm.tokenizer, n_words=n_words, seed=settings.seed)
-    hooks = sorted({hook_of(saes[s]) for s in sae_ids}, key=lambda h: (h.layer, h.where))
-    resid = word_residuals(lm, vocab.token_ids, hooks, batch_size=batch_size)
+    vocab = first_letter_vocabulary(lm.tokenizer, n_words=settings.words or None,
+                                    seed=settings.seed)
+    hooks = sorted({hook_of(sae) for sae in saes.values()}, key=lambda h: (h.layer, h.where))
+    resid = word_residuals(lm, vocab.token_ids, hooks, batch_size=settings.batch_size)
+    train = ab.split_words(vocab.labels, settings.test_fraction, seed=settings.seed)
     setup = time.perf_counter() - t0
-    train = ab.split_words(vocab.labels, test_fraction, seed=settings.seed)
     log.info("first-letter task: %d words (%d held out), residuals at %d hooks in %.1fs",
              len(vocab.words), int((~train).sum()), len(hooks), setup)
-    summaries = []
-    for sid in sae_ids:
-        t1 = time.perf_counter()
-        sae = saes[sid]
-        x = resid[hook_of(sae).name]
-        codes = sae_codes(sae, x)
-        result = ab.absorption(x, vocab.labels, codes, sae.W_dec.detach().float().cpu().numpy(),
-                               train, settings,
-                               offset=sae.b_dec.detach().float().cpu().numpy())
-        seconds = time.perf_counter() - t1
-        run_id = hashlib.sha1(f"{sid}|absorption|{time.time_ns()}".encode()).hexdigest()[:16]
-        run = {"run_id": run_id, "sae_id": sid, "n_words": len(vocab.words),
-               "n_train": int(train.sum()), "n_test": int((~train).sum()),
-               "prompt": prompt_prefix() + " {word}",
-               "params": json.dumps({**asdict(settings), "test_fraction": test_fraction}),
-               "setup_seconds": setup, "seconds": seconds, "created_at": store.utc_now()}
-        store_run(con, run, run_tables(run_id, sid, vocab, result))
-        # The per-SAE means are the view's, so the log, the CLI and the app show one number.
-        cur = con.execute("SELECT * FROM absorption_by_sae WHERE sae_id = ?", [sid])
-        row = cur.fetchone()
-        summary = dict(zip([d[0] for d in cur.description], row)) if row else {
-            "sae_id": sid, "letters_scored": 0, "mean_probe_f1": None,
-            "mean_absorption_rate": None, "mean_full_absorption_rate": None,
-            "mean_n_split": None}
-        summary.update(seconds=seconds, setup_seconds=setup)
-        log.info("%s: %d letters scored, absorption %s, full %s, splits %s (%.1fs)", sid,
-                 summary["letters_scored"], _fmt(summary["mean_absorption_rate"]),
-                 _fmt(summary["mean_full_absorption_rate"]), _fmt(summary["mean_n_split"]),
-                 seconds)
-        summaries.append(summary)
-    return summaries
+    return Task(vocab, train, resid, setup)
+
+
+def compute(inputs: Inputs, subject: Subject, settings: Settings, task: Task) -> Output:
+    """Probes, main latents and absorption of one SAE on the prepared task."""
+    (sid,) = subject.sae_ids
+    sae = inputs.saes([sid])[sid]
+    x = task.resid[hook_of(sae).name]
+    result = ab.absorption(x, task.vocab.labels, sae_codes(sae, x),
+                           sae.W_dec.detach().float().cpu().numpy(), task.train, settings,
+                           offset=sae.b_dec.detach().float().cpu().numpy())
+    tables = run_tables(sid, task.vocab, result)
+    setup = {"sae_id": sid, "n_words": len(task.vocab.words), "n_train": int(task.train.sum()),
+             "n_test": int((~task.train).sum()), "prompt": prompt_prefix() + " {word}",
+             "setup_seconds": task.setup_seconds}
+    return Output({"absorption_tasks": pa.Table.from_pylist([setup]), **tables},
+                  {"sae_id": sid})
+
+
+def summarize(con, summary: dict) -> dict:
+    """The stored run's means over letters, read from the view `absorption_by_sae`, so logs,
+    the CLI and the app show one number."""
+    cur = con.execute("SELECT letters_scored, mean_probe_f1, mean_absorption_rate, "
+                      "mean_full_absorption_rate, mean_n_split FROM absorption_by_sae "
+                      "WHERE sae_id = ?", [summary["sae_id"]])
+    row = cur.fetchone() or (0, None, None, None, None)
+    return {**summary, **dict(zip([d[0] for d in cur.description], row))}
+
+
+def describe(s: dict) -> str:
+    return (f"{s['letters_scored']} letters scored, probe F1 {_fmt(s['mean_probe_f1'])}, "
+            f"absorption {_fmt(s['mean_absorption_rate'])}, full "
+            f"{_fmt(s['mean_full_absorption_rate'])}, splits {_fmt(s['mean_n_split'])}")
 
 
 def _fmt(x: float | None) -> str:

@@ -1,0 +1,131 @@
+"""Lobes (intermediate scale), per SAE: spectral clusters of the co-occurrence affinity graph
+against spectral clusters of decoder geometry (AMI against shuffles), and how well a logistic
+regression predicts the lobe from the decoder vector. Views: `lobes`, `lobe_modularity`,
+`feature_map`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from atlas import store
+from atlas.analyses.runner import Inputs, Output, Subject
+from atlas.errors import AtlasError
+from atlas.geometry import lobes as lb
+
+NAME = "lobes"
+DEFINITION = "atlas"
+TABLES = ("clusters", "lobe_tests", "feature_maps")
+NEEDS_MODEL = False
+ORDER = 20
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parameters of the lobe analysis, recorded with every run."""
+
+    ks: tuple[int, ...] = (2, 4, 8)
+    """Numbers of lobes / geometric clusters."""
+
+    metrics: tuple[str, ...] = ("phi",)
+    """Co-occurrence affinities to cluster: phi, jaccard, dice, overlap, smc."""
+
+    n_permutations: int = 100
+    """Shuffles of the lobe labels behind the AMI null distribution."""
+
+    seed: int = 0
+    """Seed of spectral clustering, shuffles and the logistic-regression split."""
+
+    def __post_init__(self) -> None:
+        bad = set(self.metrics) - set(lb.METRICS)
+        if bad:
+            raise AtlasError(f"unknown --metrics {sorted(bad)}; choose from "
+                             f"{', '.join(lb.METRICS)}")
+        if not self.ks or min(self.ks) < 2:
+            raise AtlasError("--ks must list numbers of lobes of at least 2")
+
+
+def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
+    """One run per SAE."""
+    return [Subject(s, (s,)) for s in inputs.sae_ids]
+
+
+def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -> Output:
+    """Co-occurrence lobes and geometric clusters for each k, and their modularity tests."""
+    con = inputs.con
+    (sae_id,) = subject.sae_ids
+    n_blocks = con.execute("SELECT n_blocks FROM harvests WHERE sae_id = ?", [sae_id]).fetchone()[0]
+    counts = con.execute("SELECT block_count FROM features WHERE sae_id = ? ORDER BY feature",
+                         [sae_id]).fetchnumpy()["block_count"].astype(np.float64)
+    # Phi is undefined for features that fire in no block or in every block.
+    keep = np.nonzero((counts > 0) & (counts < n_blocks))[0]
+    rows = con.execute("SELECT i, j, n_ij FROM cooccurrence WHERE sae_id = ?",
+                       [sae_id]).fetchnumpy()
+    position = np.full(len(counts), -1)
+    position[keep] = np.arange(len(keep))
+    both = (position[rows["i"]] >= 0) & (position[rows["j"]] >= 0)
+    pair_counts = lb.cooccurrence_counts(position[rows["i"][both]], position[rows["j"][both]],
+                                         rows["n_ij"][both], len(keep))
+    decoders = store.load_decoders(con, sae_id)
+    vectors = decoders[keep]
+    ks = [k for k in settings.ks if k < len(keep)]
+    if not ks:
+        log.warning("%s: only %d features fire in some but not all of the %d blocks, too few "
+                    "for %s lobes; harvest more blocks (--tokens) or raise --threshold",
+                    sae_id, len(keep), n_blocks, ",".join(map(str, settings.ks)))
+    geo = spectral_labels(lb.angular_similarity(vectors), ks, settings.seed)
+    cluster_rows, tests = [("geometry", "angular", k, geo[k]) for k in ks], []
+    for metric in settings.metrics:
+        matrix = lb.affinity_matrix(pair_counts, counts[keep], n_blocks, metric=metric)
+        labels = spectral_labels(matrix, ks, settings.seed)
+        for k in ks:
+            cluster_rows.append(("cooccurrence", metric, k, labels[k]))
+            ami = lb.ami_test(labels[k], geo[k], n_permutations=settings.n_permutations,
+                              seed=settings.seed)
+            pred = lb.lobe_predictability(vectors, labels[k], seed=settings.seed)
+            tests.append({"sae_id": sae_id, "metric": metric, "k": k, "n_features": len(keep),
+                          "ami": ami.score, "ami_null_mean": ami.null_mean,
+                          "ami_null_std": ami.null_std, "ami_z": ami.z,
+                          "n_permutations": ami.n_permutations,
+                          "logreg_accuracy": pred.accuracy,
+                          "logreg_random_accuracy": pred.random_accuracy,
+                          "chance": pred.chance})
+    n = len(keep)
+    clusters = pa.table({
+        "sae_id": [sae_id] * n * len(cluster_rows),
+        "method": [m for m, _, _, _ in cluster_rows for _ in range(n)],
+        "metric": [x for _, x, _, _ in cluster_rows for _ in range(n)],
+        "k": np.repeat([k for _, _, k, _ in cluster_rows], n).astype(np.int32),
+        "feature": np.tile(keep, len(cluster_rows)).astype(np.int32),
+        "cluster": np.concatenate([np.zeros(0)] + [lab for *_, lab in cluster_rows])
+        .astype(np.int32)})
+    method, xy = lb.feature_map(decoders, seed=settings.seed)
+    layout = pa.table({"sae_id": [sae_id] * len(xy), "method": [method] * len(xy),
+                       "feature": np.arange(len(xy), dtype=np.int32), "x": xy[:, 0],
+                       "y": xy[:, 1]})
+    return Output({"clusters": clusters, "lobe_tests": pa.Table.from_pylist(tests),
+                   "feature_maps": layout}, {"sae_id": sae_id, "tests": tests})
+
+
+def spectral_labels(matrix: np.ndarray, ks: Sequence[int], seed: int) -> dict[int, np.ndarray]:
+    """Spectral clustering for several k from one eigendecomposition of the affinity."""
+    from sklearn.cluster import KMeans
+    from sklearn.manifold import spectral_embedding
+
+    if not ks:
+        return {}
+    emb = spectral_embedding(matrix, n_components=max(ks), random_state=seed, drop_first=False)
+    return {k: KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(emb[:, :k])
+            for k in ks}
+
+
+def describe(s: dict) -> str:
+    return "; ".join(f"{t['metric']} k={t['k']}: AMI {t['ami']:.3f} (z {t['ami_z']:.1f}), "
+                     f"logreg {t['logreg_accuracy']:.2f} vs random "
+                     f"{t['logreg_random_accuracy']:.2f}" for t in s["tests"]) or "no k fits"

@@ -1,0 +1,170 @@
+"""The one runner of every analysis: picks the subjects, computes each, and stores it as a run
+that replaces the subject's previous run whole (one transaction), recording the parameters and
+the definition in `analysis_runs`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import duckdb
+import pyarrow as pa
+
+from atlas import store
+from atlas.errors import AtlasError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What one run of an analysis covers, and the key its run is stored under."""
+
+    key: str
+    """`analysis_runs.subject`: an sae_id, 'model_id/L<layer>', or 'sae_a ~ sae_b'."""
+    sae_ids: tuple[str, ...] = ()
+    """The SAEs it reads."""
+    layer: int | None = None
+    """The layer it reads, for per-layer analyses."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """One subject's results: rows of the analysis's tables (the runner adds `run_id`) and a
+    summary for logs and the CLI."""
+
+    tables: Mapping[str, pa.Table]
+    summary: Mapping[str, object]
+
+
+Loader = Callable[[Sequence[str]], tuple[object, dict]]
+"""(sae_ids) -> (loaded model, {sae_id: SAE}): how analyses that run the model get it."""
+
+
+@dataclass
+class Inputs:
+    """What analyses read: the atlas (a writable connection), the SAEs chosen, and the model
+    and SAE objects, loaded on first use by `loader`."""
+
+    con: duckdb.DuckDBPyConnection
+    sae_ids: tuple[str, ...]
+    """The SAEs to analyse, ordered by layer."""
+    loader: Loader | None = None
+    _loaded: tuple[object, dict] | None = field(default=None, repr=False)
+
+    def _load(self) -> tuple[object, dict]:
+        if self._loaded is None:
+            if self.loader is None:
+                raise AtlasError("this analysis runs the model, and no model was given")
+            self._loaded = self.loader(self.sae_ids)
+        return self._loaded
+
+    @property
+    def lm(self):
+        """The model the SAEs read."""
+        return self._load()[0]
+
+    def saes_available(self) -> dict:
+        """Every SAE object the loader found (SAEs known only from their harvest are absent)."""
+        return self._load()[1]
+
+    def saes(self, sae_ids: Iterable[str]) -> dict:
+        """The SAE objects of `sae_ids`, with a clear error for one that cannot be loaded."""
+        loaded = self._load()[1]
+        missing = [s for s in sae_ids if s not in loaded]
+        if missing:
+            raise AtlasError(f"{', '.join(missing)} cannot be loaded (no saved folder or "
+                             "release); this analysis runs the SAE's encoder, so it needs SAEs "
+                             "trained by atlas build or given with --sae-path / --sae-release")
+        return {s: loaded[s] for s in sae_ids}
+
+
+def make_run_id(analysis: str, subject: str) -> str:
+    """A fresh run id (16 hex digits)."""
+    return hashlib.sha1(f"{analysis}|{subject}|{time.time_ns()}".encode()).hexdigest()[:16]
+
+
+def with_run_id(table: pa.Table, run_id: str) -> pa.Table:
+    """`table` with a leading `run_id` column."""
+    return table.add_column(0, "run_id", pa.array([run_id] * table.num_rows, pa.string()))
+
+
+def store_run(con: duckdb.DuckDBPyConnection, *, analysis: str, subject: str, definition: str,
+              settings: object, seconds: float, tables: Mapping[str, pa.Table],
+              run_id: str | None = None) -> str:
+    """Replace the subject's previous run of `analysis` (its `analysis_runs` row and its rows in
+    `tables`) by this one, in one transaction. Returns the run id."""
+    run_id = run_id or make_run_id(analysis, subject)
+    old = [r[0] for r in con.execute("SELECT run_id FROM analysis_runs WHERE analysis = ? AND "
+                                     "subject = ?", [analysis, subject]).fetchall()]
+    params = json.dumps(dataclasses.asdict(settings), default=str)
+    with store.transaction(con):
+        for name in tables:
+            con.execute(f"DELETE FROM {store.quote_identifier(name)} WHERE run_id IN "
+                        "(SELECT unnest(?::VARCHAR[]))", [old])
+        con.execute("DELETE FROM analysis_runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [old])
+        con.execute("INSERT INTO analysis_runs (run_id, analysis, subject, definition, params, "
+                    "seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, analysis, subject, definition, params, seconds, store.utc_now()])
+        for name, table in tables.items():
+            if table.num_rows:
+                store.insert_table(con, name, with_run_id(table, run_id))
+    return run_id
+
+
+def run(inputs: Inputs, analysis: ModuleType, settings: object | None = None) -> list[dict]:
+    """Run one analysis on every subject it finds in `inputs`; returns one summary per subject
+    (with its run id and seconds)."""
+    settings = settings if settings is not None else analysis.Settings()
+    subjects = analysis.subjects(inputs, settings)
+    if not subjects:
+        log.warning("%s: nothing to analyse among %s", analysis.NAME,
+                    ", ".join(inputs.sae_ids) or "no SAEs")
+        return []
+    prepare = getattr(analysis, "prepare", None)
+    shared = prepare(inputs, subjects, settings) if prepare else None
+    out = []
+    for subject in subjects:
+        t0 = time.perf_counter()
+        result = analysis.compute(inputs, subject, settings, shared)
+        seconds = time.perf_counter() - t0
+        unknown = set(result.tables) - set(analysis.TABLES)
+        if unknown:
+            raise ValueError(f"{analysis.NAME} wrote tables it does not declare: {unknown}")
+        run_id = store_run(inputs.con, analysis=analysis.NAME, subject=subject.key,
+                           definition=analysis.DEFINITION, settings=settings, seconds=seconds,
+                           tables=result.tables)
+        summary = {"analysis": analysis.NAME, "subject": subject.key, "run_id": run_id,
+                   "definition": analysis.DEFINITION, **result.summary, "seconds": seconds}
+        if hasattr(analysis, "summarize"):  # figures read back from the stored run's views
+            summary = analysis.summarize(inputs.con, summary)
+        log.info("%s %s: %s (%.1fs)", analysis.NAME, subject.key, analysis.describe(summary),
+                 seconds)
+        out.append(summary)
+    return out
+
+
+def run_many(inputs: Inputs, names: Sequence[str],
+             settings: Mapping[str, object] | None = None) -> dict[str, list[dict]]:
+    """Run the named analyses in their run order; `settings` maps a name to its settings
+    (default: the analysis's defaults)."""
+    from atlas import analyses
+
+    chosen = [analyses.module(n) for n in dict.fromkeys(names)]
+    chosen.sort(key=lambda m: m.ORDER)
+    settings = settings or {}
+    return {m.NAME: run(inputs, m, settings.get(m.NAME)) for m in chosen}
+
+
+def with_seed(settings: object, seed: int | None) -> object:
+    """`settings` with its `seed` field replaced (when it has one and a seed is given)."""
+    if seed is None or "seed" not in {f.name for f in dataclasses.fields(settings)}:
+        return settings
+    return dataclasses.replace(settings, seed=seed)

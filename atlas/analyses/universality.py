@@ -1,0 +1,151 @@
+"""Universality, per pair of SAEs: match A's features to B's by the correlation of their
+activations on the same tokens, and score the matched decoder spaces with SVCCA and RSA against
+shuffled pairings. The model runs once per batch for both hooks. Tables: `universality_scores`,
+`matched_pairs`; view `universality`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Literal
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import torch
+
+from atlas import store
+from atlas.analyses.runner import Inputs, Output, Subject
+from atlas.errors import AtlasError
+from atlas.geometry import universality as un
+from atlas.harvest import sink_free
+from atlas.models import capture_residuals
+from atlas.saes import check_width, hook_of, sae_input
+
+NAME = "universality"
+DEFINITION = "atlas"
+TABLES = ("universality_scores", "matched_pairs")
+NEEDS_MODEL = True
+ORDER = 40
+
+log = logging.getLogger(__name__)
+WORDLIKE = re.compile(r"[A-Za-z]{2,}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parameters of the universality analysis, recorded with every run."""
+
+    pairs: Literal["adjacent", "all"] = "adjacent"
+    """Which pairs of the chosen SAEs to compare: neighbours in layer order, or every pair."""
+
+    blocks: int = 64
+    """Blocks of the atlas's corpus (spread evenly) whose tokens are correlated."""
+
+    one_to_one: bool = False
+    """Hungarian matching (each feature used once) instead of each A feature's best B feature."""
+
+    permutations: int = 100
+    """Shuffled pairings behind the null distributions of SVCCA and RSA."""
+
+    rsa_max: int = 600
+    """Matched pairs (a random subset) the RSA similarity matrices are built from."""
+
+    seed: int = 0
+    """Seed of the shuffles and the RSA subset."""
+
+    def __post_init__(self) -> None:
+        if self.blocks < 1 or self.permutations < 1 or self.rsa_max < 10:
+            raise AtlasError("--blocks and --permutations must be positive, --rsa-max >= 10")
+
+
+def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
+    """The pairs of chosen SAEs (ordered by layer) that `settings.pairs` names."""
+    ids = list(inputs.sae_ids)
+    if len(ids) < 2:
+        raise AtlasError(f"universality compares two SAEs, and {len(ids)} were chosen; give two "
+                         "or more with --sae, or leave --sae out for all of them")
+    pairs = zip(ids, ids[1:]) if settings.pairs == "adjacent" else combinations(ids, 2)
+    return [Subject(f"{a} ~ {b}", (a, b)) for a, b in pairs]
+
+
+def concept_features(con: duckdb.DuckDBPyConnection, sae_id: str) -> np.ndarray:
+    """Mask of features whose most frequent firing tokens include a word (not only
+    punctuation, whitespace or digits)."""
+    rows = con.execute("SELECT top_tokens FROM features WHERE sae_id = ? ORDER BY feature",
+                       [sae_id]).fetchall()
+    return np.array([any(WORDLIKE.search(t) for t in (r[0] or [])[:3]) for r in rows])
+
+
+@torch.no_grad()
+def activation_correlation(con, lm, sae_a, sae_b, sae_id_a: str, *, n_blocks: int,
+                           batch_blocks: int = 8) -> tuple[np.ndarray, int]:
+    """Correlations of A's and B's activations over `n_blocks` blocks of A's corpus (spread
+    evenly), one forward pass per batch for both hooks. Returns (correlations, tokens)."""
+    ids = con.execute("SELECT b.token_ids FROM blocks b JOIN harvests h ON b.corpus_id = h.corpus "
+                      "WHERE h.sae_id = ? ORDER BY b.block_id", [sae_id_a]).fetchall()
+    if not ids:
+        raise AtlasError(f"SAE {sae_id_a} has no harvested blocks; build the atlas first")
+    pick = np.unique(np.linspace(0, len(ids) - 1, min(n_blocks, len(ids))).astype(int))
+    tokens = torch.tensor([ids[i][0] for i in pick])
+    hooks = [hook_of(sae_a), hook_of(sae_b)]
+    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
+    acc = un.CorrelationAccumulator(sae_a.cfg.d_sae, sae_b.cfg.d_sae)
+    n_tok = 0
+    for start in range(0, len(tokens), batch_blocks):
+        batch = tokens[start:start + batch_blocks]
+        base = ~torch.isin(batch, special)
+        base[:, 0] = False
+        acts = capture_residuals(lm, batch, hooks)
+        mask = (sink_free(acts[hooks[0].name], base.to(lm.device))
+                & sink_free(acts[hooks[1].name], base.to(lm.device)))
+        fa = sae_a.encode(sae_input(sae_a, acts[hooks[0].name][mask]))
+        fb = sae_b.encode(sae_input(sae_b, acts[hooks[1].name][mask]))
+        acc.update(fa.float().cpu().numpy(), fb.float().cpu().numpy())
+        n_tok += int(mask.sum())
+    return acc.result(), n_tok
+
+
+def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -> Output:
+    """Match A's features to B's and score the matched decoder spaces."""
+    con, lm = inputs.con, inputs.lm
+    sae_id_a, sae_id_b = subject.sae_ids
+    saes = inputs.saes(subject.sae_ids)
+    for sid in subject.sae_ids:
+        check_width(saes[sid], lm.d_model, sid)
+    corr, n_tok = activation_correlation(con, lm, saes[sae_id_a], saes[sae_id_b], sae_id_a,
+                                         n_blocks=settings.blocks)
+    a, b, c = un.match_features(corr, one_to_one=settings.one_to_one)
+    kept = concept_features(con, sae_id_a)[a] & concept_features(con, sae_id_b)[b] & (c > 0)
+    dec_a, dec_b = store.load_decoders(con, sae_id_a), store.load_decoders(con, sae_id_b)
+    x, y = dec_a[a[kept]].astype(np.float64), dec_b[b[kept]].astype(np.float64)
+    if len(x) < 10:
+        raise AtlasError(f"only {len(x)} matched concept pairs between {sae_id_a} and "
+                         f"{sae_id_b}; use more --blocks")
+    # Canonical correlations need many more pairs than directions, or any pairing scores ~1.
+    dims = max(2, min(50, len(x) // 10))
+    sv = un.against_shuffles(x, y, lambda p, q: un.svcca(p, q, max_dims=dims),
+                             n_permutations=settings.permutations, seed=settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    sub = rng.choice(len(x), min(settings.rsa_max, len(x)), replace=False)
+    rs = un.against_shuffles(x[sub], y[sub], un.rsa, n_permutations=settings.permutations,
+                             seed=settings.seed)
+    row = {"sae_a": sae_id_a, "sae_b": sae_id_b, "n_tokens": n_tok,
+           "one_to_one": settings.one_to_one, "n_pairs": int(kept.sum()),
+           "mean_corr": float(c[kept].mean()), "svcca": sv.score, "svcca_null": sv.null_mean,
+           "svcca_null_std": sv.null_std, "svcca_p": sv.p, "svcca_dims": dims, "rsa": rs.score,
+           "rsa_null": rs.null_mean, "rsa_null_std": rs.null_std, "rsa_p": rs.p,
+           "n_permutations": settings.permutations}
+    pairs = pa.table({"sae_a": [sae_id_a] * len(a), "feature_a": a.astype(np.int32),
+                      "sae_b": [sae_id_b] * len(a), "feature_b": b.astype(np.int32),
+                      "corr": c.astype(np.float64), "kept": kept})
+    return Output({"universality_scores": pa.Table.from_pylist([row]), "matched_pairs": pairs},
+                  row)
+
+
+def describe(s: dict) -> str:
+    return (f"{s['n_pairs']} pairs, corr {s['mean_corr']:.3f}, SVCCA {s['svcca']:.3f} (null "
+            f"{s['svcca_null']:.3f}±{s['svcca_null_std']:.3f}), RSA {s['rsa']:.3f} (null "
+            f"{s['rsa_null']:.3f}±{s['rsa_null_std']:.3f})")
