@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -87,10 +88,13 @@ ANALYSIS_COMMANDS = {"analyze", *SHORTCUTS}
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `atlas` parser; analysis settings become flags only for the command that runs
     them (`command`), so other commands start without importing the analyses."""
-    parser = argparse.ArgumentParser(prog="atlas", description="Feature Atlas: SAE features "
+    parser = argparse.ArgumentParser(prog="atlas", allow_abbrev=False, description="Feature Atlas: SAE features "
                                      "of a language model in DuckDB.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # No abbreviated flags: `--b` must not silently mean `--blocks`.
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser,
+                                                               allow_abbrev=False))
 
     p = sub.add_parser("build", help="harvest a model's SAE features into the atlas")
     add_config_flags(p)

@@ -364,7 +364,7 @@ def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSA
     settings = {n: runner.with_seed(analyses.module(n).Settings(), config.seed) for n in names}
     if len(ids) < 2:
         names = tuple(n for n in names if n != "universality")  # it needs a pair
-    return runner.run_many(inputs, names, settings)
+    return runner.run_many(inputs, names, settings, keep_going=True)
 
 
 def unit_decoders(sae: SAE) -> np.ndarray:

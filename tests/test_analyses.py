@@ -108,3 +108,81 @@ def test_unknown_metric_is_a_clear_error(tiny_atlas, capsys):
 
     assert main(["analyze", "--db", str(tiny_atlas[0].db), "--lobes-metrics", "cosine"]) == 2
     assert "unknown --metrics" in capsys.readouterr().err
+
+
+def test_every_analysis_follows_the_template(fresh_con):
+    """One module per analysis: its name, a documented frozen Settings, declared tables that
+    exist with a run_id column, and the functions the runner calls."""
+    import dataclasses
+
+    from atlas import analyses
+    from atlas.config import field_docs
+
+    assert set(analyses.names()) == {"galaxy", "lobes", "crystals", "universality",
+                                     "absorption"} == analyses.available()
+    for m in analyses.modules():
+        assert m.__name__ == f"atlas.analyses.{m.NAME}" and m.DEFINITION
+        assert m.Settings.__dataclass_params__.frozen
+        docs = field_docs(m.Settings)
+        assert all(docs.get(f.name) for f in dataclasses.fields(m.Settings)), m.NAME
+        for table in m.TABLES:
+            cols = [r[0] for r in fresh_con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                [table]).fetchall()]
+            assert "run_id" in cols, (m.NAME, table)
+        assert all(callable(getattr(m, f)) for f in ("subjects", "compute", "describe"))
+
+
+def test_every_run_is_recorded_with_its_definition_and_settings(con, tiny_atlas):
+    import json
+
+    rows = con.execute("SELECT analysis, subject, definition, params FROM analysis_runs "
+                       "ORDER BY analysis, subject").fetchall()
+    by = {}
+    for analysis, subject, definition, params in rows:
+        by.setdefault(analysis, []).append(subject)
+        assert definition == "atlas" and "seed" in json.loads(params)
+    a, b = tiny_atlas[1].sae_ids
+    assert by == {"absorption": [a, b], "crystals": ["tiny-random-llama/L1",
+                                                     "tiny-random-llama/L3"],
+                  "galaxy": [a, b], "lobes": [a, b], "universality": [f"{a} ~ {b}"]}
+    # every result row belongs to a recorded run
+    from atlas import analyses
+
+    for m in analyses.modules():
+        for table in m.TABLES:
+            orphans = con.execute(f"SELECT count(*) FROM {table} WHERE run_id NOT IN "
+                                  "(SELECT run_id FROM analysis_runs)").fetchone()[0]
+            assert orphans == 0, table
+
+
+def test_an_atlas_of_the_earlier_schema_keeps_its_runs(tmp_path):
+    """Migration 008 moves universality's and absorption's run tables into analysis_runs."""
+    from atlas import store
+
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE atlas_migrations (name VARCHAR PRIMARY KEY, checksum VARCHAR "
+                "NOT NULL, applied_at TIMESTAMP NOT NULL)")
+    import hashlib
+
+    for name, text in store.sql_files():
+        if name < "008":
+            con.execute(text)
+            con.execute("INSERT INTO atlas_migrations VALUES (?, ?, now())",
+                        [name, hashlib.sha256(text.encode()).hexdigest()])
+    con.execute("INSERT INTO analysis_runs VALUES ('g1', 'S', 'galaxy', '{}', 1.0, now())")
+    con.execute("INSERT INTO universality_runs VALUES ('u1', 'A', 'B', 10, false, 5, 0.5, 0.2, "
+                "0.1, 0.01, 0.05, 0.3, 0.0, 0.02, 0.01, 100, '{\"svcca_max_dims\": 7}', now())")
+    con.execute("INSERT INTO absorption_runs VALUES ('a1', 'S', 100, 80, 20, 'p', '{}', 2.0, "
+                "3.0, now())")
+    con.close()
+    con = store.connect(db)
+    runs = con.execute("SELECT run_id, analysis, subject, definition FROM analysis_runs "
+                       "ORDER BY run_id").fetchall()
+    assert runs == [("a1", "absorption", "S", "atlas"), ("g1", "galaxy", "S", "atlas"),
+                    ("u1", "universality", "A ~ B", "atlas")]
+    assert con.execute("SELECT svcca, svcca_dims FROM universality_scores").fetchone() == (0.2, 7)
+    assert con.execute("SELECT n_words, setup_seconds FROM absorption_tasks").fetchone() == (
+        100, 2.0)
+    con.close()

@@ -16,7 +16,9 @@ def test_an_sae_matched_with_itself_is_the_identity(atlas_copy, tiny_lm):
     saes = {ids[1]: catalog.load_sae(con, ids[1])}
     inputs = runner.Inputs(con, (ids[1],), loader=lambda _: (tiny_lm, saes))
     settings = universality.Settings(blocks=16, permutations=20)
-    out = universality.compute(inputs, runner.Subject("self", (ids[1], ids[1])), settings)
+    subject = runner.Subject("self", (ids[1], ids[1]))
+    shared = universality.prepare(inputs, [subject], settings)
+    out = universality.compute(inputs, subject, settings, shared)
     row = out.summary
     pairs = out.tables["matched_pairs"].to_pydict()
     pairs = {k: np.asarray(v) for k, v in pairs.items()}
@@ -102,3 +104,20 @@ def test_saes_of_different_layers_do_not_share_their_initialisation(tiny_atlas):
         a, b = (store.load_decoders(con, s) for s in tiny_atlas[1].sae_ids)
     same_index = np.sum(a * b, axis=1).mean()
     assert abs(same_index) < 0.15
+
+
+def test_one_pass_for_several_pairs_equals_one_pass_per_pair(tiny_atlas, tiny_lm):
+    from atlas import catalog
+    from atlas.analyses.universality import activation_correlations
+    from atlas.readonly import open_readonly
+
+    a, b = tiny_atlas[1].sae_ids
+    con = open_readonly(tiny_atlas[0].db)
+    saes = {s: catalog.load_sae(con, s) for s in (a, b)}
+    together = activation_correlations(con, tiny_lm, saes, [(a, b), (b, b)], n_blocks=8)
+    alone = activation_correlations(con, tiny_lm, saes, [(a, b)], n_blocks=8)
+    own = activation_correlations(con, tiny_lm, saes, [(b, b)], n_blocks=8)
+    con.close()
+    np.testing.assert_allclose(together.corr[a, b], alone.corr[a, b], atol=1e-9)
+    np.testing.assert_allclose(together.corr[b, b], own.corr[b, b], atol=1e-9)
+    assert together.n_tokens == {(a, b): alone.n_tokens[a, b], (b, b): own.n_tokens[b, b]}

@@ -37,12 +37,27 @@ def test_dockerfiles_pass_hadolint(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfiles_copy_what_exists_and_pin_torch(dockerfile):
     text = dockerfile.read_text()
-    for src in re.findall(r"^COPY (\S+)", text, flags=re.MULTILINE):
+    for src in re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.MULTILINE):
         assert (ROOT / src).exists(), f"{dockerfile.name} copies {src}, which is not in the repo"
     torch = re.search(r"pip install torch==([\d.]+)", text)
     pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
     assert torch and torch.group(1) == pinned.group(1)
     assert "USER ${ATLAS_UID}" in text
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_image_installs_the_wheel_and_no_source(dockerfile):
+    """Only the first stage sees the source (to build the wheel); the image copies the wheel,
+    the constraints and the deployment file, and installs the wheel."""
+    stages = re.split(r"^FROM ", dockerfile.read_text(), flags=re.MULTILINE)[1:]
+    assert len(stages) == 2 and stages[0].split()[2] == "wheel"
+    assert "pip wheel --no-deps" in stages[0]
+    final = stages[1]
+    copied = re.findall(r"^COPY (.+)$", final, flags=re.MULTILINE)
+    assert copied and all(c.startswith("--from=wheel") or c.split()[0] in
+                          ("constraints.txt", "docker/prefect.yaml") for c in copied), copied
+    assert re.search(r"pip install -c \S+ /tmp/wheels/\*\.whl", final)
+    assert "pip install -c constraints.txt ." not in final and "-e ." not in final
 
 
 def test_compose_file_follows_the_compose_specification():
@@ -74,8 +89,10 @@ def test_prefect_deployments_name_a_flow_with_valid_parameters():
              if "worker" in svc["command"] and "prefect" in svc["command"]}
     assert deployments
     for dep in deployments:
+        # a module path, importable from the installed wheel wherever the worker runs
+        assert ".py" not in dep["entrypoint"] and "/" not in dep["entrypoint"]
         path, name = dep["entrypoint"].split(":")
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        module = importlib.import_module(path)
         flow = getattr(module, name)
         params = flow.validate_parameters(dep["parameters"])
         assert str(params["config"].db) == "/data/atlas.duckdb"

@@ -22,8 +22,12 @@ def test_every_view_is_in_the_readme():
         assert f"`{view}`" in README, f"view {view} is missing from README.md"
 
 
-def test_every_table_is_in_the_readme():
-    tables = [t for _, text in sql_files() for t in re.findall(r"CREATE TABLE (\w+)", text)]
+def test_every_table_is_in_the_readme(fresh_con):
+    """Every table of a migrated atlas (a table a migration renames or drops is not one)."""
+    tables = [r[0] for r in fresh_con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+        "AND table_name <> 'atlas_migrations'").fetchall()]
+    assert "analysis_runs" in tables
     for table in tables:
         assert f"`{table}(" in README or f"`{table}`" in README, f"table {table} missing"
 

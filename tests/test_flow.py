@@ -21,7 +21,7 @@ def prefect_harness(tmp_path_factory):
 
 
 def test_flow_builds_the_same_atlas_as_the_python_api(prefect_harness, tiny_atlas, tmp_path):
-    from flows.build import build_flow
+    from atlas.flows.build import build_flow
 
     config = tiny_config(tmp_path / "flow.duckdb")
     state = build_flow(config, return_state=True)
@@ -39,7 +39,7 @@ def test_flow_builds_the_same_atlas_as_the_python_api(prefect_harness, tiny_atla
 
 def test_store_tasks_retry_and_compute_tasks_do_not():
     from atlas import pipeline
-    from flows.build import as_task
+    from atlas.flows.build import as_task
 
     assert as_task(pipeline.store_harvest).retries == 2
     assert as_task(pipeline.train).retries == 0
@@ -69,7 +69,7 @@ def assert_same_atlas(db_a, db_b):
 def test_sharded_build_on_a_local_dask_cluster_matches_the_single_process_atlas(
         prefect_harness, tiny_atlas, tmp_path):
     from atlas.artifacts import shards_dir
-    from flows.build import run_build_flow
+    from atlas.flows.build import run_build_flow
 
     config = tiny_config(tmp_path / "dask.duckdb", runner="dask", workers=2, analyses=())
     result = run_build_flow(config)
@@ -99,7 +99,7 @@ def test_a_shard_that_fails_once_is_retried_and_a_rerun_skips_written_shards(
         prefect_harness, tiny_atlas, tmp_path, monkeypatch):
     from atlas import distributed
     from atlas.artifacts import shards_dir
-    from flows.build import run_build_flow
+    from atlas.flows.build import run_build_flow
 
     real, failed = distributed.run_shard, []
 
@@ -146,7 +146,7 @@ def test_an_unreachable_scheduler_is_one_clear_error(tmp_path, capsys):
 
 def test_the_deployment_entry_point_runs_the_build_as_a_subflow(prefect_harness, tiny_atlas,
                                                                  tmp_path):
-    from flows.build import deployed_build
+    from atlas.flows.build import deployed_build
 
     config = tiny_config(tmp_path / "deployed.duckdb", analyses=())
     state = deployed_build(config, return_state=True)

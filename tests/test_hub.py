@@ -113,9 +113,9 @@ def test_later_commands_reload_published_saes_from_their_release(hub_atlas, hub_
     out = atlas_offline(hub_cache[0], "features", "--db", str(hub_atlas), "--sae", "L2",
                         "def main(): return 0", "--json")
     assert [t["token"] for t in json.loads(out)][:2] == ["def", " main"]
-    out = atlas_offline(hub_cache[0], "compare", "--db", str(hub_atlas), "--a", "L1", "--b",
-                        "L2", "--blocks", "8", "--permutations", "5")
-    assert f"{RELEASE}/blocks.1.hook_resid_pre vs {RELEASE}/blocks.2.hook_resid_pre" in out
+    out = atlas_offline(hub_cache[0], "compare", "--db", str(hub_atlas), "--sae", "L1,L2",
+                        "--blocks", "8", "--permutations", "5")
+    assert f"{RELEASE}/blocks.1.hook_resid_pre ~ {RELEASE}/blocks.2.hook_resid_pre" in out
 
 
 def q(db, sql: str, params=()) -> list[tuple]:

@@ -27,9 +27,10 @@ HOOKS = {arch: ["blocks.1.hook_resid_post", "blocks.2.hook_resid_pre",
 
 
 def build_args(db, *extra) -> list[str]:
-    return ["build", "--db", str(db), "--model", str(tiny_model_dir()), "--tokens", str(BLOCK * 40),
-            "--block-size", str(BLOCK), "--batch-blocks", "8", "--shard-blocks", "16",
-            "--n-examples", "4", "--threshold", str(THRESHOLD), *map(str, extra)]
+    return ["build", "--db", str(db), "--model", str(tiny_model_dir()), "--tokens",
+            str(BLOCK * 40), "--block-size", str(BLOCK), "--batch-blocks", "8",
+            "--shard-blocks", "16", "--n-examples", "4", "--threshold", str(THRESHOLD),
+            "--analyses", "galaxy,lobes,crystals", *map(str, extra)]
 
 
 def residual_norm(lm, hook: str) -> float:

@@ -152,15 +152,27 @@ def run(inputs: Inputs, analysis: ModuleType, settings: object | None = None) ->
 
 
 def run_many(inputs: Inputs, names: Sequence[str],
-             settings: Mapping[str, object] | None = None) -> dict[str, list[dict]]:
+             settings: Mapping[str, object] | None = None, *,
+             keep_going: bool = False) -> dict[str, list[dict]]:
     """Run the named analyses in their run order; `settings` maps a name to its settings
-    (default: the analysis's defaults)."""
+    (default: the analysis's defaults). With `keep_going`, an analysis that cannot run is
+    logged with its reason and the others still run (what a build does)."""
     from atlas import analyses
 
     chosen = [analyses.module(n) for n in dict.fromkeys(names)]
     chosen.sort(key=lambda m: m.ORDER)
     settings = settings or {}
-    return {m.NAME: run(inputs, m, settings.get(m.NAME)) for m in chosen}
+    out: dict[str, list[dict]] = {}
+    for m in chosen:
+        try:
+            out[m.NAME] = run(inputs, m, settings.get(m.NAME))
+        except AtlasError as exc:
+            if not keep_going:
+                raise
+            log.warning("%s not run: %s (`atlas analyze --analyses %s` runs it later)",
+                        m.NAME, exc, m.NAME)
+            out[m.NAME] = []
+    return out
 
 
 def with_seed(settings: object, seed: int | None) -> object:

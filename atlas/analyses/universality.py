@@ -1,6 +1,6 @@
 """Universality, per pair of SAEs: match A's features to B's by the correlation of their
 activations on the same tokens, and score the matched decoder spaces with SVCCA and RSA against
-shuffled pairings. The model runs once per batch for both hooks. Tables: `universality_scores`,
+shuffled pairings. One pass of the model serves every pair. Tables: `universality_scores`,
 `matched_pairs`; view `universality`."""
 
 from __future__ import annotations
@@ -79,51 +79,98 @@ def concept_features(con: duckdb.DuckDBPyConnection, sae_id: str) -> np.ndarray:
     return np.array([any(WORDLIKE.search(t) for t in (r[0] or [])[:3]) for r in rows])
 
 
+@dataclass(frozen=True)
+class Correlations:
+    """Per pair of SAEs: the correlation of every feature of A with every feature of B, and
+    the tokens it was measured on."""
+
+    corr: dict[tuple[str, str], np.ndarray]
+    n_tokens: dict[tuple[str, str], int]
+
+
 @torch.no_grad()
-def activation_correlation(con, lm, sae_a, sae_b, sae_id_a: str, *, n_blocks: int,
-                           batch_blocks: int = 8) -> tuple[np.ndarray, int]:
-    """Correlations of A's and B's activations over `n_blocks` blocks of A's corpus (spread
-    evenly), one forward pass per batch for both hooks. Returns (correlations, tokens)."""
+def activation_correlations(con: duckdb.DuckDBPyConnection, lm, saes: dict,
+                            pairs: list[tuple[str, str]], *, n_blocks: int,
+                            batch_blocks: int = 8) -> Correlations:
+    """Correlations of each pair's activations over `n_blocks` blocks of the first SAE's corpus
+    (spread evenly), from one forward pass per batch for every hook of every pair: each SAE
+    encodes a batch once, each pair correlates the tokens both hooks keep."""
+    first = pairs[0][0]
     ids = con.execute("SELECT b.token_ids FROM blocks b JOIN harvests h ON b.corpus_id = h.corpus "
-                      "WHERE h.sae_id = ? ORDER BY b.block_id", [sae_id_a]).fetchall()
+                      "WHERE h.sae_id = ? ORDER BY b.block_id", [first]).fetchall()
     if not ids:
-        raise AtlasError(f"SAE {sae_id_a} has no harvested blocks; build the atlas first")
+        raise AtlasError(f"SAE {first} has no harvested blocks; build the atlas first")
     pick = np.unique(np.linspace(0, len(ids) - 1, min(n_blocks, len(ids))).astype(int))
     tokens = torch.tensor([ids[i][0] for i in pick])
-    hooks = [hook_of(sae_a), hook_of(sae_b)]
+    used = sorted({s for pair in pairs for s in pair})
+    hooks = sorted({hook_of(saes[s]) for s in used}, key=lambda h: (h.layer, h.where))
     special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
-    acc = un.CorrelationAccumulator(sae_a.cfg.d_sae, sae_b.cfg.d_sae)
-    n_tok = 0
+    accs = {p: un.CorrelationAccumulator(saes[p[0]].cfg.d_sae, saes[p[1]].cfg.d_sae)
+            for p in pairs}
+    n_tok = dict.fromkeys(pairs, 0)
     for start in range(0, len(tokens), batch_blocks):
         batch = tokens[start:start + batch_blocks]
         base = ~torch.isin(batch, special)
         base[:, 0] = False
+        base = base.to(lm.device)
         acts = capture_residuals(lm, batch, hooks)
-        mask = (sink_free(acts[hooks[0].name], base.to(lm.device))
-                & sink_free(acts[hooks[1].name], base.to(lm.device)))
-        fa = sae_a.encode(sae_input(sae_a, acts[hooks[0].name][mask]))
-        fb = sae_b.encode(sae_input(sae_b, acts[hooks[1].name][mask]))
-        acc.update(fa.float().cpu().numpy(), fb.float().cpu().numpy())
-        n_tok += int(mask.sum())
-    return acc.result(), n_tok
+        keep = {h.name: sink_free(acts[h.name], base) for h in hooks}
+        codes = {s: saes[s].encode(sae_input(saes[s], acts[hook_of(saes[s]).name][base]))
+                 for s in used}
+        for a, b in pairs:
+            both = (keep[hook_of(saes[a]).name] & keep[hook_of(saes[b]).name])[base]
+            accs[a, b].update(codes[a][both].float().cpu().numpy(),
+                              codes[b][both].float().cpu().numpy())
+            n_tok[a, b] += int(both.sum())
+    return Correlations({p: acc.result() for p, acc in accs.items()}, n_tok)
 
 
-def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -> Output:
-    """Match A's features to B's and score the matched decoder spaces."""
-    con, lm = inputs.con, inputs.lm
+def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings) -> Correlations:
+    """Every pair's activation correlations, from one pass of the model."""
+    lm = inputs.lm
+    saes = inputs.saes(sorted({s for subject in subjects for s in subject.sae_ids}))
+    for sid, sae in saes.items():
+        check_width(sae, lm.d_model, sid)
+    return activation_correlations(inputs.con, lm, saes, [s.sae_ids for s in subjects],
+                                   n_blocks=settings.blocks)
+
+
+def compute(inputs: Inputs, subject: Subject, settings: Settings,
+            shared: Correlations) -> Output:
+    """Match A's features to B's by the prepared correlations and score the matched decoder
+    spaces."""
+    con = inputs.con
     sae_id_a, sae_id_b = subject.sae_ids
-    saes = inputs.saes(subject.sae_ids)
-    for sid in subject.sae_ids:
-        check_width(saes[sid], lm.d_model, sid)
-    corr, n_tok = activation_correlation(con, lm, saes[sae_id_a], saes[sae_id_b], sae_id_a,
-                                         n_blocks=settings.blocks)
+    corr, n_tok = shared.corr[subject.sae_ids], shared.n_tokens[subject.sae_ids]
     a, b, c = un.match_features(corr, one_to_one=settings.one_to_one)
     kept = concept_features(con, sae_id_a)[a] & concept_features(con, sae_id_b)[b] & (c > 0)
     dec_a, dec_b = store.load_decoders(con, sae_id_a), store.load_decoders(con, sae_id_b)
     x, y = dec_a[a[kept]].astype(np.float64), dec_b[b[kept]].astype(np.float64)
-    if len(x) < 10:
-        raise AtlasError(f"only {len(x)} matched concept pairs between {sae_id_a} and "
-                         f"{sae_id_b}; use more --blocks")
+    row = {"sae_a": sae_id_a, "sae_b": sae_id_b, "n_tokens": n_tok,
+           "one_to_one": settings.one_to_one, "n_pairs": int(kept.sum()),
+           "mean_corr": float(c[kept].mean()) if kept.any() else None,
+           "n_permutations": settings.permutations}
+    if len(x) >= MIN_PAIRS:
+        row.update(_scores(x, y, settings))
+    else:  # stored with empty scores, so the pair shows why it has none
+        log.warning("only %d matched concept pairs between %s and %s, too few to score (%d "
+                    "needed); use more --blocks", len(x), sae_id_a, sae_id_b, MIN_PAIRS)
+        row.update(dict.fromkeys(SCORES))
+    pairs = pa.table({"sae_a": [sae_id_a] * len(a), "feature_a": a.astype(np.int32),
+                      "sae_b": [sae_id_b] * len(a), "feature_b": b.astype(np.int32),
+                      "corr": c.astype(np.float64), "kept": kept})
+    return Output({"universality_scores": pa.Table.from_pylist([row]), "matched_pairs": pairs},
+                  row)
+
+
+MIN_PAIRS = 10
+"""Matched concept pairs needed to score a pair of SAEs."""
+SCORES = ("svcca", "svcca_null", "svcca_null_std", "svcca_p", "svcca_dims", "rsa", "rsa_null",
+          "rsa_null_std", "rsa_p")
+
+
+def _scores(x: np.ndarray, y: np.ndarray, settings: Settings) -> dict:
+    """SVCCA and RSA of matched decoder rows against shuffled pairings."""
     # Canonical correlations need many more pairs than directions, or any pairing scores ~1.
     dims = max(2, min(50, len(x) // 10))
     sv = un.against_shuffles(x, y, lambda p, q: un.svcca(p, q, max_dims=dims),
@@ -132,20 +179,14 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     sub = rng.choice(len(x), min(settings.rsa_max, len(x)), replace=False)
     rs = un.against_shuffles(x[sub], y[sub], un.rsa, n_permutations=settings.permutations,
                              seed=settings.seed)
-    row = {"sae_a": sae_id_a, "sae_b": sae_id_b, "n_tokens": n_tok,
-           "one_to_one": settings.one_to_one, "n_pairs": int(kept.sum()),
-           "mean_corr": float(c[kept].mean()), "svcca": sv.score, "svcca_null": sv.null_mean,
-           "svcca_null_std": sv.null_std, "svcca_p": sv.p, "svcca_dims": dims, "rsa": rs.score,
-           "rsa_null": rs.null_mean, "rsa_null_std": rs.null_std, "rsa_p": rs.p,
-           "n_permutations": settings.permutations}
-    pairs = pa.table({"sae_a": [sae_id_a] * len(a), "feature_a": a.astype(np.int32),
-                      "sae_b": [sae_id_b] * len(a), "feature_b": b.astype(np.int32),
-                      "corr": c.astype(np.float64), "kept": kept})
-    return Output({"universality_scores": pa.Table.from_pylist([row]), "matched_pairs": pairs},
-                  row)
+    return {"svcca": sv.score, "svcca_null": sv.null_mean, "svcca_null_std": sv.null_std,
+            "svcca_p": sv.p, "svcca_dims": dims, "rsa": rs.score, "rsa_null": rs.null_mean,
+            "rsa_null_std": rs.null_std, "rsa_p": rs.p}
 
 
 def describe(s: dict) -> str:
+    if s["svcca"] is None:
+        return f"{s['n_pairs']} matched concept pairs, too few to score (use more --blocks)"
     return (f"{s['n_pairs']} pairs, corr {s['mean_corr']:.3f}, SVCCA {s['svcca']:.3f} (null "
             f"{s['svcca_null']:.3f}±{s['svcca_null_std']:.3f}), RSA {s['rsa']:.3f} (null "
             f"{s['rsa_null']:.3f}±{s['rsa_null_std']:.3f})")
