@@ -92,6 +92,9 @@ def analysis_page(db: str, title: str, table: str, what: str, how: str) -> bool:
     if not q.has_rows(connection(db), table):
         missing(what, how)
         return False
+    found = q.definitions(connection(db), table)
+    st.caption(f"definition: {', '.join(found)} (`analysis_runs.definition`; `atlas` = the "
+               "atlas's own variant, described in the README)")
     return True
 
 

@@ -50,6 +50,14 @@ def has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:
             f"SELECT count(*) > 0 FROM {quote_identifier(table)}").fetchone()[0]
 
 
+def definitions(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    """The definitions (`analysis_runs.definition`) of the runs whose rows `table` holds."""
+    with con.cursor() as cur:
+        return [r[0] for r in cur.execute(
+            f"SELECT DISTINCT definition FROM analysis_runs WHERE run_id IN (SELECT run_id "
+            f"FROM {quote_identifier(table)}) ORDER BY 1").fetchall()]
+
+
 def overview(con) -> dict[str, Shown]:
     return {
         "models": run(con, "SELECT * FROM models ORDER BY model_id"),

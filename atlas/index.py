@@ -27,6 +27,7 @@ from jaxtyping import Float, Int
 
 from atlas.artifacts import index_path
 from atlas.errors import AtlasError
+from atlas.geometry.vectors import unit
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class FeatureIndex:
                ) -> tuple[Float[np.ndarray, "m k"], Int[np.ndarray, "m k"]]:
         """Top-k cosine scores and feature ids per query (queries need not be unit norm)."""
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        q = unit(q)
         k = min(k, len(self.ids))
         use_exact = self.meta.kind == "flat" if exact is None else exact
         if use_exact and (len(q) <= BLAS_MAX_QUERIES or self.meta.kind != "flat"):

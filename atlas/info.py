@@ -8,7 +8,8 @@ from atlas.readonly import open_readonly, sqlalchemy_url
 
 
 def atlas_info(db: Path) -> dict:
-    """Models, corpora and SAEs (with quality and harvest counts) of the atlas at `db`."""
+    """Models, corpora, SAEs (with quality and harvest counts) and analysis runs of the atlas at
+    `db`."""
     con = open_readonly(db)
     try:
         def rows(sql: str) -> list[dict]:
@@ -25,6 +26,9 @@ def atlas_info(db: Path) -> dict:
                             "GROUP BY ALL ORDER BY ALL"),
             "saes": rows("SELECT o.*, (SELECT count(*) FROM cooccurrence c WHERE c.sae_id = "
                          "o.sae_id) AS cooccurring_pairs FROM sae_overview o"),
+            "analyses": rows("SELECT analysis, definition, count(*) AS runs, "
+                             "round(sum(seconds), 1) AS seconds, max(created_at) AS last_run "
+                             "FROM analysis_runs GROUP BY ALL ORDER BY analysis"),
         }
     finally:
         con.close()
@@ -50,6 +54,10 @@ def format_info(info: dict) -> str:
                      f"{_num(s['explained_variance'], 3):>6} "
                      f"{_num(_percent(s['dead_fraction']), 1):>5}% "
                      f"{s['live_features'] or 0:>6} {s['cooccurring_pairs']:>9,}")
+    lines.append("")
+    runs = [f"{a['analysis']} ({a['definition']}) {a['runs']}" for a in info["analyses"]]
+    lines.append("analyses: " + (", ".join(runs) if runs else
+                                 "none yet (atlas analyze --db ... runs them)"))
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas.errors import AtlasError
+from atlas.geometry.vectors import unit
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,7 @@ def insert_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> 
 
 def unit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows scaled to unit norm, and the original norms."""
-    norms = np.linalg.norm(matrix, axis=1)
-    return matrix / np.maximum(norms, 1e-12)[:, None], norms
+    return unit(matrix), np.linalg.norm(matrix, axis=1)
 
 
 def vectors_column(matrix: np.ndarray) -> pa.Array:

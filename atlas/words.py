@@ -10,6 +10,7 @@ import duckdb
 import numpy as np
 import torch
 
+from atlas.geometry.vectors import unit
 from atlas.index import FeatureIndex, blas_topk
 from atlas.query import Hit, describe
 
@@ -89,7 +90,8 @@ def word_analogy(lm, layer: int, a: str, b: str, c: str, *, k: int = 10,
     mean = table.vectors.mean(0)
     va, vb, vc = inputs.vectors - mean
     q = vb - va + vc
-    scores, order = blas_topk(_unit(table.vectors - mean), _unit(q[None]), k,
+    scores, order = blas_topk(unit(table.vectors - mean).astype(np.float32),
+                              unit(q[None]).astype(np.float32), k,
                               np.arange(len(cands)))
     words = tuple((cands[i], float(s)) for i, s in zip(order[0], scores[0]))
     feats: tuple[Hit, ...] = ()
@@ -99,5 +101,4 @@ def word_analogy(lm, layer: int, a: str, b: str, c: str, *, k: int = 10,
     return WordAnalogy(words, feats, notes)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+

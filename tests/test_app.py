@@ -122,6 +122,7 @@ def test_galaxy_page(app):
     at = app("Galaxy")
     assert any("FROM layer_spectra" in c.value for c in at.code)
     assert len(at.dataframe[0].value) == 2
+    assert any("definition: atlas" in c.value for c in at.caption)
 
 
 def test_universality_and_absorption_pages_show_their_runs(full_atlas, monkeypatch):

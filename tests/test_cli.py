@@ -19,9 +19,13 @@ def test_build_info_sql_from_the_command_line(tmp_path, capsys):
     assert main(["info", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "tiny-random-llama/L2/topk64-k4" in out and "d_model 64" in out
+    # one SAE: every analysis but universality, which needs a pair
+    assert "analyses: absorption (atlas) 1, crystals (atlas) 1, galaxy (atlas) 1" in out
     assert main(["info", "--db", str(db), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["saes"][0]["d_sae"] == 64 and info["saes"][0]["layer"] == 2
+    assert [a["analysis"] for a in info["analyses"]] == ["absorption", "crystals", "galaxy",
+                                                          "lobes"]
     assert main(["sql", "--db", str(db), "--format", "json",
                  "SELECT sae_id, count(*) AS n FROM features GROUP BY 1"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"sae_id": "tiny-random-llama/L2/topk64-k4",

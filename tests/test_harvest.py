@@ -115,3 +115,26 @@ def test_sparse_topk_encoding_equals_sae_lens_encode():
     dense = torch.zeros(30, 40)
     dense[codes.rows, codes.features] = codes.values
     torch.testing.assert_close(dense, sae.encode(x).detach())
+
+
+def test_features_of_a_text_equal_the_sae_on_the_residual(tiny_atlas, tiny_lm):
+    import duckdb
+    import pytest
+    import torch
+    from sae_lens import SAE
+
+    from atlas.harvest import features_of
+    from atlas.models import HookPoint, capture_residuals
+
+    with duckdb.connect(str(tiny_atlas[0].db), read_only=True) as con:
+        path, hook = con.execute("SELECT path, hook FROM saes ORDER BY layer").fetchone()
+    sae = SAE.load_from_disk(path)
+    tokens = features_of(tiny_lm, sae, "The river flows to the sea", top=100)
+    ids = tiny_lm.tokenizer("The river flows to the sea", add_special_tokens=False)["input_ids"]
+    assert [t.token for t in tokens] == tiny_lm.tokenizer.batch_decode([[i] for i in ids])
+    full = torch.tensor([[tiny_lm.tokenizer.eos_token_id, *ids]])
+    acts = capture_residuals(tiny_lm, full, [HookPoint.parse(hook)])[hook][0, 1:]
+    dense = sae.encode(acts).detach()
+    for t in tokens:
+        want = {int(f): float(dense[t.position, f]) for f in torch.nonzero(dense[t.position] > 0)}
+        assert {f: pytest.approx(a, rel=1e-5) for f, a in t.features} == want

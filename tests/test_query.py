@@ -8,10 +8,8 @@ from atlas import query, store
 from atlas.artifacts import index_path
 from atlas.catalog import resolve_sae
 from atlas.errors import AtlasError
-from atlas.harvest import features_of
 from atlas.index import open_index
 from atlas.readonly import open_readonly
-from atlas.words import word_analogy, word_vectors
 
 
 @pytest.fixture
@@ -95,44 +93,3 @@ def test_unknown_sae_and_feature_are_clear_errors(atlas_copy):
     with pytest.raises(AtlasError, match="feature 5000 does not exist"):
         query.neighbors(con, index, 5000)
     con.close()
-
-
-def test_features_of_a_text_equal_the_sae_on_the_residual(tiny_atlas, tiny_lm):
-    import duckdb
-    import torch
-    from sae_lens import SAE
-
-    from atlas.models import HookPoint, capture_residuals
-
-    with duckdb.connect(str(tiny_atlas[0].db), read_only=True) as con:
-        path, hook = con.execute("SELECT path, hook FROM saes ORDER BY layer").fetchone()
-    sae = SAE.load_from_disk(path)
-    tokens = features_of(tiny_lm, sae, "The river flows to the sea", top=100)
-    ids = tiny_lm.tokenizer("The river flows to the sea", add_special_tokens=False)["input_ids"]
-    assert [t.token for t in tokens] == tiny_lm.tokenizer.batch_decode([[i] for i in ids])
-    full = torch.tensor([[tiny_lm.tokenizer.eos_token_id, *ids]])
-    acts = capture_residuals(tiny_lm, full, [HookPoint.parse(hook)])[hook][0, 1:]
-    dense = sae.encode(acts).detach()
-    for t in tokens:
-        want = {int(f): float(dense[t.position, f]) for f in torch.nonzero(dense[t.position] > 0)}
-        assert {f: pytest.approx(a, rel=1e-5) for f, a in t.features} == want
-
-
-def test_word_analogy_reports_split_words(tiny_lm):
-    result = word_analogy(tiny_lm, 2, "man", "woman", "kingfisher", k=3,
-                                vocab=["queen", "river", "sea", "boy", "girl"])
-    assert len(result.words) == 3 and all(-1 <= c <= 1 for _, c in result.words)
-    assert any("kingfisher" in n and "tokens" in n for n in result.notes)
-    assert {w for w, _ in result.words} <= {"queen", "river", "sea", "boy", "girl"}
-
-
-def test_word_vectors_equal_a_single_forward(tiny_lm):
-    import torch
-
-    from atlas.models import HookPoint, capture_residuals
-
-    wv = word_vectors(tiny_lm, 1, ["sea", "river"])
-    ids = tiny_lm.tokenizer(" river", add_special_tokens=False)["input_ids"]
-    full = torch.tensor([[tiny_lm.tokenizer.eos_token_id, *ids]])
-    want = capture_residuals(tiny_lm, full, [HookPoint(1)])["blocks.1.hook_resid_post"][0, -1]
-    np.testing.assert_allclose(wv.vectors[1], want.numpy(), atol=1e-4)

@@ -26,6 +26,8 @@ from jaxtyping import Bool, Float, Int
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
+from atlas.geometry.vectors import unit
+
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 EPS = 1e-8
 
@@ -207,7 +209,7 @@ def absorption(resid: Float[np.ndarray, "n d"], labels: Int[np.ndarray, " n"],
     s = settings
     resid = np.asarray(resid, dtype=np.float64)
     codes = np.asarray(codes, dtype=np.float64)
-    unit_dec = decoder / np.maximum(np.linalg.norm(decoder, axis=1, keepdims=True), EPS)
+    unit_dec = unit(decoder, eps=EPS)
     # Probes see standardised residuals; their weights are mapped back to a direction in the
     # residual space so that cosines with decoder rows mean what they say.
     mu, sd = resid[train].mean(0), resid[train].std(0) + 1e-6

@@ -10,15 +10,13 @@ from importlib import resources
 import numpy as np
 from jaxtyping import Float
 
+from atlas.geometry.vectors import unit
+
 
 def word_pair_tasks() -> dict[str, list[tuple[str, str]]]:
     """The shipped word-pair tasks (male:female, country:capital, singular:plural, ...)."""
     text = resources.files("atlas.data").joinpath("word_pairs.json").read_text()
     return {task: [tuple(p) for p in pairs] for task, pairs in json.loads(text).items()}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def parallelogram_error(a, b, c, d) -> float:
@@ -30,7 +28,7 @@ def parallelogram_error(a, b, c, d) -> float:
 
 def trapezoid_error(a, b, c, d) -> float:
     """1 - cos(b - a, d - c): 0 when the two sides are parallel, whatever their lengths."""
-    return float(1 - _unit(b - a) @ _unit(d - c))
+    return float(1 - unit(b - a) @ unit(d - c))
 
 
 def parallelogram_quality(a: Float[np.ndarray, "m d"], b: Float[np.ndarray, "m d"]) -> float:
@@ -38,7 +36,7 @@ def parallelogram_quality(a: Float[np.ndarray, "m d"], b: Float[np.ndarray, "m d
     diffs = b - a
     total = diffs.sum(0)
     others = (total[None] - diffs) / max(len(diffs) - 1, 1)
-    return float(np.mean(np.sum(_unit(diffs) * _unit(others), axis=1)))
+    return float(np.mean(np.sum(unit(diffs) * unit(others), axis=1)))
 
 
 def analogy_accuracy(vectors: dict[str, np.ndarray], pairs: list[tuple[str, str]],
@@ -46,13 +44,13 @@ def analogy_accuracy(vectors: dict[str, np.ndarray], pairs: list[tuple[str, str]
     """Share of ordered pair-of-pairs (p, q) where b_p - a_p + a_q is nearest to b_q among the
     candidate words (a_p, b_p and a_q excluded), by cosine."""
     names = [w for w in candidates if w in vectors]
-    mat = _unit(np.stack([vectors[w] for w in names]))
+    mat = unit(np.stack([vectors[w] for w in names]))
     index = {w: i for i, w in enumerate(names)}
     quads = [(ap, bp, aq, bq) for ap, bp in pairs for aq, bq in pairs
              if (ap, bp) != (aq, bq) and aq != bq]
     if not quads:
         return float("nan")
-    queries = _unit(np.stack([vectors[bp] - vectors[ap] + vectors[aq]
+    queries = unit(np.stack([vectors[bp] - vectors[ap] + vectors[aq]
                               for ap, bp, aq, _ in quads]))
     scores = queries @ mat.T
     rows = np.arange(len(quads))
@@ -92,12 +90,12 @@ def find_crystals(vectors: dict[str, np.ndarray], *, n_clusters: int = 20, per_c
     i, j = np.triu_indices(len(words), k=1)
     diffs = mat[j] - mat[i]
     k = min(n_clusters, len(diffs))
-    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(_unit(diffs))
+    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(unit(diffs))
     found: list[Crystal] = []
     for cluster in range(k):
         idx = np.nonzero(labels == cluster)[0]
-        centre = _unit(diffs[idx]).mean(0)
-        idx = idx[np.argsort(-(_unit(diffs[idx]) @ centre))][:members]
+        centre = unit(diffs[idx]).mean(0)
+        idx = idx[np.argsort(-(unit(diffs[idx]) @ centre))][:members]
         sub = diffs[idx]
         lengths = np.linalg.norm(sub, axis=1)
         gaps = np.linalg.norm(sub[:, None] - sub[None], axis=2)

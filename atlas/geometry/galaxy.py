@@ -9,13 +9,15 @@ import numpy as np
 from jaxtyping import Float
 from scipy.special import digamma, gammaln
 
+from atlas.geometry.vectors import unit
+
 RANK_RANGE = (10, 150)
 """Ranks over which the power law is fitted (as for Gemma Scope 65k in the source paper)."""
 
 
 def unit_rows(x: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n d"]:
     """Rows scaled to unit norm."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit(x)
 
 
 def eigen_spectrum(points: Float[np.ndarray, "n d"]) -> Float[np.ndarray, " r"]:

@@ -13,6 +13,8 @@ from typing import Literal
 import numpy as np
 from jaxtyping import Float, Int
 
+from atlas.geometry.vectors import unit
+
 Metric = Literal["phi", "jaccard", "dice", "overlap", "smc"]
 METRICS: tuple[str, ...] = ("phi", "jaccard", "dice", "overlap", "smc")
 
@@ -79,7 +81,7 @@ def cooccurrence_lobes(matrix: Float[np.ndarray, "n n"], k: int, *, seed: int = 
 
 def angular_similarity(vectors: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n n"]:
     """1 - angle/pi between unit directions: in [0, 1], 1 for the same direction."""
-    u = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    u = unit(vectors)
     return 1.0 - np.arccos(np.clip(u @ u.T, -1.0, 1.0)) / np.pi
 
 
@@ -154,7 +156,7 @@ def feature_map(vectors: Float[np.ndarray, "n d"], *, seed: int = 0,
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    u = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    u = unit(vectors)
     if len(u) > tsne_max or len(u) < 10:
         return "pca", PCA(n_components=2, random_state=seed).fit_transform(u)
     reduced = PCA(n_components=min(50, u.shape[1], len(u)), random_state=seed).fit_transform(u)

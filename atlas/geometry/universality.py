@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Float, Int
 
+from atlas.geometry.vectors import unit
+
 
 class CorrelationAccumulator:
     """Pearson correlation between every feature of A and every feature of B, accumulated over
@@ -84,7 +86,7 @@ def rsa(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"]) -> float:
     from scipy.stats import spearmanr
 
     def sims(v: np.ndarray) -> np.ndarray:
-        u = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        u = unit(v)
         return (u @ u.T)[np.triu_indices(len(u), k=1)]
 
     return float(spearmanr(sims(x), sims(y)).statistic)
