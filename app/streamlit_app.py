@@ -249,9 +249,10 @@ def page_lobes(db: str) -> None:
         cols = st.columns(3)
         cols[0].metric("AMI lobes vs geometry", f"{t['ami']:.3f}",
                        f"z = {t['ami_z']:.1f} vs {int(t['n_permutations'])} shuffles")
-        cols[1].metric("lobe from decoder (bal. acc.)", f"{t['logreg_accuracy']:.2f}",
-                       f"{t['logreg_accuracy'] - t['logreg_random_accuracy']:+.2f} vs random")
-        cols[2].metric("chance", f"{t['chance']:.2f}")
+        cols[1].metric("lobe from decoder (accuracy)", f"{t['logreg_accuracy']:.2f}",
+                       f"z = {t['logreg_z']:.1f} vs {int(t['logreg_draws'])} random draws "
+                       f"({t['logreg_random_accuracy']:.2f} ± {t['logreg_random_std']:.2f})")
+        cols[2].metric("largest lobe's share", f"{t['chance']:.2f}")
         show_sql(cached(db, "lobe_tests", sae, metric, k))
     table = cached(db, "lobe_table", sae, metric, k)
     show_table(table, "Composition")
@@ -263,12 +264,14 @@ def page_crystals(db: str) -> None:
         return
     layers = cached(db, "crystal_layers").frame
     cols = st.columns(2)
-    layer = int(cols[0].selectbox("layer", sorted(layers["layer"].unique())))
-    space = cols[1].selectbox("space", layers[layers.layer == layer]["space"].tolist())
-    quality = cached(db, "crystal_quality", layer, space)
+    hook = cols[0].selectbox("residual point", list(dict.fromkeys(layers["hook"])),
+                             help="blocks.L.hook_resid_post: block L's output; "
+                             "blocks.L.hook_resid_pre: its input")
+    space = cols[1].selectbox("space", layers[layers.hook == hook]["space"].tolist())
+    quality = cached(db, "crystal_quality", hook, space)
     show_table(quality)
     task = st.selectbox("task", quality.frame["task"].tolist())
-    pts = cached(db, "crystal_points", layer, space, task)
+    pts = cached(db, "crystal_points", hook, space, task)
     if len(pts.frame):
         charts = []
         for when in ("before", "after"):
@@ -281,7 +284,7 @@ def page_crystals(db: str) -> None:
                 title=f"{when} LDA distractor removal", width=340, height=340))
         st.altair_chart(alt.hconcat(*charts))
         show_sql(pts)
-    found = cached(db, "found_crystals", layer, space)
+    found = cached(db, "found_crystals", hook, space)
     show_table(found, "Crystals found by clustering pair differences")
 
 
@@ -307,13 +310,17 @@ def page_galaxy(db: str) -> None:
         show_sql(fits)
     with cols[1]:
         st.subheader("Clustering entropy")
-        ent = cached(db, "entropy")
+        definition = st.radio("estimator", ["li2024", "atlas-kl5"], horizontal=True,
+                              help="li2024: the geometry paper's (100 components, nearest "
+                              "neighbour, 30 bootstraps, 95% interval); atlas-kl5: "
+                              "Kozachenko-Leonenko k = 5 in 10 components (bootstrap std)")
+        ent = cached(db, "entropy", definition)
         base = alt.Chart(ent.frame).encode(x="layer:O")
         st.altair_chart(base.mark_line(point=True).encode(y="entropy_gap:Q") +
                         base.mark_errorbar().encode(
-                            y=alt.Y("lo:Q", title="H_gauss - H_kNN"), y2="hi:Q"
-                        ).transform_calculate(lo="datum.entropy_gap - datum.entropy_stderr",
-                                              hi="datum.entropy_gap + datum.entropy_stderr"))
+                            y=alt.Y("lo:Q", title="H_gauss - H_kNN (nats)"), y2="hi:Q"
+                        ).transform_calculate(lo="datum.entropy_gap - datum.error",
+                                              hi="datum.entropy_gap + datum.error"))
         show_sql(ent)
     with cols[2]:
         st.subheader("Cosine tail mass")

@@ -147,7 +147,7 @@ WHERE sae_id = {literal(sae_id)} AND method = 'cooccurrence' ORDER BY metric, k"
 def lobe_tests(con, sae_id: str, metric: str, k: int) -> Shown:
     return run(con, f"""
 SELECT ami, ami_null_mean, ami_null_std, ami_z, n_permutations, logreg_accuracy,
-       logreg_random_accuracy, chance, n_features
+       logreg_random_accuracy, logreg_random_std, logreg_z, logreg_draws, chance, n_features
 FROM lobe_modularity WHERE sae_id = {literal(sae_id)} AND metric = {literal(metric)}
   AND k = {int(k)}""")
 
@@ -171,8 +171,10 @@ def layer_spectra(con) -> Shown:
                     "FROM layer_spectra")
 
 
-def entropy(con) -> Shown:
-    return run(con, "SELECT layer, sae_id, entropy_gap, entropy_stderr FROM clustering_entropy")
+def entropy(con, definition: str = "li2024") -> Shown:
+    return run(con, f"""
+SELECT layer, sae_id, entropy_gap, error, error_kind FROM clustering_entropy
+WHERE definition = {literal(definition)}""")
 
 
 def tails(con) -> Shown:
@@ -180,29 +182,30 @@ def tails(con) -> Shown:
 
 
 def crystal_layers(con) -> Shown:
-    return run(con, "SELECT DISTINCT layer, space FROM crystal_quality ORDER BY layer, space")
+    return run(con, "SELECT DISTINCT layer, hook, space FROM crystal_quality "
+                    "ORDER BY layer, hook, space")
 
 
-def crystal_quality(con, layer: int, space: str) -> Shown:
+def crystal_quality(con, hook: str, space: str) -> Shown:
     return run(con, f"""
 SELECT task, n_pairs, round(parallelogram_quality, 3) AS parallelogram_quality,
        round(accuracy_before, 3) AS accuracy_before, round(accuracy_after, 3) AS accuracy_after,
        round(lda_gain, 3) AS lda_gain
-FROM crystal_quality WHERE layer = {int(layer)} AND space = {literal(space)} ORDER BY task""")
+FROM crystal_quality WHERE hook = {literal(hook)} AND space = {literal(space)} ORDER BY task""")
 
 
-def crystal_points(con, layer: int, space: str, task: str) -> Shown:
+def crystal_points(con, hook: str, space: str, task: str) -> Shown:
     return run(con, f"""
 SELECT word, side, pair, x_before, y_before, x_after, y_after FROM crystal_points
-WHERE layer = {int(layer)} AND space = {literal(space)} AND task = {literal(task)}
+WHERE hook = {literal(hook)} AND space = {literal(space)} AND task = {literal(task)}
 ORDER BY pair, side""")
 
 
-def found_crystals(con, layer: int, space: str, limit: int = 20) -> Shown:
+def found_crystals(con, hook: str, space: str, limit: int = 20) -> Shown:
     return run(con, f"""
 SELECT a, b, c, d, round(parallelogram_error, 3) AS parallelogram_error,
        round(trapezoid_error, 3) AS trapezoid_error
-FROM crystals WHERE layer = {int(layer)} AND space = {literal(space)}
+FROM crystals WHERE hook = {literal(hook)} AND space = {literal(space)}
 ORDER BY parallelogram_error LIMIT {int(limit)}""")
 
 

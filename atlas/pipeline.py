@@ -361,7 +361,8 @@ def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSA
     ids = tuple(p.sae_id for p in sorted(planned, key=lambda p: (p.hook.layer, p.sae_id)))
     loaded = {p.sae_id: p.sae for p in planned}
     inputs = runner.Inputs(con, ids, loader=lambda _ids: (lm, loaded))
-    settings = {n: runner.with_seed(analyses.module(n).Settings(), config.seed) for n in names}
+    settings = {n: runner.with_seed(runner.build_settings(analyses.module(n)), config.seed)
+                for n in names}
     if len(ids) < 2:
         names = tuple(n for n in names if n != "universality")  # it needs a pair
     return runner.run_many(inputs, names, settings, keep_going=True)

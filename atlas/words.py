@@ -12,6 +12,7 @@ import torch
 
 from atlas.geometry.vectors import unit
 from atlas.index import FeatureIndex, blas_topk
+from atlas.models import HookPoint
 from atlas.query import Hit, describe
 
 
@@ -39,11 +40,13 @@ def vocabulary(tokenizer, *, limit: int = 5000) -> list[str]:
 
 
 @torch.no_grad()
-def word_vectors(lm, layer: int, words: list[str], *, batch: int = 256) -> WordVectors:
-    """Each word's residual at `layer`: the last token of ' word' after an end-of-text token."""
-    from atlas.models import HookPoint, capture_residuals
+def word_vectors(lm, layer: int | HookPoint, words: list[str], *,
+                 batch: int = 256) -> WordVectors:
+    """Each word's residual at `layer` (a block index: that block's output, resid_post; or a
+    hook point): the last token of ' word' after an end-of-text token."""
+    from atlas.models import capture_residuals
 
-    hook = HookPoint(layer)
+    hook = layer if isinstance(layer, HookPoint) else HookPoint(layer)
     lm.check_hooks([hook])
     pieces = [lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
     eos = lm.tokenizer.eos_token_id

@@ -21,11 +21,22 @@ WHERE d.cloud = 'decoder'
 ORDER BY s.model_id, s.layer;
 
 -- Clustering entropy per layer: H_gauss - H_kNN of the decoder cloud (0 = Gaussian).
+-- One row per SAE and definition: 'li2024' (the geometry paper's estimator: 100 components,
+-- nearest neighbour with its offset, 30 bootstraps; error = 95% half-width) and 'atlas-kl5'
+-- (Kozachenko-Leonenko k = 5 in 10 components; error = bootstrap standard deviation).
 CREATE OR REPLACE VIEW clustering_entropy AS
-SELECT s.model_id, s.layer, g.sae_id, g.entropy_gap, g.entropy_stderr, g.h_knn, g.h_gauss,
-       g.entropy_dims
-FROM galaxy_stats g JOIN saes s USING (sae_id)
-ORDER BY s.model_id, s.layer;
+SELECT * FROM (
+    SELECT s.model_id, s.layer, g.sae_id, 'li2024' AS definition,
+           g.li2024_entropy_gap AS entropy_gap, g.li2024_entropy_ci95 AS error,
+           '95% interval' AS error_kind, g.li2024_h_knn AS h_knn, g.li2024_h_gauss AS h_gauss,
+           g.li2024_entropy_dims AS entropy_dims
+    FROM galaxy_stats g JOIN saes s USING (sae_id)
+    WHERE g.li2024_entropy_gap IS NOT NULL
+    UNION ALL
+    SELECT s.model_id, s.layer, g.sae_id, 'atlas-kl5', g.entropy_gap, g.entropy_stderr,
+           'bootstrap std', g.h_knn, g.h_gauss, g.entropy_dims
+    FROM galaxy_stats g JOIN saes s USING (sae_id))
+ORDER BY model_id, layer, definition DESC;
 
 -- Tail mass of pairwise decoder cosines against as many random unit vectors.
 CREATE OR REPLACE VIEW cosine_tails AS
@@ -73,9 +84,10 @@ SELECT s.layer, t.* EXCLUDE (run_id), t.run_id
 FROM lobe_tests t JOIN saes s USING (sae_id)
 ORDER BY s.layer, t.metric, t.k;
 
--- Parallelogram quality and analogy accuracy before/after distractor removal, per task.
+-- Parallelogram quality and analogy accuracy before/after distractor removal, per task and
+-- residual point (`hook`: 'blocks.L.hook_resid_post' is block L's output).
 CREATE OR REPLACE VIEW crystal_quality AS
-SELECT model_id, layer, space, task, n_pairs, parallelogram_quality, accuracy_before,
+SELECT model_id, layer, hook, space, task, n_pairs, parallelogram_quality, accuracy_before,
        accuracy_after, accuracy_after - accuracy_before AS lda_gain, run_id
 FROM crystal_tasks
-ORDER BY model_id, layer, space, task;
+ORDER BY model_id, layer, hook, space, task;

@@ -55,16 +55,18 @@ def test_cosine_tails_and_entropy_views(con, tiny_atlas):
     assert [t[0] for t in tails] == [1, 3]
     for _, mass, rand, ratio in tails:
         assert 0 <= mass <= 1 and 0 < rand <= 1 and ratio == pytest.approx(mass / rand)
-    ent = con.execute("SELECT entropy_gap, entropy_stderr FROM clustering_entropy").fetchall()
-    assert len(ent) == 2 and all(np.isfinite(e) and s >= 0 for e, s in ent)
+    ent = con.execute("SELECT definition, entropy_gap, error FROM clustering_entropy").fetchall()
+    assert sorted(d for d, _, _ in ent) == ["atlas-kl5"] * 2 + ["li2024"] * 2
+    assert all(np.isfinite(e) and s >= 0 for _, e, s in ent)
 
 
 def test_lobes_and_modularity(con, tiny_atlas):
-    tests = con.execute("SELECT sae_id, k, ami, ami_null_std, ami_z, logreg_accuracy, chance "
-                        "FROM lobe_modularity").fetchall()
+    tests = con.execute("SELECT sae_id, k, ami, ami_null_std, ami_z, logreg_accuracy, chance, "
+                        "logreg_random_std, logreg_draws FROM lobe_modularity").fetchall()
     assert {t[1] for t in tests} == {2, 4, 8}
-    for _, k, ami, std, z, acc, chance in tests:
-        assert -1 <= ami <= 1 and std > 0 and chance == pytest.approx(1 / k)
+    for _, k, ami, std, z, acc, chance, rstd, draws in tests:
+        assert -1 <= ami <= 1 and std > 0 and 1 / k <= chance <= 1 and 0 <= acc <= 1
+        assert draws == 20 and rstd > 0     # the build's setting (lobes.BUILD)
     sizes = con.execute("SELECT sae_id, k, sum(n_features) FROM lobes GROUP BY 1, 2").fetchall()
     for sae_id, k, total in sizes:
         n = con.execute("SELECT count(*) FROM clusters WHERE sae_id = ? AND k = ? AND "
@@ -75,12 +77,13 @@ def test_lobes_and_modularity(con, tiny_atlas):
 
 
 def test_crystal_quality_per_task_and_layer(con):
-    rows = con.execute("SELECT layer, space, task, accuracy_before, accuracy_after "
+    rows = con.execute("SELECT layer, space, task, accuracy_before, accuracy_after, hook "
                        "FROM crystal_quality").fetchall()
     from atlas.geometry.crystals import word_pair_tasks
 
     tasks = set(word_pair_tasks())
     assert {r[2] for r in rows} == tasks and {r[0] for r in rows} == {1, 3}
+    assert {r[5] for r in rows} == {"blocks.1.hook_resid_post", "blocks.3.hook_resid_post"}
     assert {r[1] for r in rows} >= {"residual"} and len({r[1] for r in rows}) == 3
     assert con.execute("SELECT count(*) FROM crystals").fetchone()[0] > 0
     dis = con.execute("SELECT length_corr, token_corr FROM distractors").fetchall()
@@ -141,10 +144,12 @@ def test_every_run_is_recorded_with_its_definition_and_settings(con, tiny_atlas)
     by = {}
     for analysis, subject, definition, params in rows:
         by.setdefault(analysis, []).append(subject)
-        assert definition == "atlas" and "seed" in json.loads(params)
+        want = {"galaxy": "li2024", "lobes": "li2024"}.get(analysis, "atlas")
+        assert definition == want and "seed" in json.loads(params)
     a, b = tiny_atlas[1].sae_ids
-    assert by == {"absorption": [a, b], "crystals": ["tiny-random-llama/L1",
-                                                     "tiny-random-llama/L3"],
+    assert by == {"absorption": [a, b],
+                  "crystals": ["tiny-random-llama/blocks.1.hook_resid_post",
+                               "tiny-random-llama/blocks.3.hook_resid_post"],
                   "galaxy": [a, b], "lobes": [a, b], "universality": [f"{a} ~ {b}"]}
     # every result row belongs to a recorded run
     from atlas import analyses

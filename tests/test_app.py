@@ -104,12 +104,14 @@ def test_analogy_page(app):
 def test_lobes_page_metrics_and_k_selector(app):
     at = app("Lobes")
     labels = [m.label for m in at.metric]
-    assert "AMI lobes vs geometry" in labels and "chance" in labels
-    chance_before = next(m.value for m in at.metric if m.label == "chance")
+    assert labels == ["AMI lobes vs geometry", "lobe from decoder (accuracy)",
+                      "largest lobe's share"]
+    assert "random draws" in at.metric[1].delta
+    before = [(m.value, m.delta) for m in at.metric]
     k_select = next(s for s in at.selectbox if s.label == "k")
     k_select.set_value(k_select.options[0]).run()
-    chance_after = next(m.value for m in at.metric if m.label == "chance")
-    assert chance_before != chance_after and not at.exception
+    after = [(m.value, m.delta) for m in at.metric]
+    assert before != after and not at.exception
 
 
 def test_crystals_page(app):
@@ -122,7 +124,10 @@ def test_galaxy_page(app):
     at = app("Galaxy")
     assert any("FROM layer_spectra" in c.value for c in at.code)
     assert len(at.dataframe[0].value) == 2
-    assert any("definition: atlas" in c.value for c in at.caption)
+    assert any("definition: li2024" in c.value for c in at.caption)
+    assert at.radio[0].options == ["li2024", "atlas-kl5"]
+    at.radio[0].set_value("atlas-kl5").run()
+    assert not at.exception and any("atlas-kl5" in c.value for c in at.code)
 
 
 def test_universality_and_absorption_pages_show_their_runs(full_atlas, monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,9 +35,17 @@ SMALL = ["--layers", "1,3", "--tokens", str(64 * 48), "--d-sae", "64", "--k", "4
 def wheel_env(tmp_path_factory) -> dict:
     """Build the wheel, install it into a fresh venv; return its paths and a clean env."""
     root = tmp_path_factory.mktemp("wheel")
+    # Build from a copy of what the Dockerfile copies, so setuptools' build/ folder never
+    # lands in (or is reused from) the checkout.
+    src = root / "src"
+    src.mkdir()
+    for part in ("pyproject.toml", "README.md", "atlas", "sql", "app", "flows"):
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
+        copy(ROOT / part, src / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                          if (ROOT / part).is_dir() else {}))
     dist = root / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(dist), str(ROOT)], check=True, cwd=root)
+                    "-q", "-w", str(dist), str(src)], check=True, cwd=root)
     (wheel,) = dist.glob("feature_atlas-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -23,3 +23,13 @@ def test_word_vectors_equal_a_single_forward(tiny_lm):
     full = torch.tensor([[tiny_lm.tokenizer.eos_token_id, *ids]])
     want = capture_residuals(tiny_lm, full, [HookPoint(1)])["blocks.1.hook_resid_post"][0, -1]
     np.testing.assert_allclose(wv.vectors[1], want.numpy(), atol=1e-4)
+
+
+def test_word_vectors_read_the_hook_they_are_given(tiny_lm):
+    """resid_pre of block L is resid_post of block L - 1, and differs from resid_post of L."""
+    from atlas.models import HookPoint
+
+    words = ["sea", "river"]
+    pre = word_vectors(tiny_lm, HookPoint(2, "pre"), words).vectors
+    np.testing.assert_allclose(pre, word_vectors(tiny_lm, 1, words).vectors, atol=1e-6)
+    assert not np.allclose(pre, word_vectors(tiny_lm, HookPoint(2, "post"), words).vectors)

@@ -12,7 +12,8 @@ An analysis module declares:
 - ``compute(inputs, subject, settings, shared)``: the subject's result tables (without
   ``run_id``) and a summary, from pure functions in `atlas.geometry`; and optionally
   ``prepare(inputs, subjects, settings)``, work shared by all subjects (``shared``), and
-  ``summarize(con, summary)``, figures read back from the stored run's views;
+  ``summarize(con, summary)``, figures read back from the stored run's views, and ``BUILD``,
+  settings `atlas build` changes to stay within its time budget;
 - ``describe(summary)``: the one-line summary logs and the CLI print.
 
 The runner makes the run id, records parameters and definition, and replaces the subject's

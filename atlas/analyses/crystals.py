@@ -13,6 +13,7 @@ import torch
 
 from atlas.analyses.runner import Inputs, Output, Subject
 from atlas.geometry import crystals as cr
+from atlas.models import HookPoint
 from atlas.saes import sae_input
 
 NAME = "crystals"
@@ -37,15 +38,16 @@ class Settings:
 
 
 def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
-    """One run per layer read by the chosen SAEs; the layer's first SAE adds its code space."""
-    rows = inputs.con.execute("SELECT s.sae_id, s.layer, s.model_id FROM saes s WHERE s.sae_id "
-                              "IN (SELECT unnest(?)) ORDER BY s.layer, s.sae_id",
+    """One run per residual hook the chosen SAEs read ('blocks.L.hook_resid_post' is block
+    L's output, '..._pre' its input); the hook's first SAE adds its code space."""
+    rows = inputs.con.execute("SELECT s.sae_id, s.hook, s.model_id FROM saes s WHERE s.sae_id "
+                              "IN (SELECT unnest(?)) ORDER BY s.layer, s.hook, s.sae_id",
                               [list(inputs.sae_ids)]).fetchall()
-    first: dict[tuple[str, int], str] = {}
-    for sae_id, layer, model_id in rows:
-        first.setdefault((model_id, layer), sae_id)
-    return [Subject(f"{model_id}/L{layer}", (sae_id,), layer)
-            for (model_id, layer), sae_id in first.items()]
+    first: dict[tuple[str, str], str] = {}
+    for sae_id, hook, model_id in rows:
+        first.setdefault((model_id, hook), sae_id)
+    return [Subject(f"{model_id}/{hook}", (sae_id,), HookPoint.parse(hook).layer)
+            for (model_id, hook), sae_id in first.items()]
 
 
 def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -> Output:
@@ -54,9 +56,10 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     from atlas.words import word_vectors
 
     lm, layer = inputs.lm, subject.layer
+    hook = HookPoint.parse(subject.key.rsplit("/", 1)[1])
     tasks = cr.word_pair_tasks()
     words = sorted({w for pairs in tasks.values() for p in pairs for w in p})
-    wv = word_vectors(lm, layer, words)
+    wv = word_vectors(lm, hook, words)
     spaces = {"residual": dict(zip(words, wv.vectors.astype(np.float64)))}
     sae_id = subject.sae_ids[0]
     sae = inputs.saes_available().get(sae_id)
@@ -69,7 +72,7 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
         codes = codes[:, np.abs(codes).sum(0) > 0]
         spaces[sae_id] = dict(zip(words, codes.astype(np.float64)))
     token_counts = {w: len(p) for w, p in zip(words, wv.pieces)}
-    base = {"model_id": lm.model_id, "layer": layer}
+    base = {"model_id": lm.model_id, "layer": layer, "hook": hook.name}
     task_rows, crystal_rows, distractor_rows, point_rows = [], [], [], []
     for space, vectors in spaces.items():
         removal = cr.remove_distractors(vectors, tasks, token_counts=token_counts,
@@ -102,7 +105,7 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
                    "crystals": pa.Table.from_pylist(crystal_rows),
                    "distractors": pa.Table.from_pylist(distractor_rows),
                    "crystal_points": pa.Table.from_pylist(point_rows)},
-                  {"layer": layer, "spaces": list(spaces), "tasks": task_rows})
+                  {"layer": layer, "hook": hook.name, "spaces": list(spaces), "tasks": task_rows})
 
 
 def describe(s: dict) -> str:

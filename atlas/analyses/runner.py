@@ -175,6 +175,12 @@ def run_many(inputs: Inputs, names: Sequence[str],
     return out
 
 
+def build_settings(analysis: ModuleType) -> object:
+    """The settings `atlas build` runs an analysis with: its defaults, changed by the module's
+    optional `BUILD` mapping (recorded in the run's params like any setting)."""
+    return dataclasses.replace(analysis.Settings(), **getattr(analysis, "BUILD", {}))
+
+
 def with_seed(settings: object, seed: int | None) -> object:
     """`settings` with its `seed` field replaced (when it has one and a seed is given)."""
     if seed is None or "seed" not in {f.name for f in dataclasses.fields(settings)}:

@@ -173,12 +173,12 @@ def _scores(x: np.ndarray, y: np.ndarray, settings: Settings) -> dict:
     """SVCCA and RSA of matched decoder rows against shuffled pairings."""
     # Canonical correlations need many more pairs than directions, or any pairing scores ~1.
     dims = max(2, min(50, len(x) // 10))
-    sv = un.against_shuffles(x, y, lambda p, q: un.svcca(p, q, max_dims=dims),
-                             n_permutations=settings.permutations, seed=settings.seed)
+    sv = un.svcca_against_shuffles(x, y, max_dims=dims, n_permutations=settings.permutations,
+                                   seed=settings.seed)
     rng = np.random.default_rng(settings.seed)
     sub = rng.choice(len(x), min(settings.rsa_max, len(x)), replace=False)
-    rs = un.against_shuffles(x[sub], y[sub], un.rsa, n_permutations=settings.permutations,
-                             seed=settings.seed)
+    rs = un.rsa_against_shuffles(x[sub], y[sub], n_permutations=settings.permutations,
+                                 seed=settings.seed)
     return {"svcca": sv.score, "svcca_null": sv.null_mean, "svcca_null_std": sv.null_std,
             "svcca_p": sv.p, "svcca_dims": dims, "rsa": rs.score, "rsa_null": rs.null_mean,
             "rsa_null_std": rs.null_std, "rsa_p": rs.p}

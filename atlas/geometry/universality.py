@@ -110,5 +110,53 @@ def against_shuffles(x: np.ndarray, y: np.ndarray, score: Callable[[np.ndarray, 
     rng = np.random.default_rng(seed)
     real = score(x, y)
     null = np.array([score(x, y[rng.permutation(len(y))]) for _ in range(n_permutations)])
+    return _null(real, null, n_permutations)
+
+
+def _null(real: float, null: np.ndarray, n_permutations: int) -> NullTest:
     p = (1 + np.sum(null >= real)) / (1 + n_permutations)
     return NullTest(real, float(null.mean()), float(null.std()), float(p), n_permutations)
+
+
+def svcca_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"], *,
+                           keep: float = 0.99, max_dims: int | None = None,
+                           n_permutations: int = 100, seed: int = 0) -> NullTest:
+    """`against_shuffles(x, y, svcca)` computed once: shuffling y's rows permutes the rows of
+    its SVD directions and of their orthonormal basis, so each shuffle is one small SVD."""
+    xs, ys = _top_directions(x, keep), _top_directions(y, keep)
+    if max_dims:
+        xs, ys = xs[:, :max_dims], ys[:, :max_dims]
+    qx, _ = np.linalg.qr(xs - xs.mean(0))
+    qy, _ = np.linalg.qr(ys - ys.mean(0))
+    r = min(qx.shape[1], qy.shape[1])
+
+    def score(q: np.ndarray) -> float:
+        return float(np.mean(np.clip(np.linalg.svd(qx.T @ q, compute_uv=False)[:r], 0, 1)))
+
+    rng = np.random.default_rng(seed)
+    null = np.array([score(qy[rng.permutation(len(y))]) for _ in range(n_permutations)])
+    return _null(score(qy), null, n_permutations)
+
+
+def rsa_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"], *,
+                         n_permutations: int = 100, seed: int = 0) -> NullTest:
+    """`against_shuffles(x, y, rsa)` computed once: Spearman's rho is Pearson's on average
+    ranks, and shuffling y's rows permutes its similarity matrix's ranks."""
+    from scipy.stats import rankdata
+
+    iu = np.triu_indices(len(x), k=1)
+    ux, uy = unit(x), unit(y)
+    rx = rankdata((ux @ ux.T)[iu])
+    ranks = np.zeros((len(y), len(y)))
+    ranks[iu] = rankdata((uy @ uy.T)[iu])
+    ranks += ranks.T
+    rx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
+
+    def score(perm: np.ndarray) -> float:
+        ry = ranks[np.ix_(perm, perm)][iu]
+        ry = ry - ry.mean()
+        return float(rx @ ry / np.linalg.norm(ry))
+
+    rng = np.random.default_rng(seed)
+    null = np.array([score(rng.permutation(len(y))) for _ in range(n_permutations)])
+    return _null(score(np.arange(len(y))), null, n_permutations)

@@ -57,6 +57,33 @@ def test_planted_lobes_are_found_and_match_geometry():
 
 def test_lobe_is_predictable_from_planted_geometry_not_from_random_vectors():
     labels, vectors, _ = planted_lobes(n_per=100)
-    result = lobe_predictability(vectors, labels)
-    assert result.accuracy > 0.9 and result.chance == 0.5
-    assert abs(result.random_accuracy - 0.5) < 0.2
+    result = lobe_predictability(vectors, labels, n_draws=20)
+    assert result.accuracy > 0.9 and result.majority == 0.5
+    assert abs(result.random_mean - 0.5) < 0.2 and result.z > 3
+
+
+def test_lobe_predictability_is_the_papers_test_transcribed():
+    """li2024: an unweighted logistic regression's held-out accuracy on the decoders, and the
+    mean and standard deviation of the same on draws of random unit vectors."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    labels, vectors, _ = planted_lobes(n_per=60)
+    got = lobe_predictability(vectors, labels, n_draws=7, seed=2)
+    tr, te = train_test_split(np.arange(len(labels)), test_size=0.3, random_state=2,
+                              stratify=labels)
+
+    def acc(x):
+        pred = LogisticRegression(max_iter=1000).fit(x[tr], labels[tr]).predict(x[te])
+        return np.mean(pred == labels[te])
+
+    rng = np.random.default_rng(2)
+    draws = []
+    for _ in range(7):
+        r = rng.standard_normal(vectors.shape)
+        draws.append(acc(r / np.linalg.norm(r, axis=1, keepdims=True)))
+    mean, std = np.mean(draws), np.std(draws, ddof=1)
+    assert got.accuracy == pytest.approx(acc(vectors), abs=1e-6)
+    assert got.random_mean == pytest.approx(mean, abs=1e-6)
+    assert got.random_std == pytest.approx(std, abs=1e-6)
+    assert got.z == pytest.approx((acc(vectors) - mean) / std, rel=1e-6)

@@ -52,3 +52,20 @@ def test_independent_spaces_score_like_the_null():
     x, y = rng.standard_normal((120, 32)), rng.standard_normal((120, 32))
     r = against_shuffles(x, y, rsa, n_permutations=50)
     assert abs(r.score - r.null_mean) < 4 * r.null_std + 1e-9 and r.p > 0.01
+
+
+def test_shuffle_tests_computed_once_equal_rescoring_every_shuffle():
+    from atlas.geometry.universality import (against_shuffles, rsa, rsa_against_shuffles, svcca,
+                                             svcca_against_shuffles)
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(120, 16))
+    y = x @ rng.normal(size=(16, 12)) + 0.5 * rng.normal(size=(120, 12))
+    slow = against_shuffles(x, y, lambda p, q: svcca(p, q, max_dims=8), n_permutations=15,
+                            seed=3)
+    fast = svcca_against_shuffles(x, y, max_dims=8, n_permutations=15, seed=3)
+    for a, b in ((slow, fast), (against_shuffles(x, y, rsa, n_permutations=15, seed=3),
+                                rsa_against_shuffles(x, y, n_permutations=15, seed=3))):
+        assert b.score == pytest.approx(a.score, abs=1e-9)
+        assert b.null_mean == pytest.approx(a.null_mean, abs=1e-9)
+        assert b.null_std == pytest.approx(a.null_std, abs=1e-9) and b.p == a.p
