@@ -81,4 +81,4 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
     seconds = time.perf_counter() - t0
     log.info("atlas %s built in %.0fs", config.db, seconds)
     return BuildResult(str(config.db), lm.model_id, blocks.corpus_id,
-                       tuple(p.sae_id for p in planned), int(blocks.token_ids.size), seconds)
+                       tuple(p.sae_id for p in planned), blocks.n_tokens, seconds)

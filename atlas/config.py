@@ -48,6 +48,11 @@ class BuildConfig:
     block_size: int = 256
     """Tokens per block; co-occurrence is counted over blocks."""
 
+    block_rule: Literal["document", "packed"] = "document"
+    """How the corpus is cut into blocks: 'document' (the geometry paper's rule: a block never
+    spans two documents; a document's last block is shorter) or 'packed' (documents joined by
+    the end-of-text token and cut into full blocks, which may span two documents)."""
+
     device: Device = "auto"
     """Where the model and SAEs run: 'auto' picks CUDA when present, else CPU."""
 
@@ -122,6 +127,8 @@ class BuildConfig:
         _check(self.tokens >= self.block_size, f"--tokens {self.tokens} is smaller than one block "
                f"(--block-size {self.block_size}); raise --tokens or lower --block-size")
         _check(self.block_size >= 2, "--block-size must be at least 2 tokens")
+        _check(self.block_rule in ("document", "packed"),
+               f"--block-rule {self.block_rule!r}: choose document or packed")
         _check(self.d_sae > 0 and 0 < self.k <= self.d_sae,
                f"--k {self.k} must be between 1 and --d-sae {self.d_sae}")
         _check(self.threshold >= 0, f"--threshold {self.threshold} must be >= 0")

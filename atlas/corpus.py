@@ -40,7 +40,8 @@ class Document:
 
 @dataclass(frozen=True)
 class Blocks:
-    """A tokenised corpus cut into full blocks."""
+    """A tokenised corpus cut into blocks of at most `block_size` tokens (shorter blocks are
+    padded; `mask` leaves the padding out)."""
 
     corpus_id: str
     """Content hash of the token ids: the same tokens give the same id."""
@@ -51,8 +52,24 @@ class Blocks:
     sources: list[str]
     documents: list[Document]
     mask: Bool[np.ndarray, "n_blocks block_size"]
-    """Positions that count: not a block's first position and not a special token. The first
-    position is an attention sink whose residual norm is ~100x the rest."""
+    """Positions that count: not a block's first position, not a special token, not padding.
+    The first position is an attention sink whose residual norm is ~100x the rest."""
+    rule: str = "packed"
+    """How blocks were cut: 'document' (never across two documents) or 'packed'."""
+    lengths: Int[np.ndarray, " n_blocks"] | None = None
+    """Positions of each block before its padding (default: all of them)."""
+
+    @property
+    def block_lengths(self) -> np.ndarray:
+        """Each block's length before padding."""
+        return (self.lengths if self.lengths is not None
+                else np.full(self.n_blocks, self.block_size, dtype=np.int64))
+
+    @property
+    def n_tokens(self) -> int:
+        """Corpus tokens in the blocks: padding and document blocks' start tokens left out."""
+        starts = self.n_blocks if self.rule == "document" else 0
+        return int(self.block_lengths.sum()) - starts
 
     @property
     def n_blocks(self) -> int:
@@ -195,22 +212,44 @@ def token_quotas(groups: dict[str, list[Document]], *, tokens: int, block_size: 
     return {n: share for n in names}
 
 
+BLOCK_RULES = ("document", "packed")
+
+
 def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int,
                     block_size: int, code_fraction: float = 0.3, name: str = "default",
-                    max_doc_blocks: int = 4) -> Blocks:
-    """Tokenise documents into full blocks of `block_size` tokens, per source.
+                    max_doc_blocks: int = 4, rule: str = "document") -> Blocks:
+    """Tokenise documents into blocks of `block_size` tokens, per source.
 
-    Documents are joined with the tokenizer's end-of-sequence token; a long document contributes
-    at most `max_doc_blocks` blocks, so one big source file cannot fill the code quota alone.
+    'document' (the geometry paper's rule): blocks never span two documents. Each block is a
+    start token (`start_token`: BOS where the tokenizer adds one, else end-of-text; left out
+    of every count)
+    and up to `block_size - 1` tokens of one document; a document's last block is shorter and
+    padded. 'packed': documents joined with the end-of-text token and cut into full blocks, so
+    a block may hold the end of one document and the start of the next. Either way a long
+    document gives at most `max_doc_blocks` blocks, so one big source file cannot fill the
+    code quota alone.
     """
+    if rule not in BLOCK_RULES:
+        raise AtlasError(f"block rule '{rule}': choose from {', '.join(BLOCK_RULES)}")
     if not any(doc.text.strip() for docs in groups.values() for doc in docs):
         raise AtlasError(f"corpus '{name}' holds no text; give it at least one non-empty "
                          "document")
     quotas = token_quotas(groups, tokens=tokens, block_size=block_size,
                           code_fraction=code_fraction)
     sep = tokenizer.eos_token_id
-    rows, doc_rows, source_rows, used = [], [], [], []
+    rows, doc_rows, source_rows, used, lengths = [], [], [], [], []
     for source, docs in groups.items():
+        if rule == "document":
+            start = start_token(tokenizer)
+            got, owners, sizes = _document_blocks(docs, tokenizer, quotas[source], start,
+                                                  block_size=block_size,
+                                                  max_doc_blocks=max_doc_blocks, used=used)
+            if got:
+                rows.append(np.asarray(got))
+                doc_rows.append(np.asarray(owners))
+                lengths += sizes
+                source_rows += [source] * len(got)
+            continue
         stream, owners = _fill(docs, tokenizer, quotas[source], sep,
                                max_doc_tokens=max_doc_blocks * block_size, used=used)
         n = len(stream) // block_size
@@ -218,18 +257,56 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
             rows.append(np.asarray(stream[: n * block_size]).reshape(n, block_size))
             doc_rows.append(np.asarray(owners[: n * block_size:block_size]))
             source_rows += [source] * n
+            lengths += [block_size] * n
     if not source_rows:
         raise AtlasError(f"corpus '{name}' has fewer tokens than one block of {block_size}; "
                          "add text or lower --block-size")
     ids = np.concatenate(rows).astype(np.int64)
+    lengths_arr = np.asarray(lengths, dtype=np.int64)
     special = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
-    mask = ~np.isin(ids, special)
+    mask = ~np.isin(ids, special) & (np.arange(block_size)[None, :] < lengths_arr[:, None])
     mask[:, 0] = False
     corpus_id = hashlib.sha1(ids.tobytes()).hexdigest()[:16]
-    log.info("corpus %s: %d blocks of %d tokens (%s)", corpus_id, len(ids), block_size,
+    log.info("corpus %s: %d blocks of up to %d tokens, %d tokens, cut by %s (%s)", corpus_id,
+             len(ids), block_size, int(lengths_arr.sum()), rule,
              ", ".join(f"{s}: {source_rows.count(s)}" for s in dict.fromkeys(source_rows)))
     return Blocks(corpus_id, name, ids, np.concatenate(doc_rows).astype(np.int64), source_rows,
-                  used, mask)
+                  used, mask, rule, lengths_arr)
+
+
+def start_token(tokenizer) -> int:
+    """The token a document block starts with: the one the tokenizer puts before a text (BOS
+    for Gemma or Llama), else its end-of-text token (GPT-2, SmolLM2), which separates
+    documents in their training data."""
+    first = tokenizer("a")["input_ids"][:1]
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and first == [bos] else tokenizer.eos_token_id
+
+
+def _document_blocks(docs: list[Document], tokenizer, quota: int, start: int, *,
+                     block_size: int, max_doc_blocks: int, used: list[Document],
+                     ) -> tuple[list[list[int]], list[int], list[int]]:
+    """Blocks of single documents until `quota` document tokens are taken: rows (start token,
+    text, padding), their documents, and their lengths."""
+    step = block_size - 1
+    rows, owners, lengths, total = [], [], [], 0
+    for chunk in _chunks(docs, 64):
+        if total >= quota:
+            break
+        encoded = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
+        for doc, ids in zip(chunk, encoded):
+            if total >= quota or not ids:
+                continue
+            doc_id = len(used)
+            used.append(Document(doc_id, doc.source, doc.title, doc.text))
+            ids = ids[:max_doc_blocks * step][:quota - total]
+            for s in range(0, len(ids), step):
+                piece = ids[s:s + step]
+                rows.append([start, *piece] + [start] * (step - len(piece)))
+                owners.append(doc_id)
+                lengths.append(1 + len(piece))
+            total += len(ids)
+    return rows, owners, lengths
 
 
 def _fill(docs: list[Document], tokenizer, quota: int, sep: int | None, *,

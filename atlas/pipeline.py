@@ -147,12 +147,16 @@ def corpus(config: BuildConfig, lm: LoadedModel, source: object | None = None) -
     groups = documents_for(config.corpus if source is None else source, seed=config.seed)
     return tokenize_blocks(groups, lm.tokenizer, tokens=config.tokens,
                            block_size=config.block_size, code_fraction=config.code_fraction,
+                           rule=config.block_rule,
                            name=str(config.corpus if source is None else "records"))
 
 
 def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
     """Write the corpus's documents and blocks (replacing the same corpus)."""
-    texts = lm.tokenizer.batch_decode(blocks.token_ids.tolist())
+    # Padding is left out of the text; a document block's start token too.
+    first = 1 if blocks.rule == "document" else 0
+    texts = lm.tokenizer.batch_decode([ids[first:n].tolist() for ids, n
+                                       in zip(blocks.token_ids, blocks.block_lengths)])
     cid = blocks.corpus_id
     docs = pa.table({"corpus_id": [cid] * len(blocks.documents),
                      "doc_id": [d.doc_id for d in blocks.documents],
@@ -162,13 +166,14 @@ def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
                      "block_id": np.arange(blocks.n_blocks, dtype=np.int32),
                      "doc_id": blocks.doc_ids.astype(np.int32), "source": blocks.sources,
                      "text": texts, "token_ids": store.vectors_column(blocks.token_ids)
-                     .cast(pa.list_(pa.int32()))})
+                     .cast(pa.list_(pa.int32())),
+                     "n_tokens": blocks.block_lengths.astype(np.int32)})
     store.write_model(con, model_id=lm.model_id, source=lm.source, n_layers=lm.n_layers,
                       d_model=lm.d_model, spec=lm.spec)
     store.write_corpus(con, corpus={"corpus_id": cid, "name": blocks.name,
                                     "model_id": lm.model_id, "n_blocks": blocks.n_blocks,
                                     "block_size": blocks.block_size,
-                                    "n_tokens": int(blocks.token_ids.size)},
+                                    "n_tokens": blocks.n_tokens, "block_rule": blocks.rule},
                        documents=docs, blocks=rows)
 
 
@@ -406,7 +411,8 @@ def _examples(lm: LoadedModel, sae_id: str, blocks: Blocks, stats: FeatureStats,
     dec = lm.tokenizer.batch_decode
     before = dec([ids[b, max(0, p - left):p].tolist() for b, p in zip(blk, pos)])
     token = dec([[ids[b, p]] for b, p in zip(blk, pos)])
-    after = dec([ids[b, p + 1:p + 1 + right].tolist() for b, p in zip(blk, pos)])
+    ends = blocks.block_lengths
+    after = dec([ids[b, p + 1:min(p + 1 + right, ends[b])].tolist() for b, p in zip(blk, pos)])
     return pa.table({
         "sae_id": [sae_id] * len(rank), "feature": feat.astype(np.int32),
         "rank": (rank + 1).astype(np.int32),

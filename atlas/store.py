@@ -153,9 +153,11 @@ def write_corpus(con: duckdb.DuckDBPyConnection, *, corpus: dict, documents: pa.
     with transaction(con):
         for table in ("blocks", "documents", "corpora"):
             con.execute(f"DELETE FROM {table} WHERE corpus_id = ?", [cid])
-        con.execute("INSERT INTO corpora VALUES (?, ?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO corpora (corpus_id, name, model_id, n_blocks, block_size, "
+                    "n_tokens, block_rule) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [cid, corpus["name"], corpus["model_id"], corpus["n_blocks"],
-                     corpus["block_size"], corpus["n_tokens"]])
+                     corpus["block_size"], corpus["n_tokens"],
+                     corpus.get("block_rule", "packed")])
         insert_table(con, "documents", documents)
         insert_table(con, "blocks", blocks)
 

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from atlas.corpus import documents_for, tokenize_blocks
+from atlas.corpus import documents_for, start_token, tokenize_blocks
 from atlas.errors import AtlasError
 
 
@@ -13,7 +13,7 @@ def test_default_corpus_mixes_wiki_and_code_in_pure_blocks(tiny_lm):
     groups = documents_for("default")
     assert len(groups["wiki"]) > 9000 and len(groups["code"]) > 100
     blocks = tokenize_blocks(groups, tiny_lm.tokenizer, tokens=64 * 40, block_size=64,
-                             code_fraction=0.25)
+                             code_fraction=0.25, rule="packed")
     assert blocks.token_ids.shape == (40, 64)
     assert blocks.sources.count("code") == 10 and blocks.sources.count("wiki") == 30
     for b, doc in enumerate(blocks.doc_ids):
@@ -27,6 +27,7 @@ def test_same_tokens_give_the_same_corpus_id(tiny_lm):
     groups = documents_for("wiki")
     a = tokenize_blocks(groups, tiny_lm.tokenizer, tokens=640, block_size=64)
     b = tokenize_blocks(groups, tiny_lm.tokenizer, tokens=640, block_size=64)
+    assert a.rule == "document"
     assert a.corpus_id == b.corpus_id and np.array_equal(a.token_ids, b.token_ids)
 
 
@@ -54,6 +55,43 @@ def test_user_corpora_text_dir_jsonl_parquet_records(tmp_path, tiny_lm):
     (lambda p: (p / "s.txt").write_text("tiny") and p / "s.txt", "fewer tokens than one block"),
 ])
 def test_bad_corpus_gets_one_clear_error(tmp_path, tiny_lm, make, needle):
+    # packed blocks need a whole block of text; a document block may be short
+    rule = "packed" if needle.startswith("fewer") else "document"
     with pytest.raises(AtlasError, match=needle):
         tokenize_blocks(documents_for(make(tmp_path)), tiny_lm.tokenizer, tokens=256,
-                        block_size=64)
+                        block_size=64, rule=rule)
+
+
+def test_document_blocks_never_span_two_documents(tiny_lm):
+    """The paper's rule: each block is a start token and a slice of one document's tokens;
+    a document's last block is shorter, padded, and its padding is masked out."""
+    tok = tiny_lm.tokenizer
+    docs = ["The river runs to the sea. " * 9, "A king and a queen.", "def main(): return 0\n" * 7]
+    groups = documents_for(docs)
+    blocks = tokenize_blocks(groups, tok, tokens=10_000, block_size=16, rule="document")
+    assert blocks.rule == "document" and blocks.n_blocks > len(docs)
+    for b in range(blocks.n_blocks):
+        n = int(blocks.lengths[b])
+        ids = tok(blocks.documents[blocks.doc_ids[b]].text, add_special_tokens=False)["input_ids"]
+        row = blocks.token_ids[b].tolist()
+        assert row[0] == start_token(tok) == tok.eos_token_id and 2 <= n <= 16
+        body = row[1:n]
+        starts = [s for s in range(0, len(ids), 15) if ids[s:s + 15] == body]
+        assert starts, f"block {b} is not a slice of its document"
+        assert not blocks.mask[b, n:].any() and not blocks.mask[b, 0]
+    # every document token lands in exactly one block
+    per_doc = {d: sum(int(blocks.lengths[b]) - 1 for b in range(blocks.n_blocks)
+                      if blocks.doc_ids[b] == d) for d in set(blocks.doc_ids.tolist())}
+    for d, n in per_doc.items():
+        assert n == min(len(tok(blocks.documents[d].text, add_special_tokens=False)
+                            ["input_ids"]), 4 * 15)
+    assert blocks.n_tokens == int(blocks.lengths.sum()) - blocks.n_blocks
+
+
+def test_packed_blocks_stay_available(tiny_lm):
+    groups = documents_for("wiki")
+    blocks = tokenize_blocks(groups, tiny_lm.tokenizer, tokens=640, block_size=64,
+                             rule="packed")
+    assert blocks.token_ids.shape == (10, 64) and blocks.n_tokens == 640
+    eos = tiny_lm.tokenizer.eos_token_id
+    assert (blocks.token_ids == eos).any(axis=1).sum() > 0   # a block holds a document break

@@ -142,9 +142,10 @@ def test_the_hub_model_tokenises_with_smollm2s_tokenizer(hub_atlas, tiny_smollm2
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_smollm2)
-    rows = q(hub_atlas, "SELECT text, token_ids FROM blocks ORDER BY block_id LIMIT 4")
-    assert max(max(ids) for _, ids in rows) > 1000
-    assert [text for text, _ in rows] == tok.batch_decode([ids for _, ids in rows])
+    rows = q(hub_atlas, "SELECT text, token_ids, n_tokens FROM blocks ORDER BY block_id LIMIT 4")
+    assert max(max(ids) for _, ids, _ in rows) > 1000
+    # document blocks: a start token, then the text's tokens, then padding
+    assert [text for text, _, _ in rows] == tok.batch_decode([ids[1:n] for _, ids, n in rows])
 
 
 def test_examples_equal_the_published_encoder_on_centred_residuals(hub_atlas, hub_cache,
