@@ -267,8 +267,9 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
     mask = ~np.isin(ids, special) & (np.arange(block_size)[None, :] < lengths_arr[:, None])
     mask[:, 0] = False
     corpus_id = hashlib.sha1(ids.tobytes()).hexdigest()[:16]
+    starts = len(ids) if rule == "document" else 0
     log.info("corpus %s: %d blocks of up to %d tokens, %d tokens, cut by %s (%s)", corpus_id,
-             len(ids), block_size, int(lengths_arr.sum()), rule,
+             len(ids), block_size, int(lengths_arr.sum()) - starts, rule,
              ", ".join(f"{s}: {source_rows.count(s)}" for s in dict.fromkeys(source_rows)))
     return Blocks(corpus_id, name, ids, np.concatenate(doc_rows).astype(np.int64), source_rows,
                   used, mask, rule, lengths_arr)

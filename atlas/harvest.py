@@ -61,8 +61,17 @@ def forward_range(lm: LoadedModel, token_ids: np.ndarray, mask: np.ndarray,
     base = torch.from_numpy(np.ascontiguousarray(mask))
     for start in range(0, len(ids), batch_blocks):
         batch = ids[start:start + batch_blocks]
-        acts = capture_residuals(lm, batch, hooks)
-        keep = base[start:start + batch_blocks].to(lm.device)
+        keep = base[start:start + batch_blocks]
+        # Short (document) blocks: the model runs only up to the batch's last counted
+        # position (causal attention: later padding cannot change earlier positions), and the
+        # residuals are padded back with zeros that no mask counts.
+        counted = keep.any(0).nonzero()
+        width = int(counted.max()) + 1 if len(counted) else 1
+        acts = capture_residuals(lm, batch[:, :width], hooks)
+        if width < batch.shape[1]:
+            acts = {k: torch.nn.functional.pad(a, (0, 0, 0, batch.shape[1] - width))
+                    for k, a in acts.items()}
+        keep = keep.to(lm.device)
         yield ActivationBatch(offset + start, batch, acts,
                               {name: sink_free(a, keep) for name, a in acts.items()})
 

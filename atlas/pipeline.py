@@ -25,8 +25,8 @@ from atlas.artifacts import sae_path
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
 from atlas.errors import AtlasError
-from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, cooccurrence,
-                           encode_sparse, forward_batches, top_tokens)
+from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, SparseCodes,
+                           cooccurrence, encode_sparse, forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, load_model
 from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, evaluate,
                         expand_sae_ids, hook_of, load_published, load_saved, merge_quality,
@@ -270,8 +270,14 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
         for s in saes:
             acts = batch.acts[s.hook.name]
             mask = batch.masks[s.hook.name]
-            flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1]).to(s.sae.W_dec.device))
-            accs[s.sae_id].update(batch.start, encode_sparse(s.sae, flat), batch.token_ids, mask)
+            # Only counted positions are encoded (padding and sinks never count).
+            rows = mask.reshape(-1).nonzero().squeeze(1)
+            flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1])[rows]
+                             .to(s.sae.W_dec.device))
+            codes = encode_sparse(s.sae, flat)
+            codes = SparseCodes(rows.to(codes.rows.device)[codes.rows], codes.features,
+                                codes.values)
+            accs[s.sae_id].update(batch.start, codes, batch.token_ids, mask)
             if s.sae_id in quality and batch.start + len(batch.token_ids) > n_train:
                 keep = mask.clone()
                 keep[: max(0, n_train - batch.start)] = False

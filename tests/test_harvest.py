@@ -138,3 +138,26 @@ def test_features_of_a_text_equal_the_sae_on_the_residual(tiny_atlas, tiny_lm):
     for t in tokens:
         want = {int(f): float(dense[t.position, f]) for f in torch.nonzero(dense[t.position] > 0)}
         assert {f: pytest.approx(a, rel=1e-5) for f, a in t.features} == want
+
+
+def test_short_blocks_run_only_to_the_batch_s_last_counted_position(tiny_lm):
+    """Document blocks: the forward pass stops at the longest block of the batch; every
+    counted residual equals the one of a pass over the whole padded width."""
+    import numpy as np
+    import torch
+
+    from atlas.corpus import documents_for, tokenize_blocks
+    from atlas.harvest import forward_range
+    from atlas.models import HookPoint, capture_residuals
+
+    blocks = tokenize_blocks(documents_for(["A king and a queen walked.", "The sea. " * 3]),
+                             tiny_lm.tokenizer, tokens=1000, block_size=64)
+    assert blocks.lengths.max() < 64
+    hook = HookPoint(2)
+    (batch,) = forward_range(tiny_lm, blocks.token_ids, blocks.mask, [hook], batch_blocks=8)
+    full = capture_residuals(tiny_lm, torch.from_numpy(blocks.token_ids), [hook])[hook.name]
+    mask = torch.from_numpy(blocks.mask)
+    assert batch.acts[hook.name].shape == full.shape
+    np.testing.assert_allclose(batch.acts[hook.name][mask].numpy(), full[mask].numpy(),
+                               atol=1e-5)
+    assert not batch.acts[hook.name][:, int(blocks.lengths.max()):].any()
