@@ -95,3 +95,19 @@ def test_packed_blocks_stay_available(tiny_lm):
     assert blocks.token_ids.shape == (10, 64) and blocks.n_tokens == 640
     eos = tiny_lm.tokenizer.eos_token_id
     assert (blocks.token_ids == eos).any(axis=1).sum() > 0   # a block holds a document break
+
+
+def test_a_packed_build_records_its_rule_and_full_blocks(tmp_path):
+    import duckdb
+
+    from atlas.builder import build
+    from tests.conftest import tiny_config
+
+    config = tiny_config(tmp_path / "packed.duckdb", block_rule="packed", quick=True)
+    build(config)
+    with duckdb.connect(str(config.db), read_only=True) as con:
+        rule, n_blocks, n_tokens = con.execute("SELECT block_rule, n_blocks, n_tokens "
+                                               "FROM corpora").fetchone()
+        lengths = {r[0] for r in con.execute("SELECT DISTINCT n_tokens FROM blocks").fetchall()}
+        runs = con.execute("SELECT count(*) FROM analysis_runs").fetchone()[0]
+    assert (rule, n_blocks, n_tokens, lengths) == ("packed", 96, 96 * 64, {64}) and runs == 0
