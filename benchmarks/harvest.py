@@ -2,10 +2,13 @@
 
     python benchmarks/harvest.py                 # SmolLM2, default layers, 32 blocks
     python benchmarks/harvest.py --build         # also time the whole default `atlas build`
-    python benchmarks/harvest.py --model tiny-random-llama --layers 1,3 --blocks 4 \
-        --block-size 64 --d-sae 64 --k 4         # a smoke run in seconds
+    python benchmarks/harvest.py --model ./small-model --layers 1,3 --blocks 4 \
+        --block-size 64 --d-sae 64 --k 4         # any model folder, in seconds
+    python benchmarks/harvest.py --block-rule packed   # full blocks across documents
 
-Prints bare-forward tokens/s (stopping after the deepest hooked layer), harvest tokens/s
+Prints bare-forward tokens/s (the harvest's own pass without SAEs: stopping after the deepest
+hooked layer, short document blocks run to each batch's longest; corpus tokens, padding left
+out), harvest tokens/s
 (forward + SAE encode + statistics for every layer, per-shard co-occurrence and the merge of
 the shards), their ratio (goal >= 0.85), and the
 once-per-build cost of turning the statistics into DuckDB rows.
@@ -28,7 +31,7 @@ import torch
 from atlas import pipeline
 from atlas.config import BuildConfig
 from atlas.harvest import forward_batches
-from atlas.models import HookPoint, capture_residuals
+from atlas.models import HookPoint
 from atlas.pipeline import AtlasSAE
 from atlas.saes import load_saved
 
@@ -80,23 +83,26 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, default=defaults.d_sae)
     parser.add_argument("--k", type=int, default=defaults.k)
     parser.add_argument("--block-size", type=int, default=defaults.block_size)
+    parser.add_argument("--block-rule", choices=["document", "packed"],
+                        default=defaults.block_rule)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
 
     config = BuildConfig(model=args.model, tokens=args.blocks * args.block_size,
                          layers=tuple(int(x) for x in args.layers.split(",")),
-                         d_sae=args.d_sae, k=args.k, block_size=args.block_size)
+                         d_sae=args.d_sae, k=args.k, block_size=args.block_size,
+                         block_rule=args.block_rule)
     lm = pipeline.load(config)
     saes = atlas_saes(args.db) if args.db else random_saes(config, lm.d_model)
     hooks = [s.hook for s in saes]
     blocks = pipeline.corpus(config, lm)
-    ids = torch.from_numpy(blocks.token_ids)
-    n_tok = ids.numel()
+    n_tok = blocks.n_tokens
 
     def bare():
-        for start in range(0, len(ids), config.batch_blocks):
-            capture_residuals(lm, ids[start:start + config.batch_blocks], hooks)
+        # the harvest's own pass (short blocks run to each batch's longest), without SAEs
+        for _ in forward_batches(lm, blocks, hooks, batch_blocks=config.batch_blocks):
+            pass
 
     results = {}
 
@@ -114,7 +120,8 @@ def main() -> None:
     t_rows = timed(rows, 1)
     deepest = max(h.layer for h in hooks)
     print(f"model {lm.model_id}, {len(saes)} SAEs (d_sae {saes[0].sae.cfg.d_sae}) at layers "
-          f"{[h.layer for h in hooks]}, {n_tok} tokens, median of {args.repeats}, "
+          f"{[h.layer for h in hooks]}, {n_tok} corpus tokens in {blocks.n_blocks} {blocks.rule} "
+          f"blocks, median of {args.repeats}, "
           f"{torch.get_num_threads()} threads on {lm.device}")
     print(f"bare forward to layer {deepest}: {n_tok / t_bare:8.0f} tok/s")
     print(f"harvest (forward + SAE encode + statistics): {n_tok / t_harv:8.0f} tok/s")
