@@ -88,7 +88,8 @@ ANALYSIS_COMMANDS = {"analyze", *SHORTCUTS}
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `atlas` parser; analysis settings become flags only for the command that runs
     them (`command`), so other commands start without importing the analyses."""
-    parser = argparse.ArgumentParser(prog="atlas", allow_abbrev=False, description="Feature Atlas: SAE features "
+    parser = argparse.ArgumentParser(prog="atlas", allow_abbrev=False,
+                                     description="Feature Atlas: SAE features "
                                      "of a language model in DuckDB.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # No abbreviated flags: `--b` must not silently mean `--blocks`.

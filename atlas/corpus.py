@@ -222,12 +222,11 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
 
     'document' (the geometry paper's rule): blocks never span two documents. Each block is a
     start token (`start_token`: BOS where the tokenizer adds one, else end-of-text; left out
-    of every count)
-    and up to `block_size - 1` tokens of one document; a document's last block is shorter and
-    padded. 'packed': documents joined with the end-of-text token and cut into full blocks, so
-    a block may hold the end of one document and the start of the next. Either way a long
-    document gives at most `max_doc_blocks` blocks, so one big source file cannot fill the
-    code quota alone.
+    of every count) and up to `block_size - 1` tokens of one document; a document's last block
+    is shorter and padded. 'packed': documents joined with the end-of-text token and cut into
+    full blocks, so a block may hold the end of one document and the start of the next.
+    Either way a long document gives at most `max_doc_blocks` blocks, so one big source file
+    cannot fill the code quota alone.
     """
     if rule not in BLOCK_RULES:
         raise AtlasError(f"block rule '{rule}': choose from {', '.join(BLOCK_RULES)}")
@@ -267,12 +266,12 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
     mask = ~np.isin(ids, special) & (np.arange(block_size)[None, :] < lengths_arr[:, None])
     mask[:, 0] = False
     corpus_id = hashlib.sha1(ids.tobytes()).hexdigest()[:16]
-    starts = len(ids) if rule == "document" else 0
+    blocks = Blocks(corpus_id, name, ids, np.concatenate(doc_rows).astype(np.int64),
+                    source_rows, used, mask, rule, lengths_arr)
     log.info("corpus %s: %d blocks of up to %d tokens, %d tokens, cut by %s (%s)", corpus_id,
-             len(ids), block_size, int(lengths_arr.sum()) - starts, rule,
+             len(ids), block_size, blocks.n_tokens, rule,
              ", ".join(f"{s}: {source_rows.count(s)}" for s in dict.fromkeys(source_rows)))
-    return Blocks(corpus_id, name, ids, np.concatenate(doc_rows).astype(np.int64), source_rows,
-                  used, mask, rule, lengths_arr)
+    return blocks
 
 
 def start_token(tokenizer) -> int:

@@ -46,7 +46,7 @@ def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
     first: dict[tuple[str, str], str] = {}
     for sae_id, hook, model_id in rows:
         first.setdefault((model_id, hook), sae_id)
-    return [Subject(f"{model_id}/{hook}", (sae_id,), HookPoint.parse(hook).layer)
+    return [Subject(f"{model_id}/{hook}", (sae_id,), HookPoint.parse(hook))
             for (model_id, hook), sae_id in first.items()]
 
 
@@ -55,8 +55,8 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     loaded."""
     from atlas.words import word_vectors
 
-    lm, layer = inputs.lm, subject.layer
-    hook = HookPoint.parse(subject.key.rsplit("/", 1)[1])
+    lm, hook = inputs.lm, subject.hook
+    layer = hook.layer
     tasks = cr.word_pair_tasks()
     words = sorted({w for pairs in tasks.values() for p in pairs for w in p})
     wv = word_vectors(lm, hook, words)

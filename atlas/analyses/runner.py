@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from atlas import store
 from atlas.errors import AtlasError
+from atlas.models import HookPoint
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ class Subject:
     """What one run of an analysis covers, and the key its run is stored under."""
 
     key: str
-    """`analysis_runs.subject`: an sae_id, 'model_id/L<layer>', or 'sae_a ~ sae_b'."""
+    """`analysis_runs.subject`: an sae_id, 'model_id/<hook>', or 'sae_a ~ sae_b'."""
     sae_ids: tuple[str, ...] = ()
     """The SAEs it reads."""
-    layer: int | None = None
-    """The layer it reads, for per-layer analyses."""
+    hook: HookPoint | None = None
+    """The residual point it reads, for per-hook analyses."""
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,10 @@ def with_run_id(table: pa.Table, run_id: str) -> pa.Table:
 
 
 def store_run(con: duckdb.DuckDBPyConnection, *, analysis: str, subject: str, definition: str,
-              settings: object, seconds: float, tables: Mapping[str, pa.Table],
-              run_id: str | None = None) -> str:
+              settings: object, seconds: float, tables: Mapping[str, pa.Table]) -> str:
     """Replace the subject's previous run of `analysis` (its `analysis_runs` row and its rows in
     `tables`) by this one, in one transaction. Returns the run id."""
-    run_id = run_id or make_run_id(analysis, subject)
+    run_id = make_run_id(analysis, subject)
     old = [r[0] for r in con.execute("SELECT run_id FROM analysis_runs WHERE analysis = ? AND "
                                      "subject = ?", [analysis, subject]).fetchall()]
     params = json.dumps(dataclasses.asdict(settings), default=str)
