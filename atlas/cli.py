@@ -123,6 +123,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("terms", nargs=3, metavar="A B C", help="feature ids, or words with --words")
     p.add_argument("--words", action="store_true", help="A B C are words, read at --layer")
     p.add_argument("--layer", type=int, help="layer whose residual stream the words are read at")
+    p.add_argument("--representation", default="bare",
+                   choices=("bare", "bos", "eos", "li2024"),
+                   help="how each word is fed: alone (bare, the default), after BOS, after the "
+                   "end-of-text token, or as the geometry paper's crystal inputs (li2024)")
 
     p = sub.add_parser("features", help="the SAE features active on each token of a text")
     _query_args(p)
@@ -296,7 +300,8 @@ def _word_analogy(args: argparse.Namespace) -> int:
         index = open_index(con, args.db, sae_id) if sae_id else None
         lm = load_model(model[1] if model and model[1] else "smollm2-135m", device="auto")
         a, b, c = args.terms
-        result = word_analogy(lm, args.layer, a, b, c, k=args.k, con=con, index=index)
+        result = word_analogy(lm, args.layer, a, b, c, k=args.k, con=con, index=index,
+                              representation=args.representation)
     finally:
         con.close()
     if args.json:

@@ -189,9 +189,31 @@ def crystal_layers(con) -> Shown:
 def crystal_quality(con, hook: str, space: str) -> Shown:
     return run(con, f"""
 SELECT task, n_pairs, round(parallelogram_quality, 3) AS parallelogram_quality,
-       round(accuracy_before, 3) AS accuracy_before, round(accuracy_after, 3) AS accuracy_after,
-       round(lda_gain, 3) AS lda_gain
+       round(top1_before, 3) AS top1_before, round(top5_before, 3) AS top5_before,
+       round(top1_after, 3) AS top1_after, round(top5_after, 3) AS top5_after,
+       round(removal_gain, 3) AS removal_gain
 FROM crystal_quality WHERE hook = {literal(hook)} AND space = {literal(space)} ORDER BY task""")
+
+
+def word_representations(con, hook: str) -> Shown:
+    return run(con, f"""
+SELECT representation, chosen, round(fit_top1, 3) AS fit_top1,
+       round(top1_before, 3) AS top1_before, round(top5_before, 3) AS top5_before,
+       distractor_dims, round(top1_after, 3) AS top1_after, round(top5_after, 3) AS top5_after
+FROM word_representation_quality WHERE hook = {literal(hook)} ORDER BY representation""")
+
+
+def crystal_separation(con, hook: str) -> Shown:
+    return run(con, f"""
+SELECT n_components, round(silhouette, 3) AS silhouette,
+       round(silhouette_heldout, 3) AS silhouette_heldout
+FROM crystal_separation WHERE hook = {literal(hook)} ORDER BY n_components""")
+
+
+def crystal_differences(con, hook: str) -> Shown:
+    return run(con, f"""
+SELECT task, subject, object, heldout, x_pca, y_pca, x_lda, y_lda FROM crystal_differences
+WHERE hook = {literal(hook)} ORDER BY task, subject""")
 
 
 def crystal_points(con, hook: str, space: str, task: str) -> Shown:
@@ -201,12 +223,21 @@ WHERE hook = {literal(hook)} AND space = {literal(space)} AND task = {literal(ta
 ORDER BY pair, side""")
 
 
+def crystal_search(con, hook: str, space: str) -> Shown:
+    return run(con, f"""
+SELECT representation, distractor_dims, round(same_relation_before, 3) AS same_relation_before,
+       round(same_relation_after, 3) AS same_relation_after, same_relation_chance,
+       round(length_corr, 3) AS length_corr, round(token_corr, 3) AS token_corr
+FROM crystal_search WHERE hook = {literal(hook)} AND space = {literal(space)}""")
+
+
 def found_crystals(con, hook: str, space: str, limit: int = 20) -> Shown:
     return run(con, f"""
-SELECT a, b, c, d, round(parallelogram_error, 3) AS parallelogram_error,
+SELECT a, b, c, d, relation, round(crystal_error, 3) AS crystal_error,
+       round(parallelogram_error, 3) AS parallelogram_error,
        round(trapezoid_error, 3) AS trapezoid_error
-FROM crystals WHERE hook = {literal(hook)} AND space = {literal(space)}
-ORDER BY parallelogram_error LIMIT {int(limit)}""")
+FROM crystals WHERE hook = {literal(hook)} AND space = {literal(space)} AND stage = 'after'
+ORDER BY rank LIMIT {int(limit)}""")
 
 
 def universality(con) -> Shown:
@@ -269,6 +300,8 @@ EXAMPLE_QUERIES = {
                           "lobe_modularity",
     "Strongest co-firing pairs": "SELECT * FROM affinity ORDER BY phi DESC LIMIT 20",
     "Analogy quality": "SELECT * FROM crystal_quality",
+    "Word representations": "SELECT * FROM word_representation_quality",
+    "Crystal separation (li2024)": "SELECT * FROM crystal_separation",
     "Universality heat map": "SELECT layer_a, layer_b, svcca, svcca_null, rsa FROM universality",
     "Absorption per SAE": "SELECT * FROM absorption_by_sae",
     "Most absorbed letters": "SELECT sae_id, letter, probe_f1, n_split, absorption_rate, "

@@ -77,17 +77,46 @@ def test_lobes_and_modularity(con, tiny_atlas):
 
 
 def test_crystal_quality_per_task_and_layer(con):
-    rows = con.execute("SELECT layer, space, task, accuracy_before, accuracy_after, hook "
-                       "FROM crystal_quality").fetchall()
+    rows = con.execute("SELECT layer, space, task, top1_before, top1_after, hook, top5_before, "
+                       "top5_after, definition FROM crystal_quality").fetchall()
     from atlas.geometry.crystals import word_pair_tasks
 
     tasks = set(word_pair_tasks())
     assert {r[2] for r in rows} == tasks and {r[0] for r in rows} == {1, 3}
     assert {r[5] for r in rows} == {"blocks.1.hook_resid_post", "blocks.3.hook_resid_post"}
     assert {r[1] for r in rows} >= {"residual"} and len({r[1] for r in rows}) == 3
+    assert all(0 <= r[3] <= r[6] <= 1 and 0 <= r[4] <= r[7] <= 1 for r in rows)
+    assert {r[8] for r in rows} == {"atlas"}
     assert con.execute("SELECT count(*) FROM crystals").fetchone()[0] > 0
-    dis = con.execute("SELECT length_corr, token_corr FROM distractors").fetchall()
-    assert all(0 <= a <= 1 and 0 <= b <= 1 for a, b in dis)
+    dis = con.execute("SELECT length_corr, token_corr, same_relation_before, "
+                      "same_relation_after, same_relation_chance FROM crystal_search").fetchall()
+    assert all(x is None or 0 <= x <= 1 for row in dis for x in row)
+
+
+def test_crystal_lda_and_word_representations(con):
+    """li2024's experiment per hook (hidden_states index = L + 1 for resid_post L), and one
+    chosen representation per hook among the four compared."""
+    lda = con.execute("SELECT hook, hidden_state, n_components, silhouette, silhouette_heldout, "
+                      "definition FROM crystal_separation").fetchall()
+    assert {(h, s) for h, s, *_ in lda} == {("blocks.1.hook_resid_post", 2),
+                                           ("blocks.3.hook_resid_post", 4)}
+    assert {r[2] for r in lda} == set(range(0, 12)) - {1}
+    assert all(-1 <= r[3] <= 1 and -1 <= r[4] <= 1 and r[5] == "li2024" for r in lda)
+    from atlas.geometry.crystals import word_pair_tasks
+
+    n_pairs = sum(len(p) for p in word_pair_tasks().values())
+    counts = con.execute("SELECT hook, count(*), sum(heldout::INT) FROM crystal_differences "
+                         "GROUP BY hook").fetchall()
+    assert all(n == n_pairs and 0 < h < n for _, n, h in counts)
+    reps = con.execute("SELECT hook, representation, chosen, fit_top1 FROM "
+                       "word_representation_quality").fetchall()
+    for hook in {r[0] for r in reps}:
+        mine = [r for r in reps if r[0] == hook]
+        assert {r[1] for r in mine} == {"bare", "bos", "eos", "li2024"}
+        chosen = [r for r in mine if r[2]]
+        assert len(chosen) == 1 and chosen[0][3] == max(r[3] for r in mine)
+    used = con.execute("SELECT DISTINCT hook, representation FROM crystal_tasks").fetchall()
+    assert {(h, r) for h, r in used} == {(r[0], r[1]) for r in reps if r[2]}
 
 
 def test_rerunning_analyses_replaces_results(tiny_atlas, tmp_path):
@@ -144,7 +173,8 @@ def test_every_run_is_recorded_with_its_definition_and_settings(con, tiny_atlas)
     by = {}
     for analysis, subject, definition, params in rows:
         by.setdefault(analysis, []).append(subject)
-        want = {"galaxy": "li2024", "lobes": "li2024"}.get(analysis, "atlas")
+        want = {"galaxy": "li2024", "lobes": "li2024", "crystals": "li2024"}.get(analysis,
+                                                                            "atlas")
         assert definition == want and "seed" in json.loads(params)
     a, b = tiny_atlas[1].sae_ids
     assert by == {"absorption": [a, b],

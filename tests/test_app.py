@@ -116,7 +116,10 @@ def test_lobes_page_metrics_and_k_selector(app):
 
 def test_crystals_page(app):
     at = app("Crystals")
-    assert "task" in at.dataframe[0].value.columns
+    frames = [d.value for d in at.dataframe]
+    assert "silhouette_heldout" in frames[0].columns
+    assert "chosen" in frames[1].columns and frames[1]["chosen"].sum() == 1
+    assert "top1_after" in frames[2].columns and "same_relation_after" in frames[3].columns
     assert not at.exception
 
 

@@ -20,7 +20,7 @@ def test_build_info_sql_from_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tiny-random-llama/L2/topk64-k4" in out and "d_model 64" in out
     # one SAE: every analysis but universality, which needs a pair
-    assert "analyses: absorption (atlas) 1, crystals (atlas) 1, galaxy (li2024) 1" in out
+    assert "analyses: absorption (atlas) 1, crystals (li2024) 1, galaxy (li2024) 1" in out
     assert main(["info", "--db", str(db), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["saes"][0]["d_sae"] == 64 and info["saes"][0]["layer"] == 2
@@ -87,3 +87,14 @@ def test_list_flags_repeat_and_take_ranges():
 def test_a_release_without_ids_is_refused(capsys):
     assert main(["build", "--sae-release", "gpt2-small-res-jb"]) == 2
     assert "--sae-release gpt2-small-res-jb needs --sae-id" in capsys.readouterr().err
+
+
+def test_word_analogy_from_the_command_line_takes_a_representation(tiny_atlas, capsys):
+    db = tiny_atlas[0].db
+    out = {}
+    for representation in ("bare", "eos"):
+        assert main(["analogy", "--db", str(db), "--words", "--layer", "1", "--k", "3",
+                     "--representation", representation, "man", "woman", "king"]) == 0
+        out[representation] = capsys.readouterr().out
+        assert "woman - man + king at layer 1, nearest words:" in out[representation]
+    assert out["bare"] != out["eos"]
