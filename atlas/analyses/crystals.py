@@ -47,8 +47,9 @@ class Settings:
     max_crystals: int = 50
     """Crystal quadruples kept per space (smallest crystal error first)."""
 
-    max_words: int = 300
-    """Words entering the crystal search (a seeded sample of the held-out pairs' words)."""
+    max_words: int = 240
+    """Words entering the crystal search: the words of held-out pairs drawn at random (whole
+    pairs, seeded) until this many."""
 
     seed: int = 0
     """Seed of the fitting / held-out split of each task's pairs and of the search sample."""
@@ -123,11 +124,7 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     token_counts = {w: len(p) for w, p in zip(words, wv.pieces)}
 
     task_rows, crystal_rows, distractor_rows, point_rows = [], [], [], []
-    search_words = cr.task_words(test)
-    if len(search_words) > settings.max_words:
-        rng = np.random.default_rng(settings.seed)
-        search_words = sorted(rng.choice(search_words, settings.max_words,
-                                         replace=False).tolist())
+    search_words = cr.sample_words(test, settings.max_words, seed=settings.seed)
     chance = cr.same_relation_chance(search_words, test)
     for space, vectors in spaces.items():
         removal = cr.remove_distractors(vectors, train, test, token_counts=token_counts,

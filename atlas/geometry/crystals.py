@@ -51,6 +51,19 @@ def task_words(tasks: Pairs) -> list[str]:
     return sorted({w for pairs in tasks.values() for p in pairs for w in p})
 
 
+def sample_words(tasks: Pairs, max_words: int, *, seed: int = 0) -> list[str]:
+    """The words of whole pairs drawn at random from every task until `max_words` (all of them
+    when there are fewer): a sample that keeps pairs intact."""
+    pairs = sorted({p for ps in tasks.values() for p in ps})
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    words: set[str] = set()
+    for o in order:
+        if len(words | set(pairs[o])) > max_words:
+            break
+        words |= set(pairs[o])
+    return sorted(words)
+
+
 def parallelogram_error(a, b, c, d) -> float:
     """|(b - a) - (d - c)| relative to the mean side length: 0 for a perfect parallelogram."""
     u, v = b - a, d - c
@@ -312,8 +325,8 @@ class Crystal:
     trapezoid_error: float
 
 
-def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 20, max_words: int = 300,
-                  limit: int = 50, search_dims: int = 64, seed: int = 0) -> list[Crystal]:
+def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 10, max_words: int = 240,
+                  limit: int = 50, search_dims: int = 48, seed: int = 0) -> list[Crystal]:
     """Quadruples of four distinct words whose pair differences nearly coincide, smallest
     `crystal_error` first (so near-duplicate pairs, a thin parallelogram, do not count).
 
@@ -328,11 +341,11 @@ def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 20, max_w
     mat = np.stack([vectors[w] for w in words])
     mat = mat - mat.mean(0)
     i, j = np.triu_indices(len(words), k=1)
-    # Candidates are matched in the words' leading principal components (every difference
-    # lies in their span); errors are then computed exactly in the full space.
-    _, _, vt = np.linalg.svd(mat, full_matrices=False)
-    reduced = mat @ vt[:search_dims].T
-    units = unit(reduced[j] - reduced[i]).astype(np.float32)
+    # Every difference lies in the span of the centred words: their principal components are an
+    # exact basis of rank <= n_words. Candidates are matched in the leading `search_dims`.
+    _, sv, vt = np.linalg.svd(mat, full_matrices=False)
+    basis = (mat @ vt[:int(np.sum(sv > sv[0] * 1e-9))].T).astype(np.float32)   # exact, rank-sized
+    units = unit(basis[j, :search_dims] - basis[i, :search_dims])
     import faiss
 
     n = len(units)
@@ -349,7 +362,7 @@ def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 20, max_w
         c, d = np.where(flip, j[q], i[q]), np.where(flip, i[q], j[q])
         keep = (hit >= 0) & (q != p) & (a != c) & (a != d) & (b != c) & (b != d)
         a, b, c, d = a[keep], b[keep], c[keep], d[keep]
-        found.append(np.stack([_crystal_errors(mat, a, b, c, d), a, b, c, d], 1))
+        found.append(np.stack([_crystal_errors(basis, a, b, c, d), a, b, c, d], 1))
     table = np.concatenate(found) if found else np.zeros((0, 5))
     table = table[np.argsort(table[:, 0], kind="stable")]
     used: set[tuple[int, int]] = set()
@@ -363,7 +376,7 @@ def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 20, max_w
         used |= sides
         seen.add(frozenset(quad))
         va, vb, vc, vd = mat[a], mat[b], mat[c], mat[d]
-        out.append(Crystal(words[a], words[b], words[c], words[d], float(err),
+        out.append(Crystal(words[a], words[b], words[c], words[d], crystal_error(va, vb, vc, vd),
                            parallelogram_error(va, vb, vc, vd), trapezoid_error(va, vb, vc, vd)))
         if len(out) >= limit:
             break

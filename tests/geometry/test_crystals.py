@@ -208,3 +208,15 @@ def test_same_relation_chance_counts_every_quadruple():
                     for ps in tasks.values())
     assert same_relation_chance(words, tasks) == pytest.approx(hits / total)
     assert crystal_relation(Crystal("a", "c", "b", "d", 0, 0, 0), tasks) == "t"
+
+
+def test_sampled_words_keep_pairs_whole():
+    from atlas.geometry.crystals import sample_words
+
+    tasks = word_pair_tasks()
+    words = set(sample_words(tasks, 100, seed=1))
+    assert 95 <= len(words) <= 100
+    whole = [p for ps in tasks.values() for p in ps if p[0] in words and p[1] in words]
+    assert len({w for p in whole for w in p}) == len(words)
+    assert len(sample_words(tasks, 10_000)) == len({w for ps in tasks.values() for p in ps
+                                                    for w in p})
