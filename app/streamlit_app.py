@@ -17,6 +17,7 @@ import streamlit as st
 
 from atlas import dashboard as q
 from atlas.errors import AtlasError
+from atlas.readonly import run_query
 
 PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality",
          "Absorption", "SQL")
@@ -36,11 +37,20 @@ def db_path() -> Path:
 _OPEN: dict[str, object] = {}
 
 
+def sql_limits():
+    """Limits of the SQL page's queries (ATLAS_SQL_TIMEOUT etc.; 5 s and 10,000 rows unless
+    set), so one person's query cannot hold the app."""
+    from atlas.readonly import Limits
+
+    return Limits.from_env(timeout_s=5.0, how_to_raise="the app's ATLAS_SQL_TIMEOUT, "
+                           "ATLAS_SQL_MAX_ROWS, ATLAS_SQL_MEMORY variables, or `atlas sql`")
+
+
 def connection(path: str):
     from atlas.readonly import open_readonly
 
     if path not in _OPEN:
-        _OPEN[path] = open_readonly(path)
+        _OPEN[path] = open_readonly(path, sql_limits())
     return _OPEN[path]
 
 
@@ -413,20 +423,23 @@ def page_sql(db: str) -> None:
         st.write(", ".join(q.view_names(con)))
     example = st.selectbox("example", list(q.EXAMPLE_QUERIES))
     sql = st.text_area("query", value=q.EXAMPLE_QUERIES[example], height=120)
+    limits = sql_limits()
     try:
-        result = q.run(con, sql)
+        result = run_query(con, sql, limits=limits)
     except AtlasError as exc:
         st.error(str(exc))
         return
-    except Exception as exc:  # a query error from DuckDB, shown as text
-        st.error(f"query failed: {str(exc).splitlines()[0]}")
-        return
-    st.dataframe(result.frame, hide_index=True)
-    st.download_button("CSV", result.frame.to_csv(index=False), "atlas.csv", "text/csv")
+    frame = result.table.to_pandas()
+    if result.truncated:
+        st.info(result.note())
+    st.caption(f"{len(frame):,} rows in {result.seconds:.2f} s (time limit "
+               f"{limits.timeout_s or 0:g} s)")
+    st.dataframe(frame, hide_index=True)
+    st.download_button("CSV", frame.to_csv(index=False), "atlas.csv", "text/csv")
     import io
 
     buf = io.BytesIO()
-    result.frame.to_parquet(buf)
+    frame.to_parquet(buf)
     st.download_button("Parquet", buf.getvalue(), "atlas.parquet")
 
 

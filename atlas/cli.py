@@ -110,7 +110,14 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
     p.add_argument("query", help="one SELECT statement")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--limit", type=int, default=None, help="at most this many rows")
+    p.add_argument("--limit", "--max-rows", dest="limit", type=int, default=10_000,
+                   help="at most this many rows (default 10000; 0: all); a cut result says so "
+                   "on stderr")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="stop the query after this many seconds (default 30; 0: no limit)")
+    p.add_argument("--memory-limit", default="2GB",
+                   help="DuckDB memory limit for the query (default 2GB)")
+    p.add_argument("--threads", type=int, default=2, help="DuckDB threads (default 2)")
 
     p = sub.add_parser("neighbors",
                        help="features whose decoder directions are nearest a feature's")
@@ -208,14 +215,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from atlas.readonly import open_readonly, run_query
+    from atlas.readonly import Limits, open_readonly, run_query
 
-    con = open_readonly(args.db)
+    limits = Limits(timeout_s=args.timeout or None, max_rows=args.limit or None,
+                    memory_limit=args.memory_limit, threads=args.threads,
+                    how_to_raise="--timeout SECONDS, --limit N, --memory-limit SIZE")
+    con = open_readonly(args.db, limits)
     try:
-        table = run_query(con, args.query, limit=args.limit)
+        result = run_query(con, args.query, limits=limits)
     finally:
         con.close()
-    frame = table.to_pandas()
+    if result.truncated:
+        print(result.note(), file=sys.stderr)
+    frame = result.table.to_pandas()
     if args.format == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif args.format == "json":

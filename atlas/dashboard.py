@@ -11,8 +11,11 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
-from atlas.readonly import check_query
+from atlas.readonly import Limits, run_query
 from atlas.store import quote_identifier
+
+DASHBOARD_LIMITS = Limits(timeout_s=60.0, max_rows=None)
+"""The app's own queries: every row, and a time limit well above what they take."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,9 @@ def literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def run(con: duckdb.DuckDBPyConnection, sql: str) -> Shown:
+def run(con: duckdb.DuckDBPyConnection, sql: str, limits: Limits = DASHBOARD_LIMITS) -> Shown:
     """Run one read-only query on its own cursor (safe across the app's threads)."""
-    check_query(con, sql)
-    with con.cursor() as cur:
-        return Shown(sql.strip(), cur.sql(sql).df())
+    return Shown(sql.strip(), run_query(con, sql, limits=limits).table.to_pandas())
 
 
 def has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:

@@ -166,6 +166,19 @@ def test_sql_page_runs_and_refuses(app):
     assert at.error and "refused" in at.error[0].value
 
 
+def test_sql_page_stops_a_runaway_query_and_caps_rows(app, monkeypatch):
+    monkeypatch.setenv("ATLAS_SQL_TIMEOUT", "1")
+    monkeypatch.setenv("ATLAS_SQL_MAX_ROWS", "50")
+    at = app("SQL")
+    at.text_area[0].set_value("SELECT count(*) FROM range(100000000) a, range(100000000) b")
+    at.run()
+    assert at.error and "1 s time limit" in at.error[0].value
+    assert "ATLAS_SQL_TIMEOUT" in at.error[0].value
+    at.text_area[0].set_value("SELECT * FROM range(1000)").run()
+    assert not at.error and len(at.dataframe[0].value) == 50
+    assert at.info and "first 50 rows" in at.info[0].value
+
+
 def test_an_atlas_without_analyses_explains_how_to_run_them(tmp_path, monkeypatch):
     from atlas.builder import build
     from tests.conftest import tiny_config

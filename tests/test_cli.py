@@ -98,3 +98,15 @@ def test_word_analogy_from_the_command_line_takes_a_representation(tiny_atlas, c
         out[representation] = capsys.readouterr().out
         assert "woman - man + king at layer 1, nearest words:" in out[representation]
     assert out["bare"] != out["eos"]
+
+
+def test_sql_time_limit_and_row_cap_from_the_command_line(tiny_atlas, capsys):
+    db = str(tiny_atlas[0].db)
+    heavy = "SELECT count(*) FROM range(100000000) a, range(100000000) b"
+    assert main(["sql", "--db", db, "--timeout", "0.5", heavy]) == 2
+    err = capsys.readouterr().err
+    assert "stopped at the 0.5 s time limit" in err and "--timeout" in err
+    assert main(["sql", "--db", db, "--limit", "3", "--format", "csv",
+                 "SELECT * FROM range(10) t(i)"]) == 0
+    out = capsys.readouterr()
+    assert out.out.split() == ["i", "0", "1", "2"] and "first 3 rows" in out.err
