@@ -54,26 +54,43 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
         lm = step(pipeline.load)(config)
         planned = step(pipeline.plan_saes)(config, lm)
         blocks = step(pipeline.corpus)(config, lm, records)
-        step(pipeline.store_corpus)(con, lm, blocks)
-        hooks = [p.hook for p in planned]
-        cache = None
-        if config.trains_saes:
-            cache = step(pipeline.cache_activations)(lm, blocks, hooks,
-                                                     batch_blocks=config.batch_blocks)
-            planned = [step(pipeline.train)(config, lm, p, cache) for p in planned]
-        if fan_out is not None:
-            stats, quality = fan_out(config, lm, planned, blocks, cache)
+        if pipeline.corpus_stored(con, blocks):
+            log.info("corpus %s is stored already; kept", blocks.corpus_id)
         else:
-            batches = (cache.batches(config.batch_blocks) if cache is not None else
-                       pipeline.forward_batches(lm, blocks, hooks,
-                                                batch_blocks=config.batch_blocks))
-            stats, quality = step(pipeline.harvest)(config, planned, batches,
-                                                    n_blocks=blocks.n_blocks,
-                                                    total_tokens=int(blocks.token_ids.size))
-        del cache
-        for p in planned:
-            step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
-                                         quality[p.sae_id])
+            step(pipeline.store_corpus)(con, lm, blocks)
+        # A build run again (after a crash, or unchanged) keeps what it committed: harvests
+        # stored under the same build key, trained SAEs saved with it, current indexes and
+        # analysis runs.
+        done = pipeline.stored_harvests(con, config, blocks.corpus_id)
+        if config.trains_saes:
+            planned = [pipeline.load_trained(config, p, lm.device) for p in planned]
+        todo = [p for p in planned if p.sae_id not in done]
+        if done:
+            log.info("harvests already stored by this build, kept: %s",
+                     ", ".join(sorted(done & {p.sae_id for p in planned})))
+        untrained = [p for p in planned if p.sae is None]
+        cache = None
+        if untrained:
+            cache = step(pipeline.cache_activations)(lm, blocks, [p.hook for p in planned],
+                                                     batch_blocks=config.batch_blocks)
+            trained = {p.sae_id: step(pipeline.train)(config, lm, p, cache) for p in untrained}
+            planned = [trained.get(p.sae_id, p) for p in planned]
+            todo = [trained.get(p.sae_id, p) for p in todo]
+        if todo:
+            hooks = list(dict.fromkeys(p.hook for p in todo))
+            if fan_out is not None:
+                stats, quality = fan_out(config, lm, todo, blocks, cache)
+            else:
+                batches = (cache.batches(config.batch_blocks) if cache is not None else
+                           pipeline.forward_batches(lm, blocks, hooks,
+                                                    batch_blocks=config.batch_blocks))
+                stats, quality = step(pipeline.harvest)(config, todo, batches,
+                                                        n_blocks=blocks.n_blocks,
+                                                        total_tokens=int(blocks.token_ids.size))
+            del cache
+            for p in todo:
+                step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
+                                             quality[p.sae_id])
         step(pipeline.index_saes)(con, config, [p.sae_id for p in planned])
         step(pipeline.analyze)(con, config, lm, planned)
     finally:

@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 from jaxtyping import Float, Int
 
+from atlas import faults
 from atlas.artifacts import index_path
 from atlas.errors import AtlasError
 from atlas.geometry.vectors import unit
@@ -144,6 +145,7 @@ class FeatureIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".faiss.tmp")
         faiss.write_index(self.index, str(tmp))
+        faults.point("index")
         tmp.replace(path)
         side = path.with_suffix(".json")
         side.with_suffix(".json.tmp").write_text(json.dumps(asdict(self.meta), indent=1))
@@ -239,21 +241,27 @@ def build_index(con: duckdb.DuckDBPyConnection, db: Path, sae_id: str, *, kind: 
     return index
 
 
+def current_index(con: duckdb.DuckDBPyConnection, db: Path, sae_id: str
+                  ) -> FeatureIndex | None:
+    """The SAE's index from disk when it is whole and built from the decoders the atlas holds
+    now; else None (saying why)."""
+    path = index_path(db, sae_id)
+    if not path.exists():
+        log.info("no index for %s yet", sae_id)
+        return None
+    try:
+        index = FeatureIndex.load(path)
+    except AtlasError as exc:
+        log.warning("%s", exc)
+        return None
+    if index.meta.checksum == _checksum(con, sae_id) and index.meta.sae_id == sae_id:
+        return index
+    log.warning("index %s was built from other decoders than the atlas holds now", path)
+    return None
+
+
 def open_index(con: duckdb.DuckDBPyConnection, db: Path, sae_id: str, *,
                kind: Kind = "auto") -> FeatureIndex:
     """The SAE's index from disk, rebuilt (and saved again) when missing, corrupt or stale."""
-    path = index_path(db, sae_id)
-    want = _checksum(con, sae_id)
-    if path.exists():
-        try:
-            index = FeatureIndex.load(path)
-        except AtlasError as exc:
-            log.warning("%s", exc)
-        else:
-            if index.meta.checksum == want and index.meta.sae_id == sae_id:
-                return index
-            log.warning("index %s was built from other decoders than the atlas holds now; "
-                        "rebuilding it", path)
-    else:
-        log.info("no index for %s yet; building it", sae_id)
-    return build_index(con, db, sae_id, kind=kind)
+    index = current_index(con, db, sae_id)
+    return index if index is not None else build_index(con, db, sae_id, kind=kind)

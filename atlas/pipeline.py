@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from sae_lens import SAE
 from tqdm.auto import tqdm
 
-from atlas import shards, store
+from atlas import faults, shards, store
 from atlas.artifacts import sae_path
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
@@ -221,11 +222,27 @@ def train(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE,
     held = cache.acts[name][n_train:][cache.masks[name][n_train:]]
     quality = evaluate(sae, held)
     path = sae_path(config.db, planned.sae_id)
-    sae.save_model(path)
+    _save_trained(sae, path, {"build_key": build_key(config),
+                              "quality": dataclasses.asdict(quality)})
     log.info("%s: %d tokens, %.1fs, held-out EV %.3f, L0 %.1f, dead %.1f%%", planned.sae_id,
              len(x), time.perf_counter() - t0, quality.explained_variance, quality.l0,
              100 * quality.dead_fraction)
     return dataclasses.replace(planned, sae=sae, quality=quality, path=path)
+
+
+TRAINING_RECORD = "atlas_training.json"
+
+
+def _save_trained(sae: SAE, path: Path, record: dict) -> None:
+    """Save into a fresh folder and rename it into place, so a kill leaves either the old SAE,
+    or none, or the whole new one with its training record."""
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sae.save_model(tmp)
+    (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=1))
+    faults.point("train")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
 
 
 @torch.no_grad()
@@ -247,6 +264,7 @@ def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[Act
                                 on_batch=bar.update)
         for sae_id, part in done.items():
             parts[sae_id].append(part)
+        faults.point("harvest")
     bar.close()
     return merge_partials(config, saes, parts, n_blocks=n_blocks)
 
@@ -328,6 +346,7 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
                "corpus": blocks.corpus_id, "n_tokens": stats.n_tokens,
                "n_blocks": blocks.n_blocks, "block_size": blocks.block_size,
                "threshold": config.threshold, "config": _config_json(config),
+               "build_key": build_key(config),
                "decoder_checksum": store.checksum(unit)}
     return store.HarvestTables(harvest, features, decoders, firings, cooc,
                                _examples(lm, planned.sae_id, blocks, stats))
@@ -350,8 +369,15 @@ def index_saes(con, config: BuildConfig, sae_ids: Sequence[str]) -> list[dict]:
     search pays off); returns each index's metadata."""
     from atlas.index import build_index
 
+    from atlas.index import current_index
+
     out = []
     for sae_id in sae_ids:
+        kept = current_index(con, config.db, sae_id)
+        if kept is not None:
+            log.info("index of %s is current; kept", sae_id)
+            out.append(dataclasses.asdict(kept.meta))
+            continue
         meta = build_index(con, config.db, sae_id).meta
         log.info("indexed %s: %s over %d vectors%s (%.1fs)", sae_id, meta.kind, meta.n,
                  "" if meta.recall_at_10 is None else f", recall@10 {meta.recall_at_10:.3f}",
@@ -376,7 +402,7 @@ def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSA
                 for n in names}
     if len(ids) < 2:
         names = tuple(n for n in names if n != "universality")  # it needs a pair
-    return runner.run_many(inputs, names, settings, keep_going=True)
+    return runner.run_many(inputs, names, settings, keep_going=True, skip_current=True)
 
 
 def unit_decoders(sae: SAE) -> np.ndarray:
@@ -430,3 +456,52 @@ def _examples(lm: LoadedModel, sae_id: str, blocks: Blocks, stats: FeatureStats,
 
 def _config_json(config: BuildConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+RESUME_IGNORES = ("db", "runner", "workers", "analyses", "quick", "batch_blocks",
+                  "shard_blocks")
+"""Settings that do not change what a harvest stores (where it goes, how the work is spread,
+which analyses follow): a re-run that differs only in these keeps what is stored."""
+
+
+def build_key(config: BuildConfig) -> str:
+    """A digest of the settings that determine a harvest's content."""
+    kept = {k: v for k, v in _config_json(config).items() if k not in RESUME_IGNORES}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def corpus_stored(con, blocks: Blocks) -> bool:
+    """Whether this corpus (its id is a digest of its token ids) is stored whole."""
+    row = con.execute("SELECT c.n_blocks, (SELECT count(*) FROM blocks b WHERE b.corpus_id = "
+                      "c.corpus_id) FROM corpora c WHERE c.corpus_id = ?",
+                      [blocks.corpus_id]).fetchone()
+    return row is not None and row[0] == row[1] == blocks.n_blocks
+
+
+def stored_harvests(con, config: BuildConfig, corpus_id: str) -> set[str]:
+    """SAEs whose harvest of this corpus is stored under this build's key."""
+    rows = con.execute("SELECT sae_id FROM harvests WHERE corpus = ? AND build_key = ?",
+                       [corpus_id, build_key(config)]).fetchall()
+    return {r[0] for r in rows}
+
+
+def load_trained(config: BuildConfig, planned: AtlasSAE, device) -> AtlasSAE:
+    """The SAE this build trains, loaded from disk when an earlier run of the same build saved
+    it (its training record carries the build key); else `planned` unchanged."""
+    path = sae_path(config.db, planned.sae_id)
+    record = path / TRAINING_RECORD
+    if not record.is_file():
+        return planned
+    try:
+        saved = json.loads(record.read_text())
+        if saved.get("build_key") != build_key(config):
+            return planned
+        sae = load_saved(path, device=str(device))
+    except (OSError, ValueError, AtlasError) as exc:
+        log.warning("%s: the saved SAE cannot be reused (%s); training it again",
+                    planned.sae_id, exc)
+        return planned
+    log.info("%s: trained by an earlier run of this build; loaded from %s", planned.sae_id,
+             path)
+    return dataclasses.replace(planned, sae=sae, quality=SAEQuality(**saved["quality"]),
+                               path=path)

@@ -19,6 +19,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from atlas import faults
 from atlas.errors import AtlasError
 from atlas.geometry.vectors import unit
 
@@ -160,6 +161,7 @@ def write_corpus(con: duckdb.DuckDBPyConnection, *, corpus: dict, documents: pa.
                      corpus.get("block_rule", "packed")])
         insert_table(con, "documents", documents)
         insert_table(con, "blocks", blocks)
+        faults.point("store_corpus")
 
 
 def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: HarvestTables, *,
@@ -179,13 +181,17 @@ def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: Harves
         con.execute(f"INSERT OR REPLACE INTO saes ({', '.join(cols)}) "
                     f"VALUES ({', '.join('?' * len(cols))})", list(sae.__dict__.values()))
         h = tables.harvest
-        con.execute("INSERT INTO harvests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        con.execute("INSERT INTO harvests (harvest_id, sae_id, corpus, n_tokens, n_blocks, "
+                    "block_size, threshold, config, created_at, build_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [h["harvest_id"], sae.sae_id, h["corpus"], h["n_tokens"], h["n_blocks"],
-                     h["block_size"], h["threshold"], json.dumps(h["config"]), utc_now()])
+                     h["block_size"], h["threshold"], json.dumps(h["config"]), utc_now(),
+                     h.get("build_key")])
         for table in HARVEST_TABLES:
             insert_table(con, table, getattr(tables, table))
             if on_table:
                 on_table(table)
+        faults.point("store_harvest")
 
 
 class transaction:

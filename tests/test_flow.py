@@ -118,9 +118,14 @@ def test_a_shard_that_fails_once_is_retried_and_a_rerun_skips_written_shards(
     assert failed == [64]
     assert_same_atlas(config.db, tiny_atlas[0].db)
 
-    # A killed run resumes: the shards on disk are kept, the missing one is harvested again.
+    # A run killed before its harvests were committed resumes: the SAEs it trained are loaded,
+    # the shards on disk are kept, the missing one is harvested again.
     import shutil
 
+    import duckdb
+
+    with duckdb.connect(str(config.db)) as con:
+        con.execute("DELETE FROM harvests")
     metas = sorted(shards_dir(config.db).glob("*/*/meta.json"))
     lost = metas[0].parent
     shutil.rmtree(lost)

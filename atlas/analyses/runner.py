@@ -16,7 +16,7 @@ from types import ModuleType
 import duckdb
 import pyarrow as pa
 
-from atlas import store
+from atlas import faults, store
 from atlas.errors import AtlasError
 from atlas.models import HookPoint
 
@@ -116,14 +116,39 @@ def store_run(con: duckdb.DuckDBPyConnection, *, analysis: str, subject: str, de
         for name, table in tables.items():
             if table.num_rows:
                 store.insert_table(con, name, with_run_id(table, run_id))
+        faults.point("analysis")
     return run_id
 
 
-def run(inputs: Inputs, analysis: ModuleType, settings: object | None = None) -> list[dict]:
+def is_current(con: duckdb.DuckDBPyConnection, analysis: ModuleType, subject: Subject,
+               settings: object) -> bool:
+    """Whether the subject's stored run has this definition and these settings and is newer
+    than the harvests of its SAEs (a re-run build then has nothing to redo)."""
+    params = json.dumps(dataclasses.asdict(settings), default=str)
+    row = con.execute(
+        "SELECT count(*) FROM analysis_runs r WHERE r.analysis = ? AND r.subject = ? AND "
+        "r.definition = ? AND r.params = ? AND r.created_at >= (SELECT coalesce(max(created_at), "
+        "TIMESTAMP '-infinity') FROM harvests WHERE sae_id IN (SELECT unnest(?::VARCHAR[])))",
+        [analysis.NAME, subject.key, analysis.DEFINITION, params, list(subject.sae_ids)]
+    ).fetchone()
+    return bool(row[0])
+
+
+def run(inputs: Inputs, analysis: ModuleType, settings: object | None = None, *,
+        skip_current: bool = False) -> list[dict]:
     """Run one analysis on every subject it finds in `inputs`; returns one summary per subject
-    (with its run id and seconds)."""
+    (with its run id and seconds). With `skip_current`, subjects whose stored run is current
+    (`is_current`) are left as they are."""
     settings = settings if settings is not None else analysis.Settings()
     subjects = analysis.subjects(inputs, settings)
+    if skip_current:
+        kept = [s for s in subjects if not is_current(inputs.con, analysis, s, settings)]
+        if len(kept) < len(subjects):
+            log.info("%s: %d of %d runs already stored with these settings; kept",
+                     analysis.NAME, len(subjects) - len(kept), len(subjects))
+        if not kept:
+            return []
+        subjects = kept
     if not subjects:
         log.warning("%s: nothing to analyse among %s", analysis.NAME,
                     ", ".join(inputs.sae_ids) or "no SAEs")
@@ -153,7 +178,7 @@ def run(inputs: Inputs, analysis: ModuleType, settings: object | None = None) ->
 
 def run_many(inputs: Inputs, names: Sequence[str],
              settings: Mapping[str, object] | None = None, *,
-             keep_going: bool = False) -> dict[str, list[dict]]:
+             keep_going: bool = False, skip_current: bool = False) -> dict[str, list[dict]]:
     """Run the named analyses in their run order; `settings` maps a name to its settings
     (default: the analysis's defaults). With `keep_going`, an analysis that cannot run is
     logged with its reason and the others still run (what a build does)."""
@@ -165,7 +190,7 @@ def run_many(inputs: Inputs, names: Sequence[str],
     out: dict[str, list[dict]] = {}
     for m in chosen:
         try:
-            out[m.NAME] = run(inputs, m, settings.get(m.NAME))
+            out[m.NAME] = run(inputs, m, settings.get(m.NAME), skip_current=skip_current)
         except AtlasError as exc:
             if not keep_going:
                 raise
