@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from atlas.config import BuildConfig, config_fields
-from atlas.errors import AtlasError
+from atlas.errors import AtlasError, from_io_error
 
 log = logging.getLogger("atlas")
 
@@ -470,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except AtlasError as exc:
         print(f"atlas: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        error = from_io_error(exc)
+        if error is None:
+            raise
+        print(f"atlas: error: {error}", file=sys.stderr)
         return 2
 
 

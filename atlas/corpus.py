@@ -157,7 +157,14 @@ def _parquet_records(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     try:
+        schema = pq.read_schema(path)
+        if "text" not in schema.names:
+            raise AtlasError(f"{path} has no 'text' column (its columns: "
+                             f"{', '.join(schema.names) or 'none'}); rename the column that "
+                             "holds the documents to 'text'")
         table = pq.read_table(path)
+    except AtlasError:
+        raise
     except Exception as exc:
         raise AtlasError(f"{path} is not a readable Parquet file ({exc}); check the file") from None
     return table.to_pylist()

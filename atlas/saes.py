@@ -65,7 +65,13 @@ def load_saved(path: Path, *, device: str = "cpu") -> SAE:
     if not (path / "cfg.json").is_file():
         raise AtlasError(f"{path} holds no SAE (cfg.json is missing); pass a folder written by "
                          "SAE.save_model / an atlas build")
-    return SAE.load_from_disk(path, device=device)
+    try:
+        return SAE.load_from_disk(path, device=device)
+    except Exception as exc:  # safetensors, json and torch each raise their own
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AtlasError(f"the SAE in {path} could not be loaded ({type(exc).__name__}: "
+                         f"{first}); its weights file may be truncated or corrupt: copy or "
+                         "save it again") from None
 
 
 def load_published(release: str, sae_id: str, *, device: str = "cpu") -> SAE:

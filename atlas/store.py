@@ -66,6 +66,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     con.execute(f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (name VARCHAR PRIMARY KEY, "
                 "checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
     done = dict(con.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}").fetchall())
+    _refuse_newer(done)
     applied = []
     for name, text in sql_files():
         checksum = hashlib.sha256(text.encode()).hexdigest()
@@ -74,11 +75,10 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
         if name in done and "CREATE OR REPLACE" not in text:
             raise AtlasError(f"schema file {name} changed after it was applied to this database; "
                              "add the change as a new numbered .sql file instead")
-        con.execute("BEGIN")
-        con.execute(text)
-        con.execute(f"INSERT OR REPLACE INTO {MIGRATIONS_TABLE} VALUES (?, ?, ?)",
-                    [name, checksum, utc_now()])
-        con.execute("COMMIT")
+        with transaction(con):
+            con.execute(text)
+            con.execute(f"INSERT OR REPLACE INTO {MIGRATIONS_TABLE} VALUES (?, ?, ?)",
+                        [name, checksum, utc_now()])
         applied.append(name)
         log.info("applied %s", name)
     return applied
@@ -90,6 +90,26 @@ def _check_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     if MIGRATIONS_TABLE not in tables:
         raise AtlasError(f"{path} is a DuckDB file but holds no atlas; build one with "
                          f"`atlas build --db {path}`")
+    newer = _newer(dict(con.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}")
+                        .fetchall()))
+    if newer:
+        log.warning("%s was written by a newer version of the atlas (schema %s); reading it "
+                    "may miss what that version added: upgrade the atlas package", path,
+                    ", ".join(newer))
+
+
+def _newer(done: dict[str, str]) -> list[str]:
+    known = {name for name, _ in sql_files()}
+    return sorted(n for n in done if n not in known)
+
+
+def _refuse_newer(done: dict[str, str]) -> None:
+    newer = _newer(done)
+    if newer:
+        raise AtlasError(f"this atlas was written by a newer version of the atlas (schema "
+                         f"{', '.join(newer)}, unknown here); upgrade the atlas package "
+                         "(pip install -U) to write to it, or pass another --db; nothing was "
+                         "changed")
 
 
 def utc_now() -> datetime:
@@ -215,7 +235,10 @@ def insert_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> 
         con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) "
                     f"SELECT {cols} FROM _atlas_rows")
     finally:
-        con.unregister("_atlas_rows")
+        try:
+            con.unregister("_atlas_rows")
+        except duckdb.Error:
+            pass    # an aborted transaction refuses even this; the rollback cleans up
 
 
 def unit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
