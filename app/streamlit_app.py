@@ -422,7 +422,9 @@ def page_sql(db: str) -> None:
     with st.expander("Views"):
         st.write(", ".join(q.view_names(con)))
     example = st.selectbox("example", list(q.EXAMPLE_QUERIES))
-    sql = st.text_area("query", value=q.EXAMPLE_QUERIES[example], height=120)
+    # ?page=SQL&sql=... opens the page with a query (a link to share one).
+    shared = st.query_params.get("sql")
+    sql = st.text_area("query", value=shared or q.EXAMPLE_QUERIES[example], height=120)
     limits = sql_limits()
     try:
         result = run_query(con, sql, limits=limits)

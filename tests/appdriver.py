@@ -38,13 +38,15 @@ def free_port() -> int:
 
 @contextmanager
 def serve(db: Path, *, port: int | None = None, timeout: float = 90,
-          command: list[str] | None = None, cwd: Path | None = None) -> Iterator[str]:
+          command: list[str] | None = None, cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> Iterator[str]:
     """Start the app on the atlas at `db` (by default `atlas app` of this interpreter; or
     `command`, e.g. another environment's `atlas`); yield its base URL; stop it afterwards."""
     port = port or free_port()
     base = command or [sys.executable, "-m", "atlas.cli"]
     proc = subprocess.Popen([*base, "app", "--db", str(db), "--port", str(port),
                              "--address", "127.0.0.1"], cwd=cwd,
+                            env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -71,14 +73,11 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def render(url: str, *, png: Path | None = None, width: int = 1400, height: int = 1100,
-           wait_for: str | None = None, timeout: float = 60) -> str:
-    """Load a page in headless Chromium (through chromedriver), wait until the app has
-    finished running (and `wait_for` text shows, if given); return the page's HTML,
-    optionally saving a screenshot."""
+@contextmanager
+def browser(width: int = 1400, height: int = 1100):
+    """A headless Chromium driven by Selenium (one browser session)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
 
     binary, driver_path = chromium(), shutil.which("chromedriver")
     if binary is None or driver_path is None:
@@ -92,20 +91,38 @@ def render(url: str, *, png: Path | None = None, width: int = 1400, height: int 
         options.add_argument(f"--user-data-dir={profile}")
         driver = webdriver.Chrome(service=Service(driver_path), options=options)
         try:
-            driver.get(url)
-
-            def settled(d) -> bool:
-                html = d.page_source
-                running = 'data-testid="stStatusWidget"' in html and "Running" in html
-                rendered = 'data-testid="stMainBlockContainer"' in html and (
-                    "stAppSkeleton" not in html)
-                return rendered and not running and (wait_for is None or wait_for in html)
-
-            WebDriverWait(driver, timeout, poll_frequency=0.5).until(settled)
-            time.sleep(1.5)  # let charts finish drawing
-            html = driver.page_source
-            if png is not None:
-                driver.save_screenshot(str(png))
-            return html
+            yield driver
         finally:
             driver.quit()
+
+
+def load(driver, url: str, *, wait_for: str | None = None, timeout: float = 60) -> float:
+    """Open `url` and wait until the app has finished running (and `wait_for` text shows);
+    returns the seconds it took."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def settled(d) -> bool:
+        html = d.page_source
+        running = 'data-testid="stStatusWidget"' in html and "Running" in html
+        rendered = 'data-testid="stMainBlockContainer"' in html and (
+            "stAppSkeleton" not in html)
+        return rendered and not running and (wait_for is None or wait_for in html)
+
+    t0 = time.perf_counter()
+    driver.get(url)
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(settled)
+    return time.perf_counter() - t0
+
+
+def render(url: str, *, png: Path | None = None, width: int = 1400, height: int = 1100,
+           wait_for: str | None = None, timeout: float = 60) -> str:
+    """Load a page in headless Chromium (through chromedriver), wait until the app has
+    finished running (and `wait_for` text shows, if given); return the page's HTML,
+    optionally saving a screenshot."""
+    with browser(width, height) as driver:
+        load(driver, url, wait_for=wait_for, timeout=timeout)
+        time.sleep(1.5)  # let charts finish drawing
+        html = driver.page_source
+        if png is not None:
+            driver.save_screenshot(str(png))
+        return html

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.appdriver import chromium
 from tests.tiny import tiny_model_dir
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
@@ -65,3 +67,12 @@ def test_absorption_benchmark_prints_its_ratios(atlas_copy):
     out = run("absorption.py", "--db", str(db), "--words", "200")
     ratios(out, r"full prompts [\d.]+s; ratio ([\d.]+)x")
     ratios(out, r"per-SAE ratio ([\d.]+)x")
+
+
+@pytest.mark.skipif(chromium() is None or shutil.which("chromedriver") is None,
+                    reason="Chromium/chromedriver are not installed here")
+def test_load_benchmark_prints_its_ratio(full_atlas):
+    out = run("load.py", "--db", str(full_atlas), "--sessions", "2", "--rounds", "1",
+              "--pages", "Overview", "--timeout", "1")
+    ratios(out, r"p95 loaded / baseline: ([\d.]+)x")
+    assert re.search(r"heavy stopped [1-9]\d* times", out), out
