@@ -264,4 +264,8 @@ def open_index(con: duckdb.DuckDBPyConnection, db: Path, sae_id: str, *,
                kind: Kind = "auto") -> FeatureIndex:
     """The SAE's index from disk, rebuilt (and saved again) when missing, corrupt or stale."""
     index = current_index(con, db, sae_id)
-    return index if index is not None else build_index(con, db, sae_id, kind=kind)
+    if index is not None:
+        return index
+    if index_path(db, sae_id).exists():
+        log.warning("rebuilding the index of %s", sae_id)
+    return build_index(con, db, sae_id, kind=kind)

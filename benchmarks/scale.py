@@ -99,7 +99,9 @@ def write_atlas(db: Path, args, timings: dict) -> list[str]:
                         "architecture, k, source) VALUES (?, 'synthetic-2b', ?, ?, ?, ?, "
                         "'topk', 64, 'synthetic')", [sid, s, f"blocks.{s}.hook_resid_post",
                                                      args.d, w])
-            con.execute("INSERT INTO harvests VALUES (?, ?, 'c', ?, ?, 1024, 1.0, NULL, now())",
+            con.execute("INSERT INTO harvests (harvest_id, sae_id, corpus, n_tokens, n_blocks, "
+                        "block_size, threshold, config, created_at) "
+                        "VALUES (?, ?, 'c', ?, ?, 1024, 1.0, NULL, now())",
                         [f"h{s}", sid, args.blocks * 1024, args.blocks])
             labels = pa.array([f"f{x}" for x in range(w)])
             store.insert_table(con, "features", pa.table({
