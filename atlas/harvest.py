@@ -140,6 +140,12 @@ def encode_sparse(sae: SAE, x: Float[torch.Tensor, "n d"]) -> SparseCodes:
     return SparseCodes.from_dense(sae.encode(x))
 
 
+TOKEN_BITS = 32
+"""A (feature, token) pair is one int64 key: feature << 32 | token id."""
+TOKEN_KEYS_PENDING = 1 << 22
+"""(feature, token) keys held before they are folded into the running counts."""
+
+
 class FeatureAccumulator:
     """Accumulates firing statistics of one SAE over batches of sparse activations.
 
@@ -163,9 +169,13 @@ class FeatureAccumulator:
                      torch.zeros(0, dtype=torch.int64))
         self._floor = torch.full((d_sae,), -torch.inf)
         self._firings: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._token_keys: list[np.ndarray] = []
+        # (feature, token) firing counts, reduced as they come: compacted keys and counts, plus
+        # the keys of recent batches until they pass TOKEN_KEYS_PENDING.
+        self._token_keys = np.zeros(0, np.int64)
+        self._token_counts = np.zeros(0, np.int64)
+        self._pending: list[np.ndarray] = []
+        self._n_pending = 0
         self.n_tokens = 0
-        self.vocab_stride = 0
 
     @torch.no_grad()
     def update(self, start: int, codes: SparseCodes, token_ids: Int[torch.Tensor, "b t"],
@@ -183,8 +193,23 @@ class FeatureAccumulator:
         self._merge_top(feats, vals, rows + start * self.block_size)
         self._block_firings(start, rows[fired], feats[fired], vals[fired])
         toks = token_ids.reshape(-1).cpu()[rows[fired]]
-        self.vocab_stride = max(self.vocab_stride, int(token_ids.max()) + 1)
-        self._token_keys.append(np.stack([feats[fired].numpy(), toks.numpy()], 1))
+        keys = (feats[fired].numpy().astype(np.int64) << TOKEN_BITS) | toks.numpy()
+        self._pending.append(keys)
+        self._n_pending += len(keys)
+        if self._n_pending > TOKEN_KEYS_PENDING:
+            self._compact_tokens()
+
+    def _compact_tokens(self) -> None:
+        """Fold the pending (feature, token) keys into the compacted counts: memory then grows
+        with the distinct pairs, not with the tokens."""
+        if not self._pending:
+            return
+        keys = np.concatenate([self._token_keys, *self._pending])
+        weights = np.concatenate([self._token_counts,
+                                  np.ones(self._n_pending, np.int64)])
+        self._token_keys, inverse = np.unique(keys, return_inverse=True)
+        self._token_counts = np.bincount(inverse, weights=weights).astype(np.int64)
+        self._pending, self._n_pending = [], 0
 
     def _block_firings(self, start: int, rows, feats, vals) -> None:
         keys = (rows // self.block_size) * self.d_sae + feats
@@ -232,13 +257,9 @@ class FeatureAccumulator:
 
     def token_counts(self) -> Triple:
         """(feature, token id, firing count), ordered by feature then token."""
-        if not self._token_keys:
-            empty = np.zeros(0, np.int64)
-            return empty, empty, empty
-        pairs = np.concatenate(self._token_keys)
-        keys = pairs[:, 0] * self.vocab_stride + pairs[:, 1]
-        uniq, counts = np.unique(keys, return_counts=True)
-        return uniq // self.vocab_stride, uniq % self.vocab_stride, counts
+        self._compact_tokens()
+        keys = self._token_keys
+        return keys >> TOKEN_BITS, keys & ((1 << TOKEN_BITS) - 1), self._token_counts.copy()
 
 
 def stats_from(*, count: np.ndarray, act_sum: np.ndarray, max_act: np.ndarray, top: Triple,

@@ -77,6 +77,26 @@ def test_block_firings_and_token_counts():
     assert tops[9] == []
 
 
+def test_token_counts_folded_batch_by_batch_equal_one_count(monkeypatch):
+    """Folding the (feature, token) keys into running counts every few entries gives the
+    counts of one pass over all of them, and what is held stays at the distinct pairs."""
+    import atlas.harvest as harvest
+
+    acts, tokens, mask = planted_batches(n_blocks=30, seed=3)
+    whole = run(acts, tokens, mask, batch=4).token_counts
+    monkeypatch.setattr(harvest, "TOKEN_KEYS_PENDING", 8)
+    n_blocks, t, f = acts.shape
+    acc = FeatureAccumulator(f, n_blocks, block_size=t, threshold=1.0, n_examples=4)
+    for start in range(0, n_blocks, 4):
+        sl = slice(start, start + 4)
+        acc.update(start, SparseCodes.from_dense(acts[sl].reshape(-1, f)), tokens[sl], mask[sl])
+        assert acc._n_pending <= 8 + 4 * t * f
+        assert len(acc._token_keys) <= 9 * 20    # live features x vocabulary
+    folded = acc.token_counts()
+    for a, b in zip(whole, folded):
+        assert np.array_equal(a, b) and b.dtype == np.int64
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 12), st.integers(1, 9), st.data(), st.sampled_from([1, 2, 3, 2048]),
        st.booleans())
