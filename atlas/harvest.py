@@ -161,13 +161,7 @@ class FeatureAccumulator:
                  n_examples: int):
         self.d_sae, self.n_blocks, self.block_size = d_sae, n_blocks, block_size
         self.threshold, self.n_examples = threshold, n_examples
-        self.firing_count = torch.zeros(d_sae, dtype=torch.int64)
-        self.act_sum = torch.zeros(d_sae, dtype=torch.float64)
-        self.max_act = torch.zeros(d_sae)
-        # Running top examples: (feature, activation, global token position), <= n per feature.
-        self._top = (torch.zeros(0, dtype=torch.int64), torch.zeros(0),
-                     torch.zeros(0, dtype=torch.int64))
-        self._floor = torch.full((d_sae,), -torch.inf)
+        self._on(torch.device("cpu"))
         self._firings: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         # (feature, token) firing counts, reduced as they come: compacted keys and counts, plus
         # the keys of recent batches until they pass TOKEN_KEYS_PENDING.
@@ -177,14 +171,34 @@ class FeatureAccumulator:
         self._n_pending = 0
         self.n_tokens = 0
 
+    def _on(self, device: torch.device) -> None:
+        """Per-feature state on `device`, where the codes are (moved there on first use)."""
+        d = self.d_sae
+        self.device = device
+        self.firing_count = torch.zeros(d, dtype=torch.int64, device=device)
+        self.act_sum = torch.zeros(d, dtype=torch.float64, device=device)
+        self.max_act = torch.zeros(d, device=device)
+        # Running top examples: (feature, activation, global token position), <= n per feature.
+        self._top = (torch.zeros(0, dtype=torch.int64, device=device),
+                     torch.zeros(0, device=device),
+                     torch.zeros(0, dtype=torch.int64, device=device))
+        self._floor = torch.full((d,), -torch.inf, device=device)
+
     @torch.no_grad()
     def update(self, start: int, codes: SparseCodes, token_ids: Int[torch.Tensor, "b t"],
                mask: Bool[torch.Tensor, "b t"]) -> None:
-        """Add the codes of blocks start..start+b (rows index the flattened b*t tokens)."""
-        mask = mask.cpu().reshape(-1)
-        keep = mask[codes.rows.cpu()]
-        rows, feats, vals = (codes.rows.cpu()[keep], codes.features.cpu()[keep],
-                             codes.values.float().cpu()[keep])
+        """Add the codes of blocks start..start+b (rows index the flattened b*t tokens).
+
+        Counts, sums, maxima and top examples are reduced where the codes are (the GPU when
+        the SAEs run there); only per-block and per-(feature, token) reductions leave it."""
+        device = codes.rows.device
+        if device != self.device:
+            if self.n_tokens:
+                raise ValueError("an accumulator's codes must all come from one device")
+            self._on(device)
+        mask = mask.to(device).reshape(-1)
+        keep = mask[codes.rows]
+        rows, feats, vals = codes.rows[keep], codes.features[keep], codes.values.float()[keep]
         self.n_tokens += int(mask.sum())
         fired = vals > self.threshold
         self.firing_count += torch.bincount(feats[fired], minlength=self.d_sae)
@@ -192,8 +206,8 @@ class FeatureAccumulator:
         self.max_act.scatter_reduce_(0, feats, vals, reduce="amax")
         self._merge_top(feats, vals, rows + start * self.block_size)
         self._block_firings(start, rows[fired], feats[fired], vals[fired])
-        toks = token_ids.reshape(-1).cpu()[rows[fired]]
-        keys = (feats[fired].numpy().astype(np.int64) << TOKEN_BITS) | toks.numpy()
+        toks = token_ids.to(device).reshape(-1)[rows[fired]]
+        keys = ((feats[fired].long() << TOKEN_BITS) | toks.long()).cpu().numpy()
         self._pending.append(keys)
         self._n_pending += len(keys)
         if self._n_pending > TOKEN_KEYS_PENDING:
@@ -214,8 +228,9 @@ class FeatureAccumulator:
     def _block_firings(self, start: int, rows, feats, vals) -> None:
         keys = (rows // self.block_size) * self.d_sae + feats
         uniq, inverse = torch.unique(keys, return_inverse=True)
-        best = torch.zeros(len(uniq)).scatter_reduce_(0, inverse, vals, reduce="amax",
-                                                      include_self=False)
+        best = torch.zeros(len(uniq), device=vals.device).scatter_reduce_(
+            0, inverse, vals, reduce="amax", include_self=False)
+        uniq, best = uniq.cpu(), best.cpu()
         self._firings.append(((uniq // self.d_sae + start).numpy(),
                               (uniq % self.d_sae).numpy(), best.numpy()))
 
@@ -229,7 +244,7 @@ class FeatureAccumulator:
         order = _lexsort(-v.double(), f)
         f, v, p = f[order], v[order], p[order]
         first = torch.searchsorted(f, f, side="left")
-        rank = torch.arange(len(f)) - first
+        rank = torch.arange(len(f), device=f.device) - first
         keep = rank < self.n_examples
         self._top = (f[keep], v[keep], p[keep])
         full = rank == self.n_examples - 1
@@ -237,15 +252,17 @@ class FeatureAccumulator:
 
     def result(self) -> FeatureStats:
         """Final statistics (call once, after the last batch)."""
-        return stats_from(count=self.firing_count.numpy(), act_sum=self.act_sum.numpy(),
-                          max_act=self.max_act.numpy(), top=self.top(), firings=self.firings(),
+        return stats_from(count=self.firing_count.cpu().numpy(),
+                          act_sum=self.act_sum.cpu().numpy(),
+                          max_act=self.max_act.cpu().numpy(), top=self.top(),
+                          firings=self.firings(),
                           tokens=self.token_counts(), n_tokens=self.n_tokens,
                           n_blocks=self.n_blocks, block_size=self.block_size,
                           n_examples=self.n_examples)
 
     def top(self) -> Triple:
         """Top-example candidates: (feature, activation, global token position)."""
-        f, v, p = (x.numpy() for x in self._top)
+        f, v, p = (x.cpu().numpy() for x in self._top)
         return f.astype(np.int64), v.astype(np.float32), p.astype(np.int64)
 
     def firings(self) -> Triple:

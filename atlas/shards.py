@@ -61,8 +61,9 @@ def partial_of(acc: FeatureAccumulator, sae_id: str, start: int, stop: int,
     """The accumulator's state after the blocks [start, stop), as a partial."""
     b, f, a = acc.firings()
     i, j, n = cooccurrence(b - start, f, n_blocks=max(stop - start, 1), d_sae=acc.d_sae)
-    return Partial(sae_id, start, stop, acc.n_tokens, acc.firing_count.numpy().copy(),
-                   acc.act_sum.numpy().copy(), acc.max_act.numpy().copy(), acc.top(), (b, f, a),
+    return Partial(sae_id, start, stop, acc.n_tokens, acc.firing_count.cpu().numpy().copy(),
+                   acc.act_sum.cpu().numpy().copy(), acc.max_act.cpu().numpy().copy(), acc.top(),
+                   (b, f, a),
                    acc.token_counts(), (i, j, n), quality)
 
 

@@ -1,6 +1,7 @@
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -181,3 +182,17 @@ def test_short_blocks_run_only_to_the_batch_s_last_counted_position(tiny_lm):
     np.testing.assert_allclose(batch.acts[hook.name][mask].numpy(), full[mask].numpy(),
                                atol=1e-5)
     assert not batch.acts[hook.name][:, int(blocks.lengths.max()):].any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_statistics_reduced_on_the_gpu_equal_the_cpu_ones():
+    acts, tokens, mask = planted_batches(n_blocks=20, seed=5)
+    on_cpu = run(acts, tokens, mask)
+    on_gpu = run(acts.cuda(), tokens.cuda(), mask.cuda())
+    for field in ("firing_count", "block_count", "top_blocks", "top_positions"):
+        assert np.array_equal(getattr(on_cpu, field), getattr(on_gpu, field)), field
+    for field in ("mean_act", "max_act", "top_acts"):
+        np.testing.assert_allclose(getattr(on_cpu, field), getattr(on_gpu, field), rtol=1e-6)
+    for a, b in zip(on_cpu.token_counts + on_cpu.block_firings,
+                    on_gpu.token_counts + on_gpu.block_firings):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
