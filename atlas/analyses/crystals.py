@@ -91,11 +91,12 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     lda_rows, diff_rows = _paper_experiment(as_dict["li2024"], tasks, test, base,
                                             hidden_state(hook))
 
-    rep_rows = []
+    rep_rows, removals = [], {}
     for r, vectors in as_dict.items():
         fit_top1 = cr.mean_score(cr.analogy_scores(vectors, train, cr.task_words(train)))
-        removal = cr.remove_distractors(vectors, train, test, seed=settings.seed,
-                                        n_dims=_dims(settings))
+        counts = {w: len(p) for w, p in zip(words, readings[r].pieces)}
+        removal = removals[r] = cr.remove_distractors(vectors, train, test, token_counts=counts,
+                                                      seed=settings.seed, n_dims=_dims(settings))
         rep_rows.append({**base, "definition": "atlas", "representation": r,
                          "fit_top1": fit_top1,
                          "distractor_dims": removal.n_dims,
@@ -127,8 +128,10 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     search_words = cr.sample_words(test, settings.max_words, seed=settings.seed)
     chance = cr.same_relation_chance(search_words, test)
     for space, vectors in spaces.items():
-        removal = cr.remove_distractors(vectors, train, test, token_counts=token_counts,
-                                        seed=settings.seed, n_dims=_dims(settings))
+        # The residual space's removal is the chosen representation's, computed above.
+        removal = removals[chosen] if space == "residual" else cr.remove_distractors(
+            vectors, train, test, token_counts=token_counts, seed=settings.seed,
+            n_dims=_dims(settings))
         cleaned = cr.project_out(vectors, removal.directions)
         row = {**base, "definition": "atlas", "space": space, "representation": chosen}
         for task, pairs in tasks.items():

@@ -96,6 +96,11 @@ def with_run_id(table: pa.Table, run_id: str) -> pa.Table:
     return table.add_column(0, "run_id", pa.array([run_id] * table.num_rows, pa.string()))
 
 
+def params_json(settings: object) -> str:
+    """Settings as `analysis_runs.params` records them (and a re-run compares them)."""
+    return json.dumps(dataclasses.asdict(settings), default=str)
+
+
 def store_run(con: duckdb.DuckDBPyConnection, *, analysis: str, subject: str, definition: str,
               settings: object, seconds: float, tables: Mapping[str, pa.Table]) -> str:
     """Replace the subject's previous run of `analysis` (its `analysis_runs` row and its rows in
@@ -103,7 +108,7 @@ def store_run(con: duckdb.DuckDBPyConnection, *, analysis: str, subject: str, de
     run_id = make_run_id(analysis, subject)
     old = [r[0] for r in con.execute("SELECT run_id FROM analysis_runs WHERE analysis = ? AND "
                                      "subject = ?", [analysis, subject]).fetchall()]
-    params = json.dumps(dataclasses.asdict(settings), default=str)
+    params = params_json(settings)
     with store.transaction(con):
         for name in tables:
             con.execute(f"DELETE FROM {store.quote_identifier(name)} WHERE run_id IN "
@@ -124,7 +129,7 @@ def is_current(con: duckdb.DuckDBPyConnection, analysis: ModuleType, subject: Su
                settings: object) -> bool:
     """Whether the subject's stored run has this definition and these settings and is newer
     than the harvests of its SAEs (a re-run build then has nothing to redo)."""
-    params = json.dumps(dataclasses.asdict(settings), default=str)
+    params = params_json(settings)
     row = con.execute(
         "SELECT count(*) FROM analysis_runs r WHERE r.analysis = ? AND r.subject = ? AND "
         "r.definition = ? AND r.params = ? AND r.created_at >= (SELECT coalesce(max(created_at), "
