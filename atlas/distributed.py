@@ -190,7 +190,11 @@ def merge_shards(config: BuildConfig, planned, paths: list[dict[str, str]], n_bl
     """Statistics and quality of each SAE from its shards' Parquet partials."""
     from atlas.pipeline import merge_partials
 
-    parts = {p.sae_id: [shards.read_partial(Path(d[p.sae_id])) for d in paths] for p in planned}
+    ordered = sorted(paths, key=lambda d: shards.read_meta(Path(next(iter(d.values()))))["start"])
+    def read(sae_id: str):
+        return (shards.read_partial(Path(d[sae_id])) for d in ordered)
+
+    parts = {p.sae_id: read(p.sae_id) for p in planned}
     return merge_partials(config, planned, parts, n_blocks=n_blocks)
 
 

@@ -16,6 +16,7 @@ from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
 from sae_lens.saes.topk_sae import TopKSAE
 
+from atlas.blockgram import BlockGram
 from atlas.corpus import Blocks
 from atlas.errors import AtlasError
 from atlas.models import HookPoint, LoadedModel, capture_residuals
@@ -79,6 +80,17 @@ def forward_range(lm: LoadedModel, token_ids: np.ndarray, mask: np.ndarray,
 PairCounts = tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]
 Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
+FIRINGS_MAX_CELLS = 1 << 26
+"""`block_firings` keeps every (block, feature) firing while blocks x features stays below
+this (67M cells: the embedded default holds ~6M); above it, each feature's TOP_BLOCKS blocks
+with the highest activation, so that the table is bounded by the SAE, not the corpus."""
+TOP_BLOCKS = 64
+
+
+def firings_kept(d_sae: int, n_blocks: int) -> int | None:
+    """How many blocks per feature `block_firings` keeps: None for all of them."""
+    return None if d_sae * n_blocks <= FIRINGS_MAX_CELLS else TOP_BLOCKS
+
 
 @dataclass(frozen=True)
 class FeatureStats:
@@ -94,14 +106,16 @@ class FeatureStats:
     top_blocks: Int[np.ndarray, "n_examples f"]
     top_positions: Int[np.ndarray, "n_examples f"]
     block_firings: tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"], Float[np.ndarray, " m"]]
-    """(block, feature, max activation in the block) for every block where a feature fires."""
+    """(block, feature, max activation in the block) for every block where a feature fires
+    (`firings_top` None), else for each feature's `firings_top` best blocks; by block, feature."""
     token_counts: tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]
     """(feature, token id, firing count) for every pair that fired at least once."""
     n_tokens: int
     """Tokens that counted (mask true)."""
     n_blocks: int
-    cooccurrence: PairCounts | None = None
-    """(i, j, n_ij) when already counted (merged shards); else computed from block_firings."""
+    cooccurrence: BlockGram
+    """Exact block co-occurrence counts (diagonal: block counts)."""
+    firings_top: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,11 +157,82 @@ def encode_sparse(sae: SAE, x: Float[torch.Tensor, "n d"]) -> SparseCodes:
 TOKEN_BITS = 32
 """A (feature, token) pair is one int64 key: feature << 32 | token id."""
 TOKEN_KEYS_PENDING = 1 << 22
-"""(feature, token) keys held before they are folded into the running counts."""
+"""(feature, token) keys held before they are folded into the running counts (or more, up to
+as many as the running counts hold, so that folding costs O(n log n) over the harvest)."""
+
+
+class TopPerFeature:
+    """Each feature's n highest (value, position) entries, ties to the earlier position, kept
+    where the values are."""
+
+    def __init__(self, d: int, n: int, device: torch.device):
+        self.n = n
+        self.f = torch.zeros(0, dtype=torch.int64, device=device)
+        self.v = torch.zeros(0, device=device)
+        self.p = torch.zeros(0, dtype=torch.int64, device=device)
+        self.floor = torch.full((d,), -torch.inf, device=device)
+
+    def add(self, feats, vals, positions) -> None:
+        """Offer entries whose positions all follow the ones offered before."""
+        # Only entries that beat a feature's current n-th best can enter its list.
+        better = vals > self.floor[feats]
+        f = torch.cat([self.f, feats[better]])
+        v = torch.cat([self.v, vals[better]])
+        p = torch.cat([self.p, positions[better]])
+        order = _lexsort(-v.double(), f)
+        f, v, p = f[order], v[order], p[order]
+        rank = torch.arange(len(f), device=f.device) - torch.searchsorted(f, f, side="left")
+        keep = rank < self.n
+        self.f, self.v, self.p = f[keep], v[keep], p[keep]
+        full = rank == self.n - 1
+        self.floor[f[full]] = v[full]
+
+    def numpy(self) -> Triple:
+        """(feature, value, position) in no particular order."""
+        return (self.f.cpu().numpy().astype(np.int64), self.v.cpu().numpy().astype(np.float32),
+                self.p.cpu().numpy().astype(np.int64))
+
+
+class TokenCounts:
+    """Firing counts per (feature, token) pair, folded as they come where the keys are: memory
+    grows with the distinct pairs, not the tokens."""
+
+    def __init__(self, device: torch.device):
+        self.keys = torch.zeros(0, dtype=torch.int64, device=device)
+        self.counts = torch.zeros(0, dtype=torch.int64, device=device)
+        self.pending: list[torch.Tensor] = []
+        self.n_pending = 0
+
+    def add(self, features, tokens) -> None:
+        self.pending.append((features.long() << TOKEN_BITS) | tokens.long())
+        self.n_pending += len(self.pending[-1])
+        if self.n_pending > max(TOKEN_KEYS_PENDING, len(self.keys)):
+            self.fold()
+
+    def fold(self) -> None:
+        if not self.pending:
+            return
+        keys = torch.cat([self.keys, *self.pending])
+        weights = torch.cat([self.counts, torch.ones(self.n_pending, dtype=torch.int64,
+                                                     device=keys.device)])
+        self.keys, inverse = torch.unique(keys, return_inverse=True)
+        self.counts = torch.zeros(len(self.keys), dtype=torch.int64,
+                                  device=keys.device).index_add_(0, inverse, weights)
+        self.pending, self.n_pending = [], 0
+
+    def numpy(self) -> Triple:
+        """(feature, token id, firing count), ordered by feature then token."""
+        self.fold()
+        keys = self.keys.cpu().numpy()
+        return keys >> TOKEN_BITS, keys & ((1 << TOKEN_BITS) - 1), self.counts.cpu().numpy()
 
 
 class FeatureAccumulator:
     """Accumulates firing statistics of one SAE over batches of sparse activations.
+
+    Everything is reduced where the codes are (the GPU when the SAEs run there) and held per
+    feature, per (feature, token) pair or per pair of features; only `block_firings` in full
+    (small corpora) moves to the host batch by batch.
 
     Args:
         d_sae: number of features.
@@ -155,118 +240,103 @@ class FeatureAccumulator:
         block_size: tokens per block.
         threshold: a feature fires on a token when its activation is above this.
         n_examples: top activating examples kept per feature.
+        firings_top: blocks per feature kept in `block_firings` (None: every firing block).
+        shard_blocks: activation sums are added shard by shard (blocks of this many), as a
+            sharded build merges them, so that both give the same floats.
     """
 
     def __init__(self, d_sae: int, n_blocks: int, *, block_size: int, threshold: float,
-                 n_examples: int):
+                 n_examples: int, firings_top: int | None = None,
+                 shard_blocks: int | None = None):
         self.d_sae, self.n_blocks, self.block_size = d_sae, n_blocks, block_size
         self.threshold, self.n_examples = threshold, n_examples
+        self.firings_top, self.shard_blocks = firings_top, shard_blocks
         self._on(torch.device("cpu"))
         self._firings: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        # (feature, token) firing counts, reduced as they come: compacted keys and counts, plus
-        # the keys of recent batches until they pass TOKEN_KEYS_PENDING.
-        self._token_keys = np.zeros(0, np.int64)
-        self._token_counts = np.zeros(0, np.int64)
-        self._pending: list[np.ndarray] = []
-        self._n_pending = 0
         self.n_tokens = 0
+        self._shard: int | None = None
 
     def _on(self, device: torch.device) -> None:
         """Per-feature state on `device`, where the codes are (moved there on first use)."""
         d = self.d_sae
         self.device = device
         self.firing_count = torch.zeros(d, dtype=torch.int64, device=device)
+        self.block_count = torch.zeros(d, dtype=torch.int64, device=device)
         self.act_sum = torch.zeros(d, dtype=torch.float64, device=device)
+        self._shard_sum = torch.zeros(d, dtype=torch.float64, device=device)
         self.max_act = torch.zeros(d, device=device)
-        # Running top examples: (feature, activation, global token position), <= n per feature.
-        self._top = (torch.zeros(0, dtype=torch.int64, device=device),
-                     torch.zeros(0, device=device),
-                     torch.zeros(0, dtype=torch.int64, device=device))
-        self._floor = torch.full((d,), -torch.inf, device=device)
+        self._top = TopPerFeature(d, self.n_examples, device)
+        self._top_blocks = TopPerFeature(d, self.firings_top or 1, device)
+        self._tokens = TokenCounts(device)
+        self.gram = BlockGram(d, device)
 
     @torch.no_grad()
     def update(self, start: int, codes: SparseCodes, token_ids: Int[torch.Tensor, "b t"],
                mask: Bool[torch.Tensor, "b t"]) -> None:
-        """Add the codes of blocks start..start+b (rows index the flattened b*t tokens).
-
-        Counts, sums, maxima and top examples are reduced where the codes are (the GPU when
-        the SAEs run there); only per-block and per-(feature, token) reductions leave it."""
+        """Add the codes of blocks start..start+b (rows index the flattened b*t tokens)."""
         device = codes.rows.device
         if device != self.device:
             if self.n_tokens:
                 raise ValueError("an accumulator's codes must all come from one device")
             self._on(device)
+        shard = start // self.shard_blocks if self.shard_blocks else 0
+        if shard != self._shard:
+            self._end_shard()
+            self._shard = shard
         mask = mask.to(device).reshape(-1)
         keep = mask[codes.rows]
         rows, feats, vals = codes.rows[keep], codes.features[keep], codes.values.float()[keep]
         self.n_tokens += int(mask.sum())
         fired = vals > self.threshold
         self.firing_count += torch.bincount(feats[fired], minlength=self.d_sae)
-        self.act_sum.index_add_(0, feats[fired], vals[fired].double())
+        self._shard_sum.index_add_(0, feats[fired], vals[fired].double())
         self.max_act.scatter_reduce_(0, feats, vals, reduce="amax")
-        self._merge_top(feats, vals, rows + start * self.block_size)
-        self._block_firings(start, rows[fired], feats[fired], vals[fired])
+        self._top.add(feats, vals, rows + start * self.block_size)
+        self._blocks(start, len(token_ids), rows[fired], feats[fired], vals[fired])
         toks = token_ids.to(device).reshape(-1)[rows[fired]]
-        keys = ((feats[fired].long() << TOKEN_BITS) | toks.long()).cpu().numpy()
-        self._pending.append(keys)
-        self._n_pending += len(keys)
-        if self._n_pending > TOKEN_KEYS_PENDING:
-            self._compact_tokens()
+        self._tokens.add(feats[fired], toks)
 
-    def _compact_tokens(self) -> None:
-        """Fold the pending (feature, token) keys into the compacted counts: memory then grows
-        with the distinct pairs, not with the tokens."""
-        if not self._pending:
-            return
-        keys = np.concatenate([self._token_keys, *self._pending])
-        weights = np.concatenate([self._token_counts,
-                                  np.ones(self._n_pending, np.int64)])
-        self._token_keys, inverse = np.unique(keys, return_inverse=True)
-        self._token_counts = np.bincount(inverse, weights=weights).astype(np.int64)
-        self._pending, self._n_pending = [], 0
+    def _end_shard(self) -> None:
+        self.act_sum += self._shard_sum
+        self._shard_sum.zero_()
 
-    def _block_firings(self, start: int, rows, feats, vals) -> None:
+    def _blocks(self, start: int, n_blocks: int, rows, feats, vals) -> None:
+        """Per (block, feature): block counts, co-occurrence and the block's top activation."""
         keys = (rows // self.block_size) * self.d_sae + feats
         uniq, inverse = torch.unique(keys, return_inverse=True)
         best = torch.zeros(len(uniq), device=vals.device).scatter_reduce_(
             0, inverse, vals, reduce="amax", include_self=False)
-        uniq, best = uniq.cpu(), best.cpu()
-        self._firings.append(((uniq // self.d_sae + start).numpy(),
-                              (uniq % self.d_sae).numpy(), best.numpy()))
-
-    def _merge_top(self, feats, vals, positions) -> None:
-        # Only entries that beat a feature's current n-th best can enter its top list.
-        better = vals > self._floor[feats]
-        feats, vals, positions = feats[better], vals[better], positions[better]
-        f = torch.cat([self._top[0], feats])
-        v = torch.cat([self._top[1], vals])
-        p = torch.cat([self._top[2], positions])
-        order = _lexsort(-v.double(), f)
-        f, v, p = f[order], v[order], p[order]
-        first = torch.searchsorted(f, f, side="left")
-        rank = torch.arange(len(f), device=f.device) - first
-        keep = rank < self.n_examples
-        self._top = (f[keep], v[keep], p[keep])
-        full = rank == self.n_examples - 1
-        self._floor[f[full]] = v[full]
+        block, feature = uniq // self.d_sae, uniq % self.d_sae
+        self.block_count += torch.bincount(feature, minlength=self.d_sae)
+        self.gram.add(block, feature, n_blocks)
+        if self.firings_top is None:
+            self._firings.append(((block + start).cpu().numpy(), feature.cpu().numpy(),
+                                  best.cpu().numpy()))
+        else:
+            self._top_blocks.add(feature, best, block + start)
 
     def result(self) -> FeatureStats:
         """Final statistics (call once, after the last batch)."""
+        self._end_shard()
         return stats_from(count=self.firing_count.cpu().numpy(),
+                          block_count=self.block_count.cpu().numpy(),
                           act_sum=self.act_sum.cpu().numpy(),
                           max_act=self.max_act.cpu().numpy(), top=self.top(),
-                          firings=self.firings(),
+                          firings=self.firings(), firings_top=self.firings_top,
                           tokens=self.token_counts(), n_tokens=self.n_tokens,
                           n_blocks=self.n_blocks, block_size=self.block_size,
-                          n_examples=self.n_examples)
+                          n_examples=self.n_examples, cooccurrence=self.gram)
 
     def top(self) -> Triple:
         """Top-example candidates: (feature, activation, global token position)."""
-        f, v, p = (x.cpu().numpy() for x in self._top)
-        return f.astype(np.int64), v.astype(np.float32), p.astype(np.int64)
+        return self._top.numpy()
 
     def firings(self) -> Triple:
-        """(block, feature, max activation in the block), ordered by block then feature."""
+        """(block, feature, max activation in the block): every firing, ordered by block then
+        feature, or each feature's `firings_top` best blocks in no particular order."""
+        if self.firings_top is not None:
+            f, a, b = self._top_blocks.numpy()
+            return b, f, a
         if not self._firings:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         b, f, a = (np.concatenate(x) for x in zip(*self._firings))
@@ -274,35 +344,46 @@ class FeatureAccumulator:
 
     def token_counts(self) -> Triple:
         """(feature, token id, firing count), ordered by feature then token."""
-        self._compact_tokens()
-        keys = self._token_keys
-        return keys >> TOKEN_BITS, keys & ((1 << TOKEN_BITS) - 1), self._token_counts.copy()
+        return self._tokens.numpy()
 
 
-def stats_from(*, count: np.ndarray, act_sum: np.ndarray, max_act: np.ndarray, top: Triple,
-               firings: Triple, tokens: Triple, n_tokens: int, n_blocks: int, block_size: int,
-               n_examples: int, cooccurrence: PairCounts | None = None) -> FeatureStats:
+def select_top(triple: Triple, n: int) -> Triple:
+    """Each feature's n highest (feature, value, position) entries, ties to the earlier
+    position, ordered by feature, value descending."""
+    f, v, p = triple
+    order = np.lexsort((p, -v.astype(np.float64), f))
+    f, v, p = f[order], v[order], p[order]
+    keep = np.arange(len(f)) - np.searchsorted(f, f, side="left") < n
+    return f[keep], v[keep], p[keep]
+
+
+def stats_from(*, count: np.ndarray, block_count: np.ndarray, act_sum: np.ndarray,
+               max_act: np.ndarray, top: Triple, firings: Triple, firings_top: int | None,
+               tokens: Triple, n_tokens: int, n_blocks: int, block_size: int,
+               n_examples: int, cooccurrence) -> FeatureStats:
     """FeatureStats from summed counts and sums, top-example candidates in any order (each
     feature keeps its `n_examples` highest, ties to the earlier token) and firings."""
     d_sae = len(count)
-    f, v, p = top
-    order = np.lexsort((p, -v.astype(np.float64), f))
-    f, v, p = f[order], v[order], p[order]
+    f, v, p = select_top(top, n_examples)
     rank = np.arange(len(f)) - np.searchsorted(f, f, side="left")
-    keep = rank < n_examples
     top_acts = np.zeros((n_examples, d_sae), np.float32)
     top_pos = np.zeros((n_examples, d_sae), np.int64)
-    top_acts[rank[keep], f[keep]] = v[keep]
-    top_pos[rank[keep], f[keep]] = p[keep]
+    top_acts[rank, f] = v
+    top_pos[rank, f] = p
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, act_sum / count, np.nan)
     blocks, feats, acts = firings
+    if firings_top is not None:
+        feats, acts, blocks = select_top((feats, acts, blocks), firings_top)
+        order = np.lexsort((feats, blocks))
+        blocks, feats, acts = blocks[order], feats[order], acts[order]
     return FeatureStats(
-        firing_count=count, block_count=np.bincount(feats, minlength=d_sae), mean_act=mean,
+        firing_count=count, block_count=block_count.astype(np.int64), mean_act=mean,
         max_act=max_act, top_acts=top_acts, top_blocks=top_pos // block_size,
         top_positions=top_pos % block_size,
         block_firings=(blocks.astype(np.int64), feats.astype(np.int64), acts.astype(np.float32)),
-        token_counts=tokens, n_tokens=n_tokens, n_blocks=n_blocks, cooccurrence=cooccurrence)
+        token_counts=tokens, n_tokens=n_tokens, n_blocks=n_blocks, cooccurrence=cooccurrence,
+        firings_top=firings_top)
 
 
 def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:
@@ -312,18 +393,18 @@ def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:
 
 
 DENSE_GRAM_ENTRIES = 1 << 25
-"""Above this many (block, live feature) entries, co-occurrence uses the sparse product."""
+"""Above this many (block, live feature) entries, `cooccurrence` uses the sparse product."""
 
 
 def cooccurrence(block_ids: Int[np.ndarray, " m"], features: Int[np.ndarray, " m"], *,
                  n_blocks: int, d_sae: int, chunk: int = 2048,
                  dense_limit: int = DENSE_GRAM_ENTRIES) -> PairCounts:
-    """n_ij = blocks where features i and j both fire, for i < j.
+    """n_ij = blocks where features i and j both fire, for i < j, from (block, feature)
+    firings: a recount independent of `BlockGram` (tests and small corpora).
 
     The Gram matrix of the blocks' firing indicators over the features that fire, by dense
     BLAS products of `chunk` features at a time (exact: float32 holds every count below 2^24);
-    a sparse product when the indicator matrix would hold more than `dense_limit` entries (a
-    whole corpus at once).
+    a sparse product when the indicator matrix would hold more than `dense_limit` entries.
 
     Args:
         block_ids, features: one entry per (block, feature) firing, each pair at most once.

@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 
 from atlas import faults, shards, store
 from atlas.artifacts import sae_path
+from atlas.blockgram import storage_for, top_partners
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
 from atlas.errors import AtlasError
 from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, SparseCodes,
-                           cooccurrence, encode_sparse, forward_batches, top_tokens)
+                           encode_sparse, firings_kept, forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, load_model
 from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, evaluate,
                         expand_sae_ids, hook_of, load_published, load_saved, merge_quality,
@@ -245,28 +246,64 @@ def _save_trained(sae: SAE, path: Path, record: dict) -> None:
     tmp.rename(path)
 
 
+def accumulators(config: BuildConfig, saes: Sequence[AtlasSAE], n_blocks: int, *,
+                 shard_blocks: int | None = None) -> dict[str, FeatureAccumulator]:
+    """One accumulator per SAE (`block_firings` in full or per feature by `firings_kept`)."""
+    return {s.sae_id: FeatureAccumulator(
+        s.sae.cfg.d_sae, n_blocks, block_size=config.block_size, threshold=config.threshold,
+        n_examples=config.n_examples, firings_top=firings_kept(s.sae.cfg.d_sae, n_blocks),
+        shard_blocks=shard_blocks) for s in saes}
+
+
+def harvest_batch(saes: Sequence[AtlasSAE], accs: dict[str, FeatureAccumulator],
+                  quality: dict[str, QualityPartial], batch: ActivationBatch,
+                  n_train: int) -> None:
+    """Encode one batch with every SAE and add it to their accumulators (and to the held-out
+    quality sums of the SAEs in `quality`)."""
+    for s in saes:
+        acts = batch.acts[s.hook.name]
+        mask = batch.masks[s.hook.name]
+        # Only counted positions are encoded (padding and sinks never count).
+        rows = mask.reshape(-1).nonzero().squeeze(1)
+        flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1])[rows].to(s.sae.W_dec.device))
+        codes = encode_sparse(s.sae, flat)
+        codes = SparseCodes(rows.to(codes.rows.device)[codes.rows], codes.features,
+                            codes.values)
+        accs[s.sae_id].update(batch.start, codes, batch.token_ids, mask)
+        if s.sae_id in quality and batch.start + len(batch.token_ids) > n_train:
+            keep = mask.clone()
+            keep[: max(0, n_train - batch.start)] = False
+            quality[s.sae_id].update(s.sae, acts[keep])
+
+
 @torch.no_grad()
 def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[ActivationBatch],
             *, n_blocks: int, total_tokens: int | None = None
             ) -> tuple[dict[str, FeatureStats], dict[str, SAEQuality]]:
-    """Encode every batch with every SAE, shard by shard (`config.shard_blocks` blocks), and
-    merge the shards' partials: the computation a sharded build spreads over workers.
+    """Encode every batch with every SAE into one accumulator per SAE; activation sums and
+    held-out quality sums are added shard by shard (`config.shard_blocks` blocks), as a
+    sharded build merges them, so that both give the same atlas.
 
     SAEs without a measured quality (loaded ones) are evaluated on the held-out blocks.
     """
-    parts: dict[str, list[shards.Partial]] = {s.sae_id: [] for s in saes}
+    accs = accumulators(config, saes, n_blocks, shard_blocks=config.shard_blocks)
+    measure = [s for s in saes if s.quality is None]
+    parts: dict[str, list[QualityPartial]] = {s.sae_id: [] for s in measure}
+    n_train = n_train_blocks(config, n_blocks)
     bar = tqdm(total=total_tokens, desc="harvest", unit="tok", unit_scale=True)
-    grouped = itertools.groupby(batches, key=lambda b: b.start // config.shard_blocks)
-    for index, shard in grouped:
-        start = index * config.shard_blocks
-        stop = min(start + config.shard_blocks, n_blocks)
-        done = harvest_partials(config, saes, shard, start=start, stop=stop, n_blocks=n_blocks,
-                                on_batch=bar.update)
-        for sae_id, part in done.items():
-            parts[sae_id].append(part)
+    for _, shard in itertools.groupby(batches, key=lambda b: b.start // config.shard_blocks):
+        quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
+                   for s in measure}
+        for batch in shard:
+            harvest_batch(saes, accs, quality, batch, n_train)
+            bar.update(batch.token_ids.numel())
+        for sid, q in quality.items():
+            parts[sid].append(q)
         faults.point("harvest")
     bar.close()
-    return merge_partials(config, saes, parts, n_blocks=n_blocks)
+    stats = {sid: acc.result() for sid, acc in accs.items()}
+    return stats, {s.sae_id: s.quality if s.quality is not None else merge_quality(
+        parts[s.sae_id]) for s in saes}
 
 
 @torch.no_grad()
@@ -278,28 +315,12 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
     held-out quality sums of the SAEs in `measure` (default: those without a quality)."""
     if measure is None:
         measure = {s.sae_id for s in saes if s.quality is None}
-    accs = {s.sae_id: FeatureAccumulator(s.sae.cfg.d_sae, n_blocks, block_size=config.block_size,
-                                         threshold=config.threshold,
-                                         n_examples=config.n_examples) for s in saes}
+    accs = accumulators(config, saes, n_blocks)
     quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
                for s in saes if s.sae_id in measure}
     n_train = n_train_blocks(config, n_blocks)
     for batch in batches:
-        for s in saes:
-            acts = batch.acts[s.hook.name]
-            mask = batch.masks[s.hook.name]
-            # Only counted positions are encoded (padding and sinks never count).
-            rows = mask.reshape(-1).nonzero().squeeze(1)
-            flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1])[rows]
-                             .to(s.sae.W_dec.device))
-            codes = encode_sparse(s.sae, flat)
-            codes = SparseCodes(rows.to(codes.rows.device)[codes.rows], codes.features,
-                                codes.values)
-            accs[s.sae_id].update(batch.start, codes, batch.token_ids, mask)
-            if s.sae_id in quality and batch.start + len(batch.token_ids) > n_train:
-                keep = mask.clone()
-                keep[: max(0, n_train - batch.start)] = False
-                quality[s.sae_id].update(s.sae, acts[keep])
+        harvest_batch(saes, accs, quality, batch, n_train)
         if on_batch is not None:
             on_batch(batch.token_ids.numel())
     return {sid: shards.partial_of(acc, sid, start, stop, quality.get(sid))
@@ -307,14 +328,20 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
 
 
 def merge_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
-                   parts: dict[str, list[shards.Partial]], *, n_blocks: int
+                   parts: dict[str, Iterable[shards.Partial]], *, n_blocks: int
                    ) -> tuple[dict[str, FeatureStats], dict[str, SAEQuality]]:
-    """Each SAE's statistics and quality from its shards' partials."""
-    stats = {s.sae_id: shards.merge(parts[s.sae_id], d_sae=s.sae.cfg.d_sae, n_blocks=n_blocks,
-                                    block_size=config.block_size, n_examples=config.n_examples)
-             for s in saes}
-    quality = {s.sae_id: s.quality if s.quality is not None else
-               merge_quality([p.quality for p in parts[s.sae_id]]) for s in saes}
+    """Each SAE's statistics and quality from its shards' partials (folded one at a time, in
+    block order: an iterable may read them lazily)."""
+    stats, quality = {}, {}
+    for s in saes:
+        merger = shards.Merger(d_sae=s.sae.cfg.d_sae, n_blocks=n_blocks,
+                               block_size=config.block_size, n_examples=config.n_examples)
+        qualities = []
+        for p in parts[s.sae_id]:
+            merger.add(p)
+            qualities.append(p.quality)
+        stats[s.sae_id] = merger.result()
+        quality[s.sae_id] = s.quality if s.quality is not None else merge_quality(qualities)
     return stats, quality
 
 
@@ -337,19 +364,55 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
     b, f, a = stats.block_firings
     firings = pa.table({"sae_id": [sid] * len(b), "block_id": b.astype(np.int32),
                         "feature": f.astype(np.int32), "max_act": a})
-    i, j, n_ij = (stats.cooccurrence if stats.cooccurrence is not None else
-                  cooccurrence(b, f, n_blocks=blocks.n_blocks, d_sae=d_sae))
-    cooc = pa.table({"sae_id": [sid] * len(i), "i": i.astype(np.int32),
-                     "j": j.astype(np.int32), "n_ij": n_ij.astype(np.int32)})
+    storage = storage_for(d_sae)
+    cooc, rows = cooccurrence_tables(sid, stats, storage)
     harvest = {"harvest_id": hashlib.sha1(f"{sid}|{blocks.corpus_id}|{config.threshold}"
                                           .encode()).hexdigest()[:16],
                "corpus": blocks.corpus_id, "n_tokens": stats.n_tokens,
                "n_blocks": blocks.n_blocks, "block_size": blocks.block_size,
                "threshold": config.threshold, "config": _config_json(config),
                "build_key": build_key(config),
-               "decoder_checksum": store.checksum(unit)}
+               "decoder_checksum": store.checksum(unit), "cooccurrence_storage": storage,
+               "block_firings_kept": ("all" if stats.firings_top is None
+                                      else f"top-{stats.firings_top}")}
     return store.HarvestTables(harvest, features, decoders, firings, cooc,
-                               _examples(lm, planned.sae_id, blocks, stats))
+                               _examples(lm, planned.sae_id, blocks, stats), rows)
+
+
+def cooccurrence_tables(sae_id: str, stats: FeatureStats, storage: str
+                        ) -> tuple[pa.Table, pa.Table | None]:
+    """The `cooccurrence` rows ('pairs') or the `cooccurrence_rows` rows ('rows', 'top-<m>')
+    of one SAE's counts."""
+    gram = stats.cooccurrence
+    if storage == "pairs":
+        i, j, n_ij = gram.pairs()
+        return pa.table({"sae_id": [sae_id] * len(i), "i": i.astype(np.int32),
+                         "j": j.astype(np.int32), "n_ij": n_ij.astype(np.int32)}), None
+    top = None if storage == "rows" else int(storage.split("-")[1])
+    batches = []
+    for first, counts in gram.row_tiles():
+        n = len(counts)
+        if top is None:
+            partners = pa.nulls(n, pa.list_(pa.int32()))
+            lists = _list_column(counts.reshape(-1), np.full(n, counts.shape[1]))
+        else:
+            kept, values = top_partners(counts, first, stats.block_count, stats.n_blocks, top)
+            sizes = np.array([len(k) for k in kept])
+            partners = _list_column(np.concatenate(kept), sizes)
+            lists = _list_column(np.concatenate(values), sizes)
+        batches.append(pa.table({"sae_id": pa.array([sae_id] * n),
+                                 "feature": np.arange(first, first + n, dtype=np.int32),
+                                 "partners": partners, "counts": lists},
+                                schema=store.COOCCURRENCE_ROWS_SCHEMA))
+    empty = pa.table({"sae_id": pa.array([], pa.string()), "i": pa.array([], pa.int32()),
+                      "j": pa.array([], pa.int32()), "n_ij": pa.array([], pa.int32())})
+    return empty, pa.concat_tables(batches)
+
+
+def _list_column(values: np.ndarray, sizes: np.ndarray) -> pa.Array:
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets),
+                                    pa.array(np.asarray(values, dtype=np.int32)))
 
 
 def store_harvest(con, config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blocks: Blocks,

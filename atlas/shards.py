@@ -1,10 +1,11 @@
 """The harvest in shards: each shard of consecutive blocks yields a partial result per SAE, and
 partials merge into the statistics of the whole corpus.
 
-Every build harvests this way. In one process the partials stay in memory; on a cluster each
-shard task writes its partials as Parquet under `<db>.shards/` and a merge task reads them. Both
-merge the same partials in the same order, so a sharded build equals a single-process one
-exactly (integer counts, top examples, and float sums added shard by shard in the same order).
+On a cluster each shard task writes its partials as Parquet under `<db>.shards/` and a merge
+task folds them in block order (`Merger`). A build in one process keeps one accumulator per SAE
+over every block instead (nothing per shard to hold or merge), adding activation sums shard by
+shard: both give the same atlas exactly (integer counts, top examples with one tie rule, and
+float sums added shard by shard in the same order).
 
 A partial holds what can be summed or reduced: firing counts, activation sums and maxima,
 top-example candidates, (block, feature) firings, (feature, token) counts, co-occurrence counts
@@ -14,7 +15,6 @@ within the shard's blocks, and the sums behind held-out quality.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from jaxtyping import Float, Int
 
 from atlas.errors import AtlasError
-from atlas.harvest import FeatureAccumulator, FeatureStats, Triple, cooccurrence, stats_from
+from atlas.blockgram import BlockGram
+from atlas.harvest import FeatureAccumulator, FeatureStats, Triple, select_top, stats_from
 from atlas.saes import QualityPartial
 
 
@@ -54,17 +55,20 @@ class Partial:
     tokens: Triple       # (feature, token id, count)
     cooc: Triple         # (i, j, blocks of this shard where both fire), i < j
     quality: QualityPartial | None = None
+    block_count: Int[np.ndarray, " f"] | None = None
+    """Blocks of the shard where each feature fires (None: count `firings`)."""
+    firings_top: int | None = None
+    """`firings` holds each feature's best blocks only (None: all of them)."""
 
 
 def partial_of(acc: FeatureAccumulator, sae_id: str, start: int, stop: int,
                quality: QualityPartial | None = None) -> Partial:
     """The accumulator's state after the blocks [start, stop), as a partial."""
-    b, f, a = acc.firings()
-    i, j, n = cooccurrence(b - start, f, n_blocks=max(stop - start, 1), d_sae=acc.d_sae)
+    acc._end_shard()
     return Partial(sae_id, start, stop, acc.n_tokens, acc.firing_count.cpu().numpy().copy(),
                    acc.act_sum.cpu().numpy().copy(), acc.max_act.cpu().numpy().copy(), acc.top(),
-                   (b, f, a),
-                   acc.token_counts(), (i, j, n), quality)
+                   acc.firings(), acc.token_counts(), acc.gram.pairs(), quality,
+                   acc.block_count.cpu().numpy().copy(), acc.firings_top)
 
 
 def _sum_by_key(keys: np.ndarray, counts: np.ndarray, *, n_keys: int
@@ -79,36 +83,87 @@ def _sum_by_key(keys: np.ndarray, counts: np.ndarray, *, n_keys: int
     return uniq, np.bincount(inverse, weights=counts, minlength=len(uniq)).astype(np.int64)
 
 
+class Merger:
+    """The statistics of a corpus from its shards' partials, folded one at a time in block
+    order: memory is bounded by the per-feature state, not by the number of shards."""
+
+    def __init__(self, *, d_sae: int, n_blocks: int, block_size: int, n_examples: int):
+        self.d_sae, self.n_blocks = d_sae, n_blocks
+        self.block_size, self.n_examples = block_size, n_examples
+        self.edges: list[tuple[int, int]] = []
+        self.count = np.zeros(d_sae, np.int64)
+        self.block_count = np.zeros(d_sae, np.int64)
+        self.act_sum = np.zeros(d_sae)
+        self.max_act = np.zeros(d_sae, np.float32)
+        self.n_tokens = 0
+        self.top: Triple = _empty()
+        self.firings: list[Triple] = []
+        self.firings_top: int | None = None
+        self.tokens: Triple = _empty()
+        self.gram = BlockGram(d_sae)
+
+    def add(self, p: Partial) -> None:
+        if self.edges and p.start != self.edges[-1][1]:
+            self._refuse(extra=[(p.start, p.stop)])
+        self.edges.append((p.start, p.stop))
+        self.count += p.firing_count
+        self.act_sum += p.act_sum
+        np.maximum(self.max_act, p.max_act, out=self.max_act)
+        self.n_tokens += p.n_tokens
+        self.block_count += (p.block_count if p.block_count is not None else
+                             np.bincount(p.firings[1], minlength=self.d_sae))
+        self.top = select_top(_cat(self.top, p.top), self.n_examples)
+        self.firings_top = p.firings_top
+        if p.firings_top is None:
+            self.firings.append(p.firings)
+        else:
+            b, f, a = self.firings[0] if self.firings else _empty()
+            pb, pf, pa = p.firings
+            f, a, b = select_top((np.concatenate([f, pf]), np.concatenate([a, pa]),
+                                  np.concatenate([b, pb])), p.firings_top)
+            self.firings = [(b, f, a)]
+        tf, tt, tc = _cat(self.tokens, p.tokens)
+        stride = np.int64(1) << 32
+        keys, counts = _sum_by_key(tf * stride + tt, tc, n_keys=self.d_sae << 32)
+        self.tokens = (keys >> 32, keys & (stride - 1), counts)
+        self.gram.add_pairs(*p.cooc)
+
+    def _refuse(self, extra=()) -> None:
+        edges = [*self.edges, *extra]
+        raise AtlasError(f"the shards {edges} do not cover blocks 0..{self.n_blocks} exactly; "
+                         "re-run the build to harvest the missing ones")
+
+    def result(self) -> FeatureStats:
+        if not self.edges or self.edges[0][0] != 0 or self.edges[-1][1] != self.n_blocks:
+            self._refuse()
+        diag = np.arange(self.d_sae)
+        self.gram.add_pairs(diag, diag, self.block_count)
+        firings = (tuple(np.concatenate(x) for x in zip(*self.firings)) if self.firings
+                   else _empty())
+        return stats_from(count=self.count, block_count=self.block_count, act_sum=self.act_sum,
+                          max_act=self.max_act, top=self.top, firings=firings,
+                          firings_top=self.firings_top, tokens=self.tokens,
+                          n_tokens=self.n_tokens, n_blocks=self.n_blocks,
+                          block_size=self.block_size, n_examples=self.n_examples,
+                          cooccurrence=self.gram)
+
+
+def _empty() -> Triple:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+
+def _cat(a: Triple, b: Triple) -> Triple:
+    return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
+
+
 def merge(parts: list[Partial], *, d_sae: int, n_blocks: int, block_size: int,
           n_examples: int) -> FeatureStats:
     """The statistics of the whole corpus from the partials of shards that tile it."""
-    parts = sorted(parts, key=lambda p: p.start)
-    edges = [(p.start, p.stop) for p in parts]
-    if not parts or edges[0][0] != 0 or edges[-1][1] != n_blocks or any(
-            a[1] != b[0] for a, b in itertools.pairwise(edges)):
-        raise AtlasError(f"the shards {edges} do not cover blocks 0..{n_blocks} exactly; "
-                         "re-run the build to harvest the missing ones")
-    count = np.zeros(d_sae, np.int64)
-    act_sum = np.zeros(d_sae)
-    max_act = np.zeros(d_sae, np.float32)
-    for p in parts:
-        count += p.firing_count
-        act_sum += p.act_sum
-        np.maximum(max_act, p.max_act, out=max_act)
-
-    def joined(name: str) -> Triple:
-        return tuple(np.concatenate(x) for x in zip(*(getattr(p, name) for p in parts)))
-
-    tf, tt, tc = joined("tokens")
-    stride = int(tt.max()) + 1 if len(tt) else 1
-    keys, counts = _sum_by_key(tf * stride + tt, tc, n_keys=d_sae * stride)
-    ci, cj, cn = joined("cooc")
-    pairs, n_ij = _sum_by_key(ci * d_sae + cj, cn, n_keys=d_sae * d_sae)
-    return stats_from(count=count, act_sum=act_sum, max_act=max_act, top=joined("top"),
-                      firings=joined("firings"), tokens=(keys // stride, keys % stride, counts),
-                      n_tokens=sum(p.n_tokens for p in parts), n_blocks=n_blocks,
-                      block_size=block_size, n_examples=n_examples,
-                      cooccurrence=(pairs // d_sae, pairs % d_sae, n_ij))
+    merger = Merger(d_sae=d_sae, n_blocks=n_blocks, block_size=block_size,
+                    n_examples=n_examples)
+    for p in sorted(parts, key=lambda p: p.start):
+        merger.add(p)
+    return merger.result()
 
 
 # --- Parquet -------------------------------------------------------------------------------
@@ -136,8 +191,10 @@ def write_partial(path: Path, part: Partial) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     cols = {"firing_count": part.firing_count, "act_sum": part.act_sum, "max_act": part.max_act}
+    if part.block_count is not None:
+        cols["block_count"] = part.block_count
     meta = {"sae_id": part.sae_id, "start": part.start, "stop": part.stop,
-            "n_tokens": part.n_tokens, "quality": None,
+            "n_tokens": part.n_tokens, "quality": None, "firings_top": part.firings_top,
             "written_by": f"{socket.gethostname()}:{os.getpid()}"}
     if part.quality is not None:
         q = part.quality
@@ -166,9 +223,14 @@ def _triple(path: Path) -> Triple:
     return tuple(table.column(i).to_numpy() for i in range(3))
 
 
+def read_meta(path: Path) -> dict:
+    """A written partial's metadata (SAE, blocks, tokens)."""
+    return json.loads((Path(path) / "meta.json").read_text())
+
+
 def read_partial(path: Path) -> Partial:
     path = Path(path)
-    meta = json.loads((path / "meta.json").read_text())
+    meta = read_meta(path)
     feats = pq.read_table(path / "features.parquet")
     quality = None
     if meta["quality"] is not None:
@@ -180,4 +242,7 @@ def read_partial(path: Path) -> Partial:
                    feats.column("firing_count").to_numpy(), feats.column("act_sum").to_numpy(),
                    feats.column("max_act").to_numpy(), _triple(path / "top.parquet"),
                    _triple(path / "firings.parquet"), _triple(path / "tokens.parquet"),
-                   _triple(path / "cooccurrence.parquet"), quality)
+                   _triple(path / "cooccurrence.parquet"), quality,
+                   (feats.column("block_count").to_numpy()
+                    if "block_count" in feats.column_names else None),
+                   meta.get("firings_top"))

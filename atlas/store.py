@@ -155,9 +155,15 @@ class HarvestTables:
     block_firings: pa.Table
     cooccurrence: pa.Table
     examples: pa.Table
+    cooccurrence_rows: pa.Table | None = None
+    """Co-occurrence of wide SAEs, one row per feature (`cooccurrence` is empty then)."""
 
 
-HARVEST_TABLES = ("features", "decoders", "block_firings", "cooccurrence", "examples")
+HARVEST_TABLES = ("features", "decoders", "block_firings", "cooccurrence", "cooccurrence_rows",
+                  "examples")
+COOCCURRENCE_ROWS_SCHEMA = pa.schema([("sae_id", pa.string()), ("feature", pa.int32()),
+                                      ("partners", pa.list_(pa.int32())),
+                                      ("counts", pa.list_(pa.int32()))])
 
 
 def write_model(con: duckdb.DuckDBPyConnection, *, model_id: str, source: str, n_layers: int,
@@ -202,13 +208,18 @@ def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: Harves
                     f"VALUES ({', '.join('?' * len(cols))})", list(sae.__dict__.values()))
         h = tables.harvest
         con.execute("INSERT INTO harvests (harvest_id, sae_id, corpus, n_tokens, n_blocks, "
-                    "block_size, threshold, config, created_at, build_key) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "block_size, threshold, config, created_at, build_key, "
+                    "cooccurrence_storage, block_firings_kept, decoder_dtype) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [h["harvest_id"], sae.sae_id, h["corpus"], h["n_tokens"], h["n_blocks"],
                      h["block_size"], h["threshold"], json.dumps(h["config"]), utc_now(),
-                     h.get("build_key")])
+                     h.get("build_key"), h.get("cooccurrence_storage", "pairs"),
+                     h.get("block_firings_kept", "all"), "float32"])
         for table in HARVEST_TABLES:
-            insert_table(con, table, getattr(tables, table))
+            data = getattr(tables, table)
+            if data is None:
+                continue
+            insert_table(con, table, data)
             if on_table:
                 on_table(table)
         faults.point("store_harvest")

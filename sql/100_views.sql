@@ -22,7 +22,9 @@ SELECT f.sae_id, s.layer, f.feature, f.label, f.firing_count,
        'https://www.neuronpedia.org/' || s.neuronpedia_id || '/' || f.feature AS neuronpedia_url
 FROM features f JOIN saes s USING (sae_id) JOIN harvests h USING (sae_id);
 
--- Share of each feature's firing blocks that are code, from block_firings and blocks.
+-- Share of each feature's firing blocks that are code, from block_firings and blocks: over
+-- every block where it fires, or over its best blocks where the harvest kept only those
+-- (harvests.block_firings_kept; `blocks` says how many).
 CREATE OR REPLACE VIEW feature_sources AS
 SELECT bf.sae_id, bf.feature,
        count(*) AS blocks,

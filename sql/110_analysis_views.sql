@@ -61,6 +61,33 @@ JOIN harvests h USING (sae_id)
 JOIN features fi ON fi.sae_id = c.sae_id AND fi.feature = c.i
 JOIN features fj ON fj.sae_id = c.sae_id AND fj.feature = c.j;
 
+-- One feature's co-occurrence partners with all five affinities, whatever the storage form
+-- (harvests.cooccurrence_storage): SELECT * FROM partners('sae', 42) ORDER BY phi DESC LIMIT 10.
+-- Exact for every stored form; under 'top-<m>' only each affinity's m best partners are there.
+CREATE OR REPLACE MACRO partners(sae, f) AS TABLE
+WITH counted AS (
+    SELECT CASE WHEN c.i = f THEN c.j ELSE c.i END AS partner, c.n_ij
+    FROM cooccurrence c WHERE c.sae_id = sae AND (c.i = f OR c.j = f)
+    UNION ALL
+    SELECT unnest(coalesce(r.partners::BIGINT[], range(len(r.counts)))) AS partner,
+           unnest(r.counts) AS n_ij
+    FROM cooccurrence_rows r WHERE r.sae_id = sae AND r.feature = f
+)
+SELECT c.partner::INTEGER AS partner, fj.label, c.n_ij,
+       fi.block_count AS n_i, fj.block_count AS n_j, h.n_blocks AS n,
+       c.n_ij / (fi.block_count + fj.block_count - c.n_ij)::DOUBLE AS jaccard,
+       2.0 * c.n_ij / (fi.block_count + fj.block_count) AS dice,
+       c.n_ij / least(fi.block_count, fj.block_count)::DOUBLE AS overlap,
+       (h.n_blocks - fi.block_count - fj.block_count + 2 * c.n_ij) / h.n_blocks::DOUBLE AS smc,
+       (h.n_blocks::DOUBLE * c.n_ij - fi.block_count::DOUBLE * fj.block_count)
+         / nullif(sqrt(fi.block_count::DOUBLE * (h.n_blocks - fi.block_count)
+                       * fj.block_count * (h.n_blocks - fj.block_count)), 0) AS phi
+FROM counted c
+JOIN harvests h ON h.sae_id = sae
+JOIN features fi ON fi.sae_id = sae AND fi.feature = f
+JOIN features fj ON fj.sae_id = sae AND fj.feature = c.partner
+WHERE c.partner <> f AND c.n_ij > 0;
+
 -- Each lobe (co-occurrence cluster) with its size, how code-heavy its blocks are, and the
 -- labels of its most frequent features.
 CREATE OR REPLACE VIEW lobes AS

@@ -91,8 +91,9 @@ def test_token_counts_folded_batch_by_batch_equal_one_count(monkeypatch):
     for start in range(0, n_blocks, 4):
         sl = slice(start, start + 4)
         acc.update(start, SparseCodes.from_dense(acts[sl].reshape(-1, f)), tokens[sl], mask[sl])
-        assert acc._n_pending <= 8 + 4 * t * f
-        assert len(acc._token_keys) <= 9 * 20    # live features x vocabulary
+        held = acc._tokens
+        assert held.n_pending <= max(8, len(held.keys)) + 4 * t * f
+        assert len(held.keys) <= 9 * 20    # live features x vocabulary
     folded = acc.token_counts()
     for a, b in zip(whole, folded):
         assert np.array_equal(a, b) and b.dtype == np.int64
@@ -196,3 +197,28 @@ def test_statistics_reduced_on_the_gpu_equal_the_cpu_ones():
     for a, b in zip(on_cpu.token_counts + on_cpu.block_firings,
                     on_gpu.token_counts + on_gpu.block_firings):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert np.array_equal(on_cpu.cooccurrence.dense(), on_gpu.cooccurrence.dense())
+
+
+def test_firings_kept_per_feature_are_its_best_blocks():
+    """Above the size where every firing is kept, each feature keeps its m blocks of highest
+    activation (ties to the earlier block), while block counts stay exact."""
+    acts, tokens, mask = planted_batches(n_blocks=20, seed=2)
+    n_blocks, t, f = acts.shape
+    acc = FeatureAccumulator(f, n_blocks, block_size=t, threshold=1.0, n_examples=4,
+                             firings_top=3)
+    for start in range(0, n_blocks, 3):
+        sl = slice(start, start + 3)
+        acc.update(start, SparseCodes.from_dense(acts[sl].reshape(-1, f)), tokens[sl], mask[sl])
+    stats = acc.result()
+    full = run(acts, tokens, mask)
+    assert np.array_equal(stats.block_count, full.block_count)
+    fb, ff, fa = full.block_firings
+    want = set()
+    for feature in range(f):
+        sel = np.flatnonzero(ff == feature)
+        order = sorted(sel, key=lambda x: (-fa[x], fb[x]))[:3]
+        want |= {(int(fb[x]), feature) for x in order}
+    b, fs, a = stats.block_firings
+    assert set(zip(b.tolist(), fs.tolist())) == want
+    assert list(zip(b, fs)) == sorted(zip(b, fs))

@@ -39,7 +39,7 @@ def test_merged_shards_equal_one_pass():
                     whole.block_firings + whole.token_counts):
         assert np.array_equal(a, b)
     b, f, _ = whole.block_firings
-    for a, c in zip(merged.cooccurrence, cooccurrence(b, f, n_blocks=13, d_sae=10)):
+    for a, c in zip(merged.cooccurrence.pairs(), cooccurrence(b, f, n_blocks=13, d_sae=10)):
         assert np.array_equal(a, c)
     assert merged.n_tokens == whole.n_tokens
 
