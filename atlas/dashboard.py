@@ -113,14 +113,10 @@ WHERE e.sae_id = {literal(sae_id)} AND e.feature = {int(feature)} ORDER BY rank"
 def cooccurring(con, sae_id: str, feature: int, metric: str, limit: int = 15) -> Shown:
     if metric not in ("phi", "jaccard", "dice", "overlap", "smc"):
         raise ValueError(metric)
-    f = int(feature)
     return run(con, f"""
-SELECT CASE WHEN a.i = {f} THEN a.j ELSE a.i END AS feature, x.label, a.n_ij,
-       round(a.{metric}, 4) AS {metric}
-FROM affinity a
-JOIN features x ON x.sae_id = a.sae_id AND x.feature = CASE WHEN a.i = {f} THEN a.j ELSE a.i END
-WHERE a.sae_id = {literal(sae_id)} AND (a.i = {f} OR a.j = {f})
-ORDER BY a.{metric} DESC NULLS LAST LIMIT {int(limit)}""")
+SELECT partner AS feature, label, n_ij, round({metric}, 4) AS {metric}
+FROM partners({literal(sae_id)}, {int(feature)})
+ORDER BY {metric} DESC NULLS LAST, partner LIMIT {int(limit)}""")
 
 
 def feature_lobes(con, sae_id: str, feature: int) -> Shown:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from atlas import faults, shards, store
 from atlas.artifacts import sae_path
-from atlas.blockgram import storage_for, top_partners
+from atlas.blockgram import BlockGram, storage_for, top_partners
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
 from atlas.errors import AtlasError
@@ -365,7 +365,8 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
     firings = pa.table({"sae_id": [sid] * len(b), "block_id": b.astype(np.int32),
                         "feature": f.astype(np.int32), "max_act": a})
     storage = storage_for(d_sae)
-    cooc, rows = cooccurrence_tables(sid, stats, storage)
+    cooc, rows = cooccurrence_tables(sid, stats.cooccurrence, stats.block_count,
+                                     stats.n_blocks, storage)
     harvest = {"harvest_id": hashlib.sha1(f"{sid}|{blocks.corpus_id}|{config.threshold}"
                                           .encode()).hexdigest()[:16],
                "corpus": blocks.corpus_id, "n_tokens": stats.n_tokens,
@@ -379,11 +380,10 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
                                _examples(lm, planned.sae_id, blocks, stats), rows)
 
 
-def cooccurrence_tables(sae_id: str, stats: FeatureStats, storage: str
-                        ) -> tuple[pa.Table, pa.Table | None]:
+def cooccurrence_tables(sae_id: str, gram: BlockGram, block_count: np.ndarray, n_blocks: int,
+                        storage: str) -> tuple[pa.Table, pa.Table | None]:
     """The `cooccurrence` rows ('pairs') or the `cooccurrence_rows` rows ('rows', 'top-<m>')
     of one SAE's counts."""
-    gram = stats.cooccurrence
     if storage == "pairs":
         i, j, n_ij = gram.pairs()
         return pa.table({"sae_id": [sae_id] * len(i), "i": i.astype(np.int32),
@@ -396,7 +396,7 @@ def cooccurrence_tables(sae_id: str, stats: FeatureStats, storage: str
             partners = pa.nulls(n, pa.list_(pa.int32()))
             lists = _list_column(counts.reshape(-1), np.full(n, counts.shape[1]))
         else:
-            kept, values = top_partners(counts, first, stats.block_count, stats.n_blocks, top)
+            kept, values = top_partners(counts, first, block_count, n_blocks, top)
             sizes = np.array([len(k) for k in kept])
             partners = _list_column(np.concatenate(kept), sizes)
             lists = _list_column(np.concatenate(values), sizes)

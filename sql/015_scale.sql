@@ -15,3 +15,7 @@ CREATE TABLE cooccurrence_rows (
     partners  INTEGER[],                 -- NULL: counts[j + 1] is the count with feature j
     counts    INTEGER[] NOT NULL         -- blocks where both fire (own position: block_count)
 );
+
+-- Lobes of SAEs stored as 'top-<m>' run on a sparse k-nearest-neighbour graph of the affinity
+-- (and of decoder directions); the dense matrix otherwise.
+ALTER TABLE lobe_tests ADD COLUMN graph VARCHAR DEFAULT 'dense';

@@ -75,13 +75,7 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
                          [sae_id]).fetchnumpy()["block_count"].astype(np.float64)
     # Phi is undefined for features that fire in no block or in every block.
     keep = np.nonzero((counts > 0) & (counts < n_blocks))[0]
-    rows = con.execute("SELECT i, j, n_ij FROM cooccurrence WHERE sae_id = ?",
-                       [sae_id]).fetchnumpy()
-    position = np.full(len(counts), -1)
-    position[keep] = np.arange(len(keep))
-    both = (position[rows["i"]] >= 0) & (position[rows["j"]] >= 0)
-    pair_counts = lb.cooccurrence_counts(position[rows["i"][both]], position[rows["j"][both]],
-                                         rows["n_ij"][both], len(keep))
+    stored = load_cooccurrence(con, sae_id, keep)
     decoders = store.load_decoders(con, sae_id)
     vectors = decoders[keep]
     ks = [k for k in settings.ks if k < len(keep)]
@@ -89,10 +83,15 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
         log.warning("%s: only %d features fire in some but not all of the %d blocks, too few "
                     "for %s lobes; harvest more blocks (--tokens) or raise --threshold",
                     sae_id, len(keep), n_blocks, ",".join(map(str, settings.ks)))
-    geo = spectral_labels(lb.angular_similarity(vectors), ks, settings.seed)
+    sparse = not isinstance(stored, np.ndarray)
+    graph = f"knn-{stored[2]}" if sparse else "dense"
+    geo = spectral_labels(lb.knn_angular(vectors, stored[2]) if sparse
+                          else lb.angular_similarity(vectors), ks, settings.seed)
     cluster_rows, tests = [("geometry", "angular", k, geo[k]) for k in ks], []
     for metric in settings.metrics:
-        matrix = lb.affinity_matrix(pair_counts, counts[keep], n_blocks, metric=metric)
+        matrix = (lb.knn_affinity(stored[0], stored[1], counts[keep], n_blocks, metric=metric,
+                                  k=stored[2]) if sparse else
+                  lb.affinity_matrix(stored, counts[keep], n_blocks, metric=metric))
         labels = spectral_labels(matrix, ks, settings.seed)
         for k in ks:
             cluster_rows.append(("cooccurrence", metric, k, labels[k]))
@@ -107,7 +106,8 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
                           "logreg_accuracy": pred.accuracy,
                           "logreg_random_accuracy": pred.random_mean,
                           "logreg_random_std": pred.random_std, "logreg_z": pred.z,
-                          "logreg_draws": pred.n_draws, "chance": pred.majority})
+                          "logreg_draws": pred.n_draws, "chance": pred.majority,
+                          "graph": graph})
     n = len(keep)
     clusters = pa.table({
         "sae_id": [sae_id] * n * len(cluster_rows),
@@ -123,6 +123,48 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
                        "y": xy[:, 1]})
     return Output({"clusters": clusters, "lobe_tests": pa.Table.from_pylist(tests),
                    "feature_maps": layout}, {"sae_id": sae_id, "tests": tests})
+
+
+def load_cooccurrence(con, sae_id: str, keep: np.ndarray):
+    """The co-occurrence counts among the features `keep`, renumbered 0..len(keep)-1: a dense
+    symmetric matrix when the harvest stored every pair ('pairs', 'rows'), else (partners,
+    counts, m) per kept feature ('top-<m>': each affinity's m best partners)."""
+    storage = con.execute("SELECT cooccurrence_storage FROM harvests WHERE sae_id = ?",
+                          [sae_id]).fetchone()[0]
+    position = np.full(int(keep.max()) + 1 if len(keep) else 0, -1)
+    position[keep] = np.arange(len(keep))
+
+    def kept(ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        inside = ids < len(position)
+        out = np.full(len(ids), -1)
+        out[inside] = position[ids[inside]]
+        return out
+
+    if storage == "pairs":
+        rows = con.execute("SELECT i, j, n_ij FROM cooccurrence WHERE sae_id = ?",
+                           [sae_id]).fetchnumpy()
+        i, j = kept(rows["i"]), kept(rows["j"])
+        both = (i >= 0) & (j >= 0)
+        return lb.cooccurrence_counts(i[both], j[both], rows["n_ij"][both], len(keep))
+    with con.cursor() as cur:
+        table = cur.sql("SELECT feature, partners, counts FROM cooccurrence_rows "
+                        "WHERE sae_id = ? ORDER BY feature", params=[sae_id]).to_arrow_table()
+    features = table.column("feature").to_numpy()
+    if storage == "rows":
+        flat = table.column("counts").combine_chunks().flatten().to_numpy()
+        dense = flat.reshape(len(features), -1)
+        return dense[np.ix_(keep, keep)].astype(np.float64)
+    partners, counts = [], []
+    by_feature = dict(zip(features.tolist(), range(len(features))))
+    p_col = table.column("partners").to_pylist()
+    c_col = table.column("counts").to_pylist()
+    for f in keep.tolist():
+        p = kept(np.asarray(p_col[by_feature[f]]))
+        c = np.asarray(c_col[by_feature[f]])
+        partners.append(p[p >= 0])
+        counts.append(c[p >= 0])
+    return partners, counts, int(storage.split("-")[1])
 
 
 def spectral_labels(matrix: np.ndarray, ks: Sequence[int], seed: int) -> dict[int, np.ndarray]:

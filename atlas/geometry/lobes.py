@@ -69,6 +69,54 @@ def affinity_matrix(counts: np.ndarray, n_i: np.ndarray, n_blocks: int, *,
     return np.clip(m, 0.0, None)
 
 
+def knn_affinity(partners: list[np.ndarray], counts: list[np.ndarray], n_i: np.ndarray,
+                 n_blocks: int, *, metric: Metric, k: int):
+    """Sparse symmetric affinity for spectral clustering of wide SAEs: feature r linked to its
+    k best partners by `metric` among `partners[r]` (feature indices, with their co-occurrence
+    `counts[r]`), weights shifted like `affinity_matrix`, symmetrised by the maximum, the
+    diagonal at the metric's largest value."""
+    import scipy.sparse as sp
+
+    shift = 1.0 if metric == "phi" else 0.0
+    rows, cols, vals = [], [], []
+    for r, (p, c) in enumerate(zip(partners, counts)):
+        if not len(p):
+            continue
+        score = affinity(c, np.full(len(p), n_i[r]), n_i[p], n_blocks, metric) + shift
+        best = np.argsort(-score, kind="stable")[:k]
+        rows.append(np.full(len(best), r))
+        cols.append(p[best])
+        vals.append(np.clip(score[best], 0.0, None))
+    n = len(n_i)
+    if rows:
+        m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(n, n))
+    else:
+        m = sp.csr_matrix((n, n))
+    m = m.maximum(m.T)
+    m.setdiag(1.0 + shift)
+    return m.tocsr()
+
+
+def knn_angular(vectors: Float[np.ndarray, "n d"], k: int):
+    """Sparse symmetric angular similarity (1 - angle/pi) of each decoder direction to its k
+    nearest (exact inner-product search), for the geometric side of sparse lobes."""
+    import faiss
+    import scipy.sparse as sp
+
+    u = np.ascontiguousarray(unit(vectors), dtype=np.float32)
+    index = faiss.IndexFlatIP(u.shape[1])
+    index.add(u)
+    sims, idx = index.search(u, min(k + 1, len(u)))
+    keep = idx >= 0
+    rows = np.repeat(np.arange(len(u)), idx.shape[1])[keep.reshape(-1)]
+    vals = 1.0 - np.arccos(np.clip(sims[keep], -1.0, 1.0)) / np.pi
+    m = sp.csr_matrix((vals, (rows, idx[keep])), shape=(len(u), len(u)))
+    m = m.maximum(m.T)
+    m.setdiag(1.0)
+    return m.tocsr()
+
+
 def cooccurrence_lobes(matrix: Float[np.ndarray, "n n"], k: int, *, seed: int = 0
                        ) -> Int[np.ndarray, " n"]:
     """Spectral clustering of a precomputed affinity matrix into k lobes."""
