@@ -153,7 +153,7 @@ class BlockGram:
                                for t in self._ready()]).astype(np.int64)
 
     def row_tiles(self):
-        """The full symmetric rows, tile by tile: (first feature, counts of shape (rows, d))."""
+        """The full symmetric rows, tile by tile: (first feature, int32 counts (rows, d))."""
         tiles = self._ready()
         for t, (t0, tile) in enumerate(zip(self.starts, tiles)):
             width = len(tile)
@@ -162,13 +162,14 @@ class BlockGram:
             # within the diagonal block only the upper triangle is authoritative
             own = tile[:, :width].triu()
             own = own + own.triu(1).T
-            yield t0, torch.cat([*left, own, tile[:, width:]], dim=1).cpu().numpy().astype(
-                np.int64)
+            yield t0, torch.cat([*left, own, tile[:, width:]], dim=1).to(torch.int32).cpu(
+                ).numpy()
 
     def dense(self) -> Int[np.ndarray, "f f"]:
         """The full symmetric count matrix (diagonal: block counts)."""
-        return np.concatenate([rows for _, rows in self.row_tiles()]) if self.d_sae else (
-            np.zeros((0, 0), np.int64))
+        if not self.d_sae:
+            return np.zeros((0, 0), np.int64)
+        return np.concatenate([rows for _, rows in self.row_tiles()]).astype(np.int64)
 
 
 def top_partners(rows: Int[np.ndarray, "r f"], first: int, n_i: Int[np.ndarray, " f"],

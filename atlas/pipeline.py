@@ -261,19 +261,22 @@ def harvest_batch(saes: Sequence[AtlasSAE], accs: dict[str, FeatureAccumulator],
     """Encode one batch with every SAE and add it to their accumulators (and to the held-out
     quality sums of the SAEs in `quality`)."""
     for s in saes:
-        acts = batch.acts[s.hook.name]
-        mask = batch.masks[s.hook.name]
-        # Only counted positions are encoded (padding and sinks never count).
-        rows = mask.reshape(-1).nonzero().squeeze(1)
-        flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1])[rows].to(s.sae.W_dec.device))
-        codes = encode_sparse(s.sae, flat)
-        codes = SparseCodes(rows.to(codes.rows.device)[codes.rows], codes.features,
-                            codes.values)
-        accs[s.sae_id].update(batch.start, codes, batch.token_ids, mask)
+        accs[s.sae_id].update(batch.start, encode_batch(s, batch), batch.token_ids,
+                              batch.masks[s.hook.name])
         if s.sae_id in quality and batch.start + len(batch.token_ids) > n_train:
-            keep = mask.clone()
+            keep = batch.masks[s.hook.name].clone()
             keep[: max(0, n_train - batch.start)] = False
-            quality[s.sae_id].update(s.sae, acts[keep])
+            quality[s.sae_id].update(s.sae, batch.acts[s.hook.name][keep])
+
+
+def encode_batch(s: AtlasSAE, batch: ActivationBatch) -> SparseCodes:
+    """One SAE's sparse codes of a batch; rows index the batch's flattened tokens. Only
+    counted positions are encoded (padding and sinks never count)."""
+    acts = batch.acts[s.hook.name]
+    rows = batch.masks[s.hook.name].reshape(-1).nonzero().squeeze(1)
+    flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1])[rows].to(s.sae.W_dec.device))
+    codes = encode_sparse(s.sae, flat)
+    return SparseCodes(rows.to(codes.rows.device)[codes.rows], codes.features, codes.values)
 
 
 @torch.no_grad()
@@ -503,11 +506,20 @@ def _examples(lm: LoadedModel, sae_id: str, blocks: Blocks, stats: FeatureStats,
     blk = stats.top_blocks[rank, feat]
     pos = stats.top_positions[rank, feat]
     ids = blocks.token_ids
+    # Each distinct token and each distinct (block, position) is decoded once: features of a
+    # wide SAE share many top examples.
+    spots, where = np.unique(blk.astype(np.int64) * ids.shape[1] + pos, return_inverse=True)
+    sb, sp = spots // ids.shape[1], spots % ids.shape[1]
     dec = lm.tokenizer.batch_decode
-    before = dec([ids[b, max(0, p - left):p].tolist() for b, p in zip(blk, pos)])
-    token = dec([[ids[b, p]] for b, p in zip(blk, pos)])
     ends = blocks.block_lengths
-    after = dec([ids[b, p + 1:min(p + 1 + right, ends[b])].tolist() for b, p in zip(blk, pos)])
+    before = dec([ids[b, max(0, p - left):p].tolist() for b, p in zip(sb, sp)])
+    after = dec([ids[b, p + 1:min(p + 1 + right, ends[b])].tolist() for b, p in zip(sb, sp)])
+    vocab, which = np.unique(ids[sb, sp], return_inverse=True)
+    names = dec([[t] for t in vocab.tolist()])
+    token_at = [names[w] for w in which.reshape(-1)]
+    before = [before[w] for w in where.reshape(-1)]
+    after = [after[w] for w in where.reshape(-1)]
+    token = [token_at[w] for w in where.reshape(-1)]
     return pa.table({
         "sae_id": [sae_id] * len(rank), "feature": feat.astype(np.int32),
         "rank": (rank + 1).astype(np.int32),

@@ -76,3 +76,15 @@ def test_load_benchmark_prints_its_ratio(full_atlas):
               "--pages", "Overview", "--timeout", "1")
     ratios(out, r"p95 loaded / baseline: ([\d.]+)x")
     assert re.search(r"heavy stopped [1-9]\d* times", out), out
+
+
+def test_gemma_scale_benchmark_prints_its_figures(tmp_path):
+    out = run("gemma_scale.py", "--shrink", "--layers", "2", "--d-sae", "256",
+              "--compare-d-sae", "32", "--blocks", "8", "--block-size", "64",
+              "--tokenizer", str(tiny_model_dir()), "--json", str(tmp_path / "g.json"))
+    ratios(out, r"ratio harvest / bare forward: ([\d.]+)")
+    ratios(out, r"statistics \+ co-occurrence = ([\d.]+)x the forward time")
+    ratios(out, r"DuckDB bytes per SAE ([\d.]+) MiB")
+    ratios(out, r"median ([\d.]+) ms")
+    ratios(out, r"ratio ([\d.]+)x  \(goal <= 1.5\)")
+    ratios(out, r"= ([\d.]+) min for 2 layers")
