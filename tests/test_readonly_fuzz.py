@@ -67,7 +67,7 @@ HARMLESS = ["SELECT 1", "SELECT count(*) FROM features", "SELECT * FROM saes LIM
 def variants(sql: str):
     return st.sampled_from([
         sql, sql.lower(), sql.upper(), "  " + sql + " ;", "/* c */ " + sql,
-        sql + " -- tail", "\n" + sql.replace(" ", "\n  ") + "\n", "(" + sql + ")",
+        sql + " -- tail\n", "\n" + sql.replace(" ", "\n  ") + "\n", "(" + sql + ")",
     ])
 
 
