@@ -45,17 +45,24 @@ SELECT s.layer, g.tail_mass, g.random_tail_mass, g.tail_mass / g.random_tail_mas
 FROM galaxy_stats g JOIN saes s USING (sae_id)
 ORDER BY s.model_id, s.layer;
 
+-- The five co-occurrence affinities from block counts: n_ij (both fire), n_i, n_j, n blocks.
+CREATE OR REPLACE MACRO cooc_jaccard(n_ij, n_i, n_j) AS n_ij / (n_i + n_j - n_ij)::DOUBLE;
+CREATE OR REPLACE MACRO cooc_dice(n_ij, n_i, n_j) AS 2.0 * n_ij / (n_i + n_j);
+CREATE OR REPLACE MACRO cooc_overlap(n_ij, n_i, n_j) AS n_ij / least(n_i, n_j)::DOUBLE;
+CREATE OR REPLACE MACRO cooc_smc(n_ij, n_i, n_j, n) AS (n - n_i - n_j + 2 * n_ij) / n::DOUBLE;
+CREATE OR REPLACE MACRO cooc_phi(n_ij, n_i, n_j, n) AS
+    (n::DOUBLE * n_ij - n_i::DOUBLE * n_j)
+      / nullif(sqrt(n_i::DOUBLE * (n - n_i) * n_j * (n - n_j)), 0);
+
 -- Co-occurrence affinities of every pair that fired together in at least one block.
 CREATE OR REPLACE VIEW affinity AS
 SELECT c.sae_id, c.i, c.j, c.n_ij,
        fi.block_count AS n_i, fj.block_count AS n_j, h.n_blocks AS n,
-       c.n_ij / (fi.block_count + fj.block_count - c.n_ij)::DOUBLE AS jaccard,
-       2.0 * c.n_ij / (fi.block_count + fj.block_count) AS dice,
-       c.n_ij / least(fi.block_count, fj.block_count)::DOUBLE AS overlap,
-       (h.n_blocks - fi.block_count - fj.block_count + 2 * c.n_ij) / h.n_blocks::DOUBLE AS smc,
-       (h.n_blocks::DOUBLE * c.n_ij - fi.block_count::DOUBLE * fj.block_count)
-         / nullif(sqrt(fi.block_count::DOUBLE * (h.n_blocks - fi.block_count)
-                       * fj.block_count * (h.n_blocks - fj.block_count)), 0) AS phi
+       cooc_jaccard(c.n_ij, fi.block_count, fj.block_count) AS jaccard,
+       cooc_dice(c.n_ij, fi.block_count, fj.block_count) AS dice,
+       cooc_overlap(c.n_ij, fi.block_count, fj.block_count) AS overlap,
+       cooc_smc(c.n_ij, fi.block_count, fj.block_count, h.n_blocks) AS smc,
+       cooc_phi(c.n_ij, fi.block_count, fj.block_count, h.n_blocks) AS phi
 FROM cooccurrence c
 JOIN harvests h USING (sae_id)
 JOIN features fi ON fi.sae_id = c.sae_id AND fi.feature = c.i
@@ -75,13 +82,11 @@ WITH counted AS (
 )
 SELECT c.partner::INTEGER AS partner, fj.label, c.n_ij,
        fi.block_count AS n_i, fj.block_count AS n_j, h.n_blocks AS n,
-       c.n_ij / (fi.block_count + fj.block_count - c.n_ij)::DOUBLE AS jaccard,
-       2.0 * c.n_ij / (fi.block_count + fj.block_count) AS dice,
-       c.n_ij / least(fi.block_count, fj.block_count)::DOUBLE AS overlap,
-       (h.n_blocks - fi.block_count - fj.block_count + 2 * c.n_ij) / h.n_blocks::DOUBLE AS smc,
-       (h.n_blocks::DOUBLE * c.n_ij - fi.block_count::DOUBLE * fj.block_count)
-         / nullif(sqrt(fi.block_count::DOUBLE * (h.n_blocks - fi.block_count)
-                       * fj.block_count * (h.n_blocks - fj.block_count)), 0) AS phi
+       cooc_jaccard(c.n_ij, fi.block_count, fj.block_count) AS jaccard,
+       cooc_dice(c.n_ij, fi.block_count, fj.block_count) AS dice,
+       cooc_overlap(c.n_ij, fi.block_count, fj.block_count) AS overlap,
+       cooc_smc(c.n_ij, fi.block_count, fj.block_count, h.n_blocks) AS smc,
+       cooc_phi(c.n_ij, fi.block_count, fj.block_count, h.n_blocks) AS phi
 FROM counted c
 JOIN harvests h ON h.sae_id = sae
 JOIN features fi ON fi.sae_id = sae AND fi.feature = f
