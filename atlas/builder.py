@@ -56,6 +56,8 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
         blocks = step(pipeline.corpus)(config, lm, records)
         if pipeline.corpus_stored(con, blocks):
             log.info("corpus %s is stored already; kept", blocks.corpus_id)
+            # A second model with the same tokenizer reads the same corpus: record the model.
+            pipeline.store_model(con, lm)
         else:
             step(pipeline.store_corpus)(con, lm, blocks)
         # A build run again (after a crash, or unchanged) keeps what it committed: harvests

@@ -90,3 +90,19 @@ def model_and_saes(con: duckdb.DuckDBPyConnection, sae_ids: Sequence[str] | None
                        f"model_id = ? AND {LOADABLE} AND (? OR sae_id IN (SELECT unnest(?)))",
                        [row[0], not sae_ids, list(sae_ids or [])]).fetchall()
     return lm, {r[0]: load_recorded(*r[1:], device=str(lm.device)) for r in rows}
+
+
+def models_and_saes(con: duckdb.DuckDBPyConnection, sae_ids: Sequence[str]
+                    ) -> dict[str, tuple[object, dict]]:
+    """{model_id: (model, {sae_id: SAE})} for SAEs that may read different models of the
+    atlas (each model loaded once)."""
+    rows = con.execute("SELECT sae_id, model_id FROM saes WHERE sae_id IN (SELECT unnest(?))",
+                       [list(sae_ids)]).fetchall()
+    by_model: dict[str, list[str]] = {}
+    for sid, model in rows:
+        by_model.setdefault(model, []).append(sid)
+    out = {}
+    for model, ids in sorted(by_model.items()):
+        lm, saes = model_and_saes(con, ids)
+        out[model] = (lm, saes)
+    return out

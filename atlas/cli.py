@@ -371,7 +371,8 @@ def _run_analyses(args: argparse.Namespace, settings: dict[str, object]) -> dict
         if not ids:
             raise AtlasError("the atlas has no SAEs to analyse; build one with atlas build")
         inputs = runner.Inputs(con, ids,
-                               loader=lambda chosen: catalog.model_and_saes(con, chosen))
+                               loader=lambda chosen: catalog.model_and_saes(con, chosen),
+                               models_loader=lambda chosen: catalog.models_and_saes(con, chosen))
         results = runner.run_many(inputs, list(settings), settings)
     finally:
         con.close()
@@ -379,7 +380,8 @@ def _run_analyses(args: argparse.Namespace, settings: dict[str, object]) -> dict
         module = analyses.module(name)
         for r in rows:
             print(f"{name} {r['subject']}: {module.describe(r)} ({r['seconds']:.1f}s)")
-        print(f"{name} ({module.DEFINITION}): stored in {', '.join(module.TABLES)}")
+        defs = ", ".join(sorted({r["definition"] for r in rows})) or module.DEFINITION
+        print(f"{name} ({defs}): stored in {', '.join(module.TABLES)}")
     return results
 
 

@@ -153,6 +153,12 @@ def corpus(config: BuildConfig, lm: LoadedModel, source: object | None = None) -
                            name=str(config.corpus if source is None else "records"))
 
 
+def store_model(con, lm: LoadedModel) -> None:
+    """Record the model (its row in `models`, replaced if present)."""
+    store.write_model(con, model_id=lm.model_id, source=lm.source, n_layers=lm.n_layers,
+                      d_model=lm.d_model, spec=lm.spec)
+
+
 def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
     """Write the corpus's documents and blocks (replacing the same corpus)."""
     # Padding is left out of the text; a document block's start token too.
@@ -170,8 +176,7 @@ def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
                      "text": texts, "token_ids": store.vectors_column(blocks.token_ids)
                      .cast(pa.list_(pa.int32())),
                      "n_tokens": blocks.block_lengths.astype(np.int32)})
-    store.write_model(con, model_id=lm.model_id, source=lm.source, n_layers=lm.n_layers,
-                      d_model=lm.d_model, spec=lm.spec)
+    store_model(con, lm)
     store.write_corpus(con, corpus={"corpus_id": cid, "name": blocks.name,
                                     "model_id": lm.model_id, "n_blocks": blocks.n_blocks,
                                     "block_size": blocks.block_size,

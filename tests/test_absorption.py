@@ -4,7 +4,13 @@ import duckdb
 import numpy as np
 import torch
 
-from atlas.analyses.absorption import first_letter_vocabulary, prompt_prefix, word_residuals
+from atlas.analyses.absorption import (
+    first_letter_vocabulary,
+    icl_prompt,
+    prompt_residuals,
+    prompt_prefix,
+    word_residuals,
+)
 from atlas.cli import main
 from atlas.models import HookPoint, capture_residuals
 
@@ -33,34 +39,80 @@ def test_cached_prefix_gives_the_full_prompt_residuals(tiny_lm):
                                    atol=1e-5)
 
 
-def test_absorption_command_fills_tables_and_views(atlas_copy, capsys):
+def test_saebench_vocabulary_is_every_alphabetic_token(tiny_lm):
+    """SAEBench's `get_alpha_tokens`: letters only, one optional leading space."""
+    tok = tiny_lm.tokenizer
+    vocab = first_letter_vocabulary(tok, style="saebench")
+    want = {t for t in range(len(tok)) if t not in tok.all_special_ids
+            and (lambda s: s != "" and all(c.isascii() and c.isalpha() for c in s))(
+                tok.decode([t])[1:] if tok.decode([t]).startswith(" ") else tok.decode([t]))}
+    assert set(vocab.token_ids.tolist()) == want
+    assert any(not w.startswith(" ") for w in vocab.words)
+    assert set(first_letter_vocabulary(tok).token_ids) < want
+
+
+def test_prompt_residuals_read_each_word_after_bos_and_its_examples(tiny_lm):
+    """Prompts of several lengths, batched by length, equal running each prompt alone."""
+    words = [" the", "quick", " fox", " capital"]
+    prompts = [icl_prompt(w, ["brown", " dog", " king"][:1 + i % 3]) for i, w in
+               enumerate(words)]
+    assert prompts[0].startswith("\n") and prompts[0].endswith(" the has the first letter:")
+    assert "brown has the first letter: B\n" in prompts[0]
+    hooks = [HookPoint(1), HookPoint(3, "pre")]
+    got = prompt_residuals(tiny_lm, prompts, hooks, batch_size=2, progress=False)
+    tok = tiny_lm.tokenizer
+    tail = len(tok(" has the first letter:", add_special_tokens=False).input_ids)
+    for i, p in enumerate(prompts):
+        ids = torch.tensor([[tok.bos_token_id] + tok(p, add_special_tokens=False).input_ids])
+        want = capture_residuals(tiny_lm, ids, hooks)
+        for h in hooks:
+            np.testing.assert_allclose(got[h.name][i], want[h.name][0, -1 - tail].numpy(),
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_absorption_command_stores_both_definitions_side_by_side(atlas_copy, capsys):
     db, ids = atlas_copy
-    assert main(["absorption", "--db", str(db), "--max-k", "4"]) == 0
-    assert "letters scored" in capsys.readouterr().out
+    assert main(["absorption", "--db", str(db), "--max-k", "4", "--words", "300"]) == 0
+    assert main(["absorption", "--db", str(db), "--max-k", "4", "--definition", "atlas"]) == 0
+    out = capsys.readouterr().out
+    assert "letters scored" in out and "absorption (saebench)" in out
     with duckdb.connect(str(db), read_only=True) as con:
-        rows = con.execute("SELECT sae_id, letter, probe_f1, n_split, absorption_rate, "
-                           "full_absorption_rate, main_latents, main_labels, f1_by_k, scored "
-                           "FROM absorption").fetchall()
-        assert {r[0] for r in rows} == set(ids)
+        rows = con.execute("SELECT sae_id, definition, letter, probe_f1, n_split, "
+                           "absorption_rate, full_absorption_rate, main_latents, main_labels, "
+                           "f1_by_k, scored, n_main FROM absorption").fetchall()
+        assert {(r[0], r[1]) for r in rows} == {(s, d) for s in ids
+                                                for d in ("saebench", "atlas")}
         for r in rows:
-            assert 0 <= r[2] <= 1 and len(r[6]) == r[3] + 1 == len(r[7]) and len(r[8]) == 4
-            if r[9]:
-                assert 0 <= r[4] <= 1 and 0 <= r[5] <= 1
-        n_words = con.execute("SELECT count(*) FROM absorbed_words").fetchone()[0]
-        tp = con.execute("SELECT sum(n_true_positives) FROM absorption WHERE scored").fetchone()
-        assert n_words == (tp[0] or 0)
-        by_sae = con.execute("SELECT count(*) FROM absorption_by_sae").fetchone()[0]
-        assert by_sae == len(ids)
-    # a second run of one SAE replaces its rows and keeps the other's
+            assert 0 <= r[3] <= 1 and len(r[7]) == r[4] + 1 == len(r[8]) == r[11]
+            assert len(r[9]) == 4
+            if r[10]:
+                assert 0 <= r[5] <= 1 and 0 <= r[6] <= 1
+        # SAEBench measures every held-out word its probe gets right; the atlas variant those
+        # of scored letters.
+        for defn, where in (("saebench", ""), ("atlas", "AND scored")):
+            n_words = con.execute("SELECT count(*) FROM absorbed_words JOIN analysis_runs "
+                                  "USING (run_id) WHERE definition = ?", [defn]).fetchone()[0]
+            tp = con.execute(f"SELECT sum(n_true_positives) FROM absorption WHERE definition "
+                             f"= ? {where}", [defn]).fetchone()
+            assert n_words == (tp[0] or 0)
+        by_sae = con.execute("SELECT definition, evaluated, letters_scored, "
+                             "mean_absorption_rate FROM absorption_by_sae").fetchall()
+        assert sorted(r[0] for r in by_sae) == ["atlas"] * len(ids) + ["saebench"] * len(ids)
+        for defn, evaluated, scored, rate in by_sae:
+            # SAEBench evaluates an SAE only with 20 letters its probe reads (F1 > 0.6)
+            assert evaluated == (scored >= (20 if defn == "saebench" else 1))
+            assert (rate is None) == (not evaluated or scored == 0)
+    # a second run of one SAE replaces its rows under that definition and keeps the others
     before = _counts(db)
-    assert main(["absorption", "--db", str(db), "--sae", "L1", "--max-k", "4"]) == 0
+    assert main(["absorption", "--db", str(db), "--sae", "L1", "--max-k", "4",
+                 "--definition", "atlas"]) == 0
     assert _counts(db) == before
 
 
 def _counts(db):
     with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute("SELECT sae_id, count(*) FROM absorption_letters GROUP BY 1 "
-                           "ORDER BY 1").fetchall()
+        return con.execute("SELECT sae_id, definition, count(*) FROM absorption_letters JOIN "
+                           "analysis_runs USING (run_id) GROUP BY ALL ORDER BY ALL").fetchall()
 
 
 def test_absorption_rejects_bad_arguments(atlas_copy, capsys):

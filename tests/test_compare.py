@@ -113,11 +113,66 @@ def test_one_pass_for_several_pairs_equals_one_pass_per_pair(tiny_atlas, tiny_lm
 
     a, b = tiny_atlas[1].sae_ids
     con = open_readonly(tiny_atlas[0].db)
-    saes = {s: catalog.load_sae(con, s) for s in (a, b)}
-    together = activation_correlations(con, tiny_lm, saes, [(a, b), (b, b)], n_blocks=8)
-    alone = activation_correlations(con, tiny_lm, saes, [(a, b)], n_blocks=8)
-    own = activation_correlations(con, tiny_lm, saes, [(b, b)], n_blocks=8)
+    models = {tiny_lm.model_id: (tiny_lm, {s: catalog.load_sae(con, s) for s in (a, b)})}
+    together = activation_correlations(con, models, [(a, b), (b, b)], n_blocks=8)
+    alone = activation_correlations(con, models, [(a, b)], n_blocks=8)
+    own = activation_correlations(con, models, [(b, b)], n_blocks=8)
     con.close()
     np.testing.assert_allclose(together.corr[a, b], alone.corr[a, b], atol=1e-9)
     np.testing.assert_allclose(together.corr[b, b], own.corr[b, b], atol=1e-9)
     assert together.n_tokens == {(a, b): alone.n_tokens[a, b], (b, b): own.n_tokens[b, b]}
+    assert together.top[b] == own.top[b] and together.top[a] == alone.top[a]
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_atlas, tmp_path_factory):
+    """The tiny atlas plus, in the same file, two random models sharing SmolLM2's tokenizer and
+    an exact copy of the first under another name: (db, {name: sae_id})."""
+    import shutil
+
+    from atlas.builder import build
+    from tests.conftest import tiny_config
+    from tests.tiny import smol_model_dir
+
+    db = tmp_path_factory.mktemp("models") / "models.duckdb"
+    shutil.copy(tiny_atlas[0].db, db)
+    first = smol_model_dir(seed=0)
+    twin = db.parent / "tiny-smol-twin"
+    shutil.copytree(first, twin)
+    ids = {"tiny": tiny_atlas[1].sae_ids[0]}
+    for name, model in (("first", first), ("second", smol_model_dir(seed=1)), ("twin", twin)):
+        ids[name] = build(tiny_config(db, model=str(model), layers=(1,), analyses=(),
+                                      tokens=64 * 48)).sae_ids[0]
+    return db, ids
+
+
+def test_saes_of_two_models_sharing_a_tokenizer_are_compared_on_the_same_tokens(two_models):
+    """A model and its exact copy under another name: two models to the atlas, the same
+    features, so every live feature is matched to itself; two different random models also
+    compare, on the same token ids."""
+    db, ids = two_models
+    for other in ("twin", "second"):
+        assert main(["compare", "--db", str(db), "--sae", ids["first"], "--sae", ids[other],
+                     "--blocks", "16", "--permutations", "20"]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT sae_b, model_a, model_b, n_tokens, n_matched, definition "
+                           "FROM universality WHERE sae_a = ? ORDER BY sae_b",
+                           [ids["first"]]).fetchall()
+        assert {r[1] for r in rows} == {"tiny-smol-tokenizer-s0"}
+        assert {r[2] for r in rows} == {"tiny-smol-twin", "tiny-smol-tokenizer-s1"}
+        assert len({r[3] for r in rows}) == 1 and rows[0][3] > 0  # the same tokens
+        assert {r[5] for r in rows} == {"lan2024"}
+        a, b, corr = map(np.asarray, zip(*con.execute(
+            "SELECT feature_a, feature_b, corr FROM matched_pairs WHERE sae_b = ?",
+            [ids["twin"]]).fetchall()))
+    live = corr > 0.5
+    assert live.sum() > 10 and (a[live] == b[live]).all()
+    np.testing.assert_allclose(corr[live], 1.0, atol=1e-5)
+
+
+def test_models_with_different_tokenizers_are_not_compared(two_models, capsys):
+    db, ids = two_models
+    assert main(["compare", "--db", str(db), "--sae", ids["tiny"], "--sae", ids["first"],
+                 "--blocks", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "different tokenizers" in err and "share a tokenizer" in err

@@ -77,3 +77,41 @@ def tiny_tokenizer(*, vocab_size: int = 512):
                                   show_progress=False)
     bpe.train_from_iterator([_TINY_TRAINING_TEXT] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>")
+
+
+SMOL_NAME = "tiny-smol-tokenizer"
+"""Tiny random models that share SmolLM2's tokenizer (the embedded GGUF's), as models of one
+family do (Pythia-70m/160m, Gemma-1/2): what cross-model universality compares."""
+
+
+def smol_model_dir(*, seed: int = 0, n_layers: int = 3, d_model: int = 48) -> Path:
+    """A tiny randomly initialised Llama with SmolLM2's tokenizer, saved once (per seed and
+    shape) under the system's temporary folder; its model id is `tiny-smol-tokenizer-s<seed>`."""
+    import transformers
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from atlas.models import embedded_gguf
+
+    key = hashlib.sha1(Path(__file__).read_bytes() + transformers.__version__.encode()
+                       + f"{seed}-{n_layers}-{d_model}".encode()).hexdigest()[:12]
+    root = Path(tempfile.gettempdir()) / f"atlas-test-models-{os.getuid()}" / key
+    final = root / f"{SMOL_NAME}-s{seed}"
+    if not (final / "config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=root)) / final.name
+        gguf = embedded_gguf()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model,
+                          intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                          num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+        torch.manual_seed(seed)
+        LlamaForCausalLM(cfg).eval().save_pretrained(partial)
+        tok.save_pretrained(partial)
+        try:
+            partial.rename(final)
+        except OSError:  # another process saved it first
+            pass
+        shutil.rmtree(partial.parent, ignore_errors=True)
+    return final

@@ -3,19 +3,33 @@ each letter's main latents by k-sparse probing over the SAE's latents, and the r
 they stay silent on words their letter's probe reads while another latent carries the probe
 direction.
 
-Words are the vocabulary's alphabetic tokens that start with a space (whole words). Each word is
-read at its own token after a few in-context examples of the task; the examples are computed
-once and kept in the model's key/value cache, so each word costs one token of forward pass. The
-residuals of every hook the SAEs read come from the same pass, shared by all SAEs of a run.
-Tables: `absorption_tasks`, `absorption_letters`, `absorbed_words`; views `absorption`,
+Two definitions, chosen with `--definition` and recorded as the run's `definition`:
+
+- `saebench` (default): SAEBench's metric (adamkarvonen/SAEBench, `sae_bench/evals/absorption/`).
+  Vocabulary: every alphabetic token, with or without a leading space; each word is read at its
+  last token in its own prompt (BOS, 10 random in-context examples from its side of an 80/20
+  split, then "{word} has the first letter:"); a 26-way probe on raw residuals; main latents
+  from an L1-regularised probe over the SAE's latents; shares = activation x decoder cosine with
+  the probe; absorption re-measured in fresh prompts on the held-out words the probe gets right.
+- `atlas`: whole words only (' word'), three fixed examples kept in the key/value cache (one
+  token of forward pass per word), per-letter probes on standardised residuals, latents ranked
+  by their mean-activation gap, and shares = activation x the decoder row's projection against
+  the residual minus b_dec — shares of the reconstruction's own probe projection, which stay
+  right when decoder rows are not unit norm.
+
+The residuals of every hook the SAEs read come from the same passes, shared by all SAEs of a
+run. Tables: `absorption_tasks`, `absorption_letters`, `absorbed_words`; views `absorption`,
 `absorption_by_sae`, `absorbed_examples`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +43,7 @@ from atlas.models import HookPoint, LoadedModel, capture_residuals
 from atlas.saes import check_width, hook_of, sae_input
 
 NAME = "absorption"
-DEFINITION = "atlas"
+DEFINITION = "saebench"
 TABLES = ("absorption_tasks", "absorption_letters", "absorbed_words")
 NEEDS_MODEL = True
 ORDER = 50
@@ -41,8 +55,17 @@ log = logging.getLogger(__name__)
 class Settings(ab.AbsorptionSettings):
     """The first-letter task's vocabulary and split, and the metric's thresholds."""
 
-    words: int = 6000
-    """Whole-word vocabulary tokens to use, drawn evenly at random (0: all of them)."""
+    definition: Literal["saebench", "atlas"] = "saebench"
+    """SAEBench's metric, or the atlas variant (see the module's description)."""
+
+    words: int = 0
+    """Vocabulary tokens to use, drawn evenly at random (0: all of them)."""
+
+    icl_examples: int = 10
+    """In-context examples in each word's prompt (saebench)."""
+
+    min_letters: int = ab.SAEBENCH_MIN_LETTERS
+    """Letters with probe F1 above --min-probe-f1 an SAE needs to be evaluated (saebench)."""
 
     test_fraction: float = 0.2
     """Share of the words held out for probe F1, k-sparse F1 and absorption."""
@@ -51,8 +74,20 @@ class Settings(ab.AbsorptionSettings):
     """Words per forward batch."""
 
     def __post_init__(self) -> None:
-        if self.words < 0 or self.max_k < 1 or not 0 < self.test_fraction < 1:
-            raise AtlasError("--words must be >= 0, --max-k >= 1 and --test-fraction in (0, 1)")
+        if self.words < 0 or self.max_k < 1 or not 0 < self.test_fraction < 1 or \
+                self.icl_examples < 1 or self.min_letters < 1:
+            raise AtlasError("--words must be >= 0, --max-k, --icl-examples and --min-letters "
+                             ">= 1, and --test-fraction in (0, 1)")
+
+
+BUILD = {"words": 6000}
+"""`atlas build` measures absorption on 6,000 vocabulary tokens drawn at random (recorded in
+the run's params); `atlas absorption` uses every one."""
+
+
+def definition(settings: Settings) -> str:
+    """The definition a run with these settings computes."""
+    return settings.definition
 
 
 TEMPLATE = "{word} has the first letter:"
@@ -66,29 +101,90 @@ class Vocabulary:
     labels: np.ndarray        # 0 = 'a' … 25 = 'z'
 
 
-def first_letter_vocabulary(tokenizer, *, n_words: int | None = None,
-                            seed: int = 0) -> Vocabulary:
-    """The tokenizer's whole-word alphabetic tokens (' word', two letters or more), at most
-    `n_words` of them drawn evenly at random."""
+ALPHA = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def first_letter_vocabulary(tokenizer, *, n_words: int | None = None, seed: int = 0,
+                            style: Literal["saebench", "atlas"] = "atlas") -> Vocabulary:
+    """The tokenizer's alphabetic tokens, at most `n_words` of them drawn evenly at random.
+
+    `saebench`: every token whose text, after one optional leading space, is one or more ASCII
+    letters (SAEBench's `get_alpha_tokens`); `words` keep their leading space. `atlas`: whole
+    words only (' word', two letters or more); `words` without the space."""
     special = set(tokenizer.all_special_ids)
     ids, words = [], []
     for tid in range(len(tokenizer)):
         if tid in special:
             continue
         text = tokenizer.decode([tid])
+        if style == "saebench":
+            bare = text[1:] if text.startswith(" ") else text
+            if bare and all(c in ALPHA for c in bare):
+                ids.append(tid)
+                words.append(text)
+            continue
         word = text[1:]
         if text.startswith(" ") and len(word) >= 2 and word.isascii() and word.isalpha():
             ids.append(tid)
             words.append(word)
     if not ids:
-        raise AtlasError("the tokenizer has no whole-word alphabetic tokens; the first-letter "
-                         "task needs a vocabulary of words")
+        raise AtlasError("the tokenizer has no alphabetic tokens; the first-letter task needs a "
+                         "vocabulary of words")
     order = np.arange(len(ids))
     if n_words is not None and n_words < len(ids):
         order = np.sort(np.random.default_rng(seed).choice(len(ids), n_words, replace=False))
     return Vocabulary(token_ids=np.array([ids[i] for i in order]),
                       words=[words[i] for i in order],
-                      labels=np.array([ord(words[i][0].lower()) - ord("a") for i in order]))
+                      labels=np.array([ord(words[i].strip()[0].lower()) - ord("a")
+                                       for i in order]))
+
+
+def icl_prompt(word: str, examples: list[str], template: str = TEMPLATE) -> str:
+    """SAEBench's `create_icl_prompt` (separator prepended, as its calculator does): each
+    example with its answer (' ' + its first letter, capitalised), one per line, then the word."""
+    lines = [template.format(word=e) + " " + e.strip()[0].upper() for e in examples]
+    return "\n" + "\n".join(lines) + "\n" + template.format(word=word)
+
+
+def icl_prompts(words: list[str], pool: np.ndarray, n_examples: int,
+                rng: np.random.Generator, all_words: list[str]) -> list[str]:
+    """One prompt per word, its examples drawn without replacement from `all_words[pool]`,
+    redrawn while they contain the word itself."""
+    out = []
+    for word in words:
+        k = min(n_examples, len(pool) - 1)
+        for _ in range(1000):
+            picked = [all_words[i] for i in rng.choice(pool, k, replace=False)]
+            if word not in picked:
+                break
+        out.append(icl_prompt(word, picked))
+    return out
+
+
+@torch.no_grad()
+def prompt_residuals(lm: LoadedModel, prompts: list[str], hooks: list[HookPoint], *,
+                     template: str = TEMPLATE, batch_size: int = 64,
+                     progress: bool = True) -> dict[str, np.ndarray]:
+    """Residual at each prompt's word (the token before the template's tail, as SAEBench reads
+    position -6 for its template), per hook: {hook name: (n_prompts, d)}. Each prompt starts
+    with BOS; prompts of equal length run together, so nothing is padded."""
+    tok = lm.tokenizer
+    tail = len(tok(template.split("{word}", 1)[1], add_special_tokens=False).input_ids)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    ids = [([bos] if bos is not None else []) + tok(p, add_special_tokens=False).input_ids
+           for p in prompts]
+    groups = defaultdict(list)
+    for i, row in enumerate(ids):
+        groups[len(row)].append(i)
+    out = {h.name: np.zeros((len(prompts), lm.d_model), dtype=np.float32) for h in hooks}
+    batches = [rows[j:j + batch_size] for rows in groups.values()
+               for j in range(0, len(rows), batch_size)]
+    bar = {} if progress else {"disable": True}
+    for rows in tqdm(batches, desc="first-letter prompts", unit="batch", **bar):
+        acts = capture_residuals(lm, torch.tensor([ids[i] for i in rows]), hooks)
+        for name, x in acts.items():
+            out[name][rows] = x[:, -1 - tail].float().cpu().numpy()
+    return out
 
 
 def prompt_prefix(examples: tuple[str, ...] = EXAMPLES, template: str = TEMPLATE) -> str:
@@ -176,12 +272,19 @@ def run_tables(sae_id: str, vocab: Vocabulary,
 
 @dataclass(frozen=True)
 class Task:
-    """What every SAE of a run is scored on: the words, their split, and their residuals."""
+    """What every SAE of a run is scored on: the words, their split, and their residuals; for
+    SAEBench's definition also each hook's residual probe and the held-out words it gets right,
+    read again in fresh prompts."""
 
     vocab: Vocabulary
     train: np.ndarray
     resid: dict[str, np.ndarray]
     setup_seconds: float
+    probes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    absorbed: dict[str, np.ndarray] | None = None
+    """Per hook: rows of held-out words whose probe score for their letter is above 0."""
+    absorbed_resid: dict[str, np.ndarray] | None = None
+    prompt: str = ""
 
 
 def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
@@ -196,31 +299,83 @@ def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings) -> Task
     for sid, sae in saes.items():
         check_width(sae, lm.d_model, sid)
     t0 = time.perf_counter()
-    vocab = first_letter_vocabulary(lm.tokenizer, n_words=settings.words or None,
-                                    seed=settings.seed)
     hooks = sorted({hook_of(sae) for sae in saes.values()}, key=lambda h: (h.layer, h.where))
-    resid = word_residuals(lm, vocab.token_ids, hooks, batch_size=settings.batch_size)
-    train = ab.split_words(vocab.labels, settings.test_fraction, seed=settings.seed)
+    if settings.definition == "saebench":
+        task = saebench_task(lm, hooks, settings)
+    else:
+        vocab = first_letter_vocabulary(lm.tokenizer, n_words=settings.words or None,
+                                        seed=settings.seed)
+        resid = word_residuals(lm, vocab.token_ids, hooks, batch_size=settings.batch_size)
+        train = ab.split_words(vocab.labels, settings.test_fraction, seed=settings.seed)
+        task = Task(vocab, train, resid, 0.0, prompt=prompt_prefix() + " {word}")
     setup = time.perf_counter() - t0
-    log.info("first-letter task: %d words (%d held out), residuals at %d hooks in %.1fs",
-             len(vocab.words), int((~train).sum()), len(hooks), setup)
-    return Task(vocab, train, resid, setup)
+    log.info("first-letter task (%s): %d words (%d held out), residuals at %d hooks in %.1fs",
+             settings.definition, len(task.vocab.words), int((~task.train).sum()), len(hooks),
+             setup)
+    return dataclasses.replace(task, setup_seconds=setup)
+
+
+def saebench_task(lm: LoadedModel, hooks: list[HookPoint], settings: Settings) -> Task:
+    """SAEBench's task: the vocabulary split 80/20 at random, each word in its own prompt with
+    examples from its side of the split, one 26-way residual probe per hook, and the held-out
+    words each probe gets right read again in prompts with examples from the whole vocabulary."""
+    vocab = first_letter_vocabulary(lm.tokenizer, n_words=settings.words or None,
+                                    seed=settings.seed, style="saebench")
+    n = len(vocab.words)
+    rng = np.random.default_rng(settings.seed)
+    order = rng.permutation(n)
+    n_train = int(n * (1 - settings.test_fraction))
+    train = np.zeros(n, dtype=bool)
+    train[order[:n_train]] = True
+    pools = {True: np.flatnonzero(train), False: np.flatnonzero(~train)}
+    prompts = [None] * n
+    for side, pool in pools.items():
+        made = icl_prompts([vocab.words[i] for i in pool], pool, settings.icl_examples, rng,
+                           vocab.words)
+        for i, p in zip(pool, made):
+            prompts[i] = p
+    resid = prompt_residuals(lm, prompts, hooks, batch_size=settings.batch_size)
+    probes, absorbed = {}, {}
+    test = np.flatnonzero(~train)
+    for h in hooks:
+        x = resid[h.name]
+        probes[h.name] = ab.train_multi_probe(x[train], vocab.labels[train], 26,
+                                              ab.RESIDUAL_PROBE, seed=settings.seed)
+        w, b = probes[h.name]
+        own = (x[test] @ w.T + b)[np.arange(len(test)), vocab.labels[test]]
+        absorbed[h.name] = test[own > 0]
+    again = np.unique(np.concatenate(list(absorbed.values())))
+    fresh = icl_prompts([vocab.words[i] for i in again], np.arange(n), settings.icl_examples,
+                        rng, vocab.words)
+    fresh_resid = prompt_residuals(lm, fresh, hooks, batch_size=settings.batch_size)
+    where = {int(r): j for j, r in enumerate(again)}
+    absorbed_resid = {h: fresh_resid[h][[where[int(r)] for r in rows]]
+                      for h, rows in absorbed.items()}
+    return Task(vocab, train, resid, 0.0, probes, absorbed, absorbed_resid,
+                prompt=icl_prompt("{word}", ["<example>"] * settings.icl_examples))
 
 
 def compute(inputs: Inputs, subject: Subject, settings: Settings, task: Task) -> Output:
     """Probes, main latents and absorption of one SAE on the prepared task."""
     (sid,) = subject.sae_ids
     sae = inputs.saes([sid])[sid]
-    x = task.resid[hook_of(sae).name]
-    result = ab.absorption(x, task.vocab.labels, sae_codes(sae, x),
-                           sae.W_dec.detach().float().cpu().numpy(), task.train, settings,
-                           offset=sae.b_dec.detach().float().cpu().numpy())
+    hook = hook_of(sae).name
+    x = task.resid[hook]
+    decoder = sae.W_dec.detach().float().cpu().numpy()
+    if settings.definition == "saebench":
+        result = ab.saebench_absorption(task.probes[hook], x, task.vocab.labels, task.train,
+                                        lambda r: sae_codes(sae, r), decoder,
+                                        task.absorbed[hook], task.absorbed_resid[hook], settings)
+    else:
+        result = ab.absorption(x, task.vocab.labels, sae_codes(sae, x), decoder, task.train,
+                               settings, offset=sae.b_dec.detach().float().cpu().numpy())
     tables = run_tables(sid, task.vocab, result)
     setup = {"sae_id": sid, "n_words": len(task.vocab.words), "n_train": int(task.train.sum()),
-             "n_test": int((~task.train).sum()), "prompt": prompt_prefix() + " {word}",
-             "setup_seconds": task.setup_seconds}
+             "n_test": int((~task.train).sum()), "prompt": task.prompt,
+             "setup_seconds": task.setup_seconds,
+             "min_letters": settings.min_letters if settings.definition == "saebench" else 1}
     return Output({"absorption_tasks": pa.Table.from_pylist([setup]), **tables},
-                  {"sae_id": sid})
+                  {"sae_id": sid, "definition": settings.definition})
 
 
 def summarize(con, summary: dict) -> dict:
@@ -228,7 +383,7 @@ def summarize(con, summary: dict) -> dict:
     the CLI and the app show one number."""
     cur = con.execute("SELECT letters_scored, mean_probe_f1, mean_absorption_rate, "
                       "mean_full_absorption_rate, mean_n_split FROM absorption_by_sae "
-                      "WHERE sae_id = ?", [summary["sae_id"]])
+                      "WHERE run_id = ?", [summary["run_id"]])
     row = cur.fetchone() or (0, None, None, None, None)
     return {**summary, **dict(zip([d[0] for d in cur.description], row))}
 

@@ -57,6 +57,8 @@ class Inputs:
     sae_ids: tuple[str, ...]
     """The SAEs to analyse, ordered by layer."""
     loader: Loader | None = None
+    models_loader: Callable[[Sequence[str]], dict[str, tuple[object, dict]]] | None = None
+    """(sae_ids) -> {model_id: (model, {sae_id: SAE})}: SAEs that may read different models."""
     _loaded: tuple[object, dict] | None = field(default=None, repr=False)
 
     def _load(self) -> tuple[object, dict]:
@@ -74,6 +76,18 @@ class Inputs:
     def saes_available(self) -> dict:
         """Every SAE object the loader found (SAEs known only from their harvest are absent)."""
         return self._load()[1]
+
+    def models(self, sae_ids: Sequence[str]) -> dict[str, tuple[object, dict]]:
+        """{model_id: (model, {sae_id: SAE})} for `sae_ids`, which may read several models
+        (each loaded once); without a `models_loader`, the one model of `loader`."""
+        if self.models_loader is None:
+            lm = self.lm
+            return {lm.model_id: (lm, self.saes(sae_ids))}
+        found = self.models_loader(sae_ids)
+        missing = set(sae_ids) - {s for _, saes in found.values() for s in saes}
+        if missing:
+            self.saes(sorted(missing))  # the clear error for an SAE that cannot be loaded
+        return found
 
     def saes(self, sae_ids: Iterable[str]) -> dict:
         """The SAE objects of `sae_ids`, with a clear error for one that cannot be loaded."""
@@ -103,11 +117,13 @@ def params_json(settings: object) -> str:
 
 def store_run(con: duckdb.DuckDBPyConnection, *, analysis: str, subject: str, definition: str,
               settings: object, seconds: float, tables: Mapping[str, pa.Table]) -> str:
-    """Replace the subject's previous run of `analysis` (its `analysis_runs` row and its rows in
-    `tables`) by this one, in one transaction. Returns the run id."""
+    """Replace the subject's previous run of `analysis` under the same definition (its
+    `analysis_runs` row and its rows in `tables`) by this one, in one transaction; runs of other
+    definitions stay beside it. Returns the run id."""
     run_id = make_run_id(analysis, subject)
     old = [r[0] for r in con.execute("SELECT run_id FROM analysis_runs WHERE analysis = ? AND "
-                                     "subject = ?", [analysis, subject]).fetchall()]
+                                     "subject = ? AND definition = ?",
+                                     [analysis, subject, definition]).fetchall()]
     params = params_json(settings)
     with store.transaction(con):
         for name in tables:
@@ -125,6 +141,13 @@ def store_run(con: duckdb.DuckDBPyConnection, *, analysis: str, subject: str, de
     return run_id
 
 
+def definition_of(analysis: ModuleType, settings: object) -> str:
+    """The definition a run of `analysis` with `settings` computes: the module's
+    `definition(settings)` where its settings choose one, else its `DEFINITION`."""
+    choose = getattr(analysis, "definition", None)
+    return choose(settings) if choose else analysis.DEFINITION
+
+
 def is_current(con: duckdb.DuckDBPyConnection, analysis: ModuleType, subject: Subject,
                settings: object) -> bool:
     """Whether the subject's stored run has this definition and these settings and is newer
@@ -134,7 +157,8 @@ def is_current(con: duckdb.DuckDBPyConnection, analysis: ModuleType, subject: Su
         "SELECT count(*) FROM analysis_runs r WHERE r.analysis = ? AND r.subject = ? AND "
         "r.definition = ? AND r.params = ? AND r.created_at >= (SELECT coalesce(max(created_at), "
         "TIMESTAMP '-infinity') FROM harvests WHERE sae_id IN (SELECT unnest(?::VARCHAR[])))",
-        [analysis.NAME, subject.key, analysis.DEFINITION, params, list(subject.sae_ids)]
+        [analysis.NAME, subject.key, definition_of(analysis, settings), params,
+         list(subject.sae_ids)]
     ).fetchone()
     return bool(row[0])
 
@@ -168,11 +192,12 @@ def run(inputs: Inputs, analysis: ModuleType, settings: object | None = None, *,
         unknown = set(result.tables) - set(analysis.TABLES)
         if unknown:
             raise ValueError(f"{analysis.NAME} wrote tables it does not declare: {unknown}")
+        defn = definition_of(analysis, settings)
         run_id = store_run(inputs.con, analysis=analysis.NAME, subject=subject.key,
-                           definition=analysis.DEFINITION, settings=settings, seconds=seconds,
+                           definition=defn, settings=settings, seconds=seconds,
                            tables=result.tables)
         summary = {"analysis": analysis.NAME, "subject": subject.key, "run_id": run_id,
-                   "definition": analysis.DEFINITION, **result.summary, "seconds": seconds}
+                   **result.summary, "definition": defn, "seconds": seconds}
         if hasattr(analysis, "summarize"):  # figures read back from the stored run's views
             summary = analysis.summarize(inputs.con, summary)
         log.info("%s %s: %s (%.1fs)", analysis.NAME, subject.key, analysis.describe(summary),

@@ -1,12 +1,21 @@
-"""Universality, per pair of SAEs: match A's features to B's by the correlation of their
-activations on the same tokens, and score the matched decoder spaces with SVCCA and RSA against
-shuffled pairings. One pass of the model serves every pair. Tables: `universality_scores`,
-`matched_pairs`; view `universality`."""
+"""Universality, per pair of SAEs — two layers, two seeds, or two models that share a tokenizer
+(Lan et al. 2024, the default definition `lan2024`): match the smaller SAE's features to the
+other's by the Pearson correlation of their activations on the same token ids, drop the pairs
+whose top-5 tokens hold punctuation, whitespace or special tokens or share no token, or whose
+correlation is <= 0.1, and score the kept pairs' decoder rows with SVCCA and RSA against
+shuffled pairings. One pass of each model serves every pair. Tables: `universality_scores`,
+`matched_pairs`; view `universality`.
+
+SVCCA's component rule: the reference notebook keeps the components whose cumulative explained
+variance ratio reaches 0.99 x the total variance — for decoder rows (total variance >> 1) that is
+always one component, so the published SVCCA is the canonical correlation of the two spaces'
+first principal components. The atlas keeps that rule by default, so numbers compare with the
+paper's, and offers `--svcca-rule variance` (the components explaining 99% of the variance,
+capped at pairs/10 so canonical correlations cannot fit noise), labeled `atlas`."""
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Literal
@@ -25,13 +34,12 @@ from atlas.models import capture_residuals
 from atlas.saes import check_width, hook_of, sae_input
 
 NAME = "universality"
-DEFINITION = "atlas"
+DEFINITION = "lan2024"
 TABLES = ("universality_scores", "matched_pairs")
 NEEDS_MODEL = True
 ORDER = 40
 
 log = logging.getLogger(__name__)
-WORDLIKE = re.compile(r"[A-Za-z]{2,}")
 
 
 @dataclass(frozen=True)
@@ -44,21 +52,40 @@ class Settings:
     blocks: int = 64
     """Blocks of the atlas's corpus (spread evenly) whose tokens are correlated."""
 
+    min_corr: float = 0.1
+    """Matched pairs need a correlation above this (Lan et al.: 0.1)."""
+
+    top_tokens: int = 5
+    """Top-activating tokens per feature the concept filter reads (Lan et al.: 5)."""
+
+    svcca_rule: Literal["lan2024", "variance"] = "lan2024"
+    """SVCCA's components: the reference notebook's rule, or 99% of the variance (atlas)."""
+
     one_to_one: bool = False
-    """Hungarian matching (each feature used once) instead of each A feature's best B feature."""
+    """Hungarian matching (each feature used once) instead of Lan et al.'s best partner (atlas)."""
 
     permutations: int = 100
     """Shuffled pairings behind the null distributions of SVCCA and RSA."""
 
-    rsa_max: int = 600
-    """Matched pairs (a random subset) the RSA similarity matrices are built from."""
+    rsa_max: int = 0
+    """Kept pairs (a random subset) the RSA matrices are built from (0: all, as Lan et al.)."""
 
     seed: int = 0
     """Seed of the shuffles and the RSA subset."""
 
     def __post_init__(self) -> None:
-        if self.blocks < 1 or self.permutations < 1 or self.rsa_max < 10:
-            raise AtlasError("--blocks and --permutations must be positive, --rsa-max >= 10")
+        if self.blocks < 1 or self.permutations < 1 or self.top_tokens < 1 or \
+                (self.rsa_max and self.rsa_max < 10):
+            raise AtlasError("--blocks, --permutations and --top-tokens must be positive, "
+                             "--rsa-max 0 (all) or >= 10")
+
+
+def definition(settings: Settings) -> str:
+    """`lan2024` with the paper's choices; `atlas` when a setting departs from them."""
+    published = (settings.svcca_rule == "lan2024" and not settings.one_to_one
+                 and settings.rsa_max == 0 and settings.min_corr == 0.1
+                 and settings.top_tokens == 5)
+    return "lan2024" if published else "atlas"
 
 
 def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
@@ -71,30 +98,49 @@ def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
     return [Subject(f"{a} ~ {b}", (a, b)) for a, b in pairs]
 
 
-def concept_features(con: duckdb.DuckDBPyConnection, sae_id: str) -> np.ndarray:
-    """Mask of features whose most frequent firing tokens include a word (not only
-    punctuation, whitespace or digits)."""
-    rows = con.execute("SELECT top_tokens FROM features WHERE sae_id = ? ORDER BY feature",
-                       [sae_id]).fetchall()
-    return np.array([any(WORDLIKE.search(t) for t in (r[0] or [])[:3]) for r in rows])
-
-
 @dataclass(frozen=True)
 class Correlations:
     """Per pair of SAEs: the correlation of every feature of A with every feature of B, and
-    the tokens it was measured on."""
+    the tokens it was measured on; per SAE its features' top tokens and the model it reads."""
 
     corr: dict[tuple[str, str], np.ndarray]
     n_tokens: dict[tuple[str, str], int]
+    top: dict[str, list[list[int]]]
+    junk: set[int]
+    model: dict[str, str]
+
+
+def same_tokenizer(models: dict[str, object]) -> None:
+    """One clear error unless every model has the same vocabulary (token id -> text)."""
+    vocabs = {m: lm.tokenizer.get_vocab() for m, lm in models.items()}
+    first, *rest = vocabs
+    for other in rest:
+        if vocabs[other] != vocabs[first]:
+            raise AtlasError(f"{first} and {other} have different tokenizers; universality "
+                             "correlates features on the same token ids, so compare SAEs of "
+                             "models that share a tokenizer (e.g. Pythia-70m and -160m, "
+                             "Gemma-1 and Gemma-2)")
+
+
+def junk_ids(tokenizer) -> set[int]:
+    """Token ids Lan et al.'s filter drops (special, whitespace-only, punctuation-only)."""
+    special = set(tokenizer.all_special_ids)
+    return {t for t in range(len(tokenizer))
+            if un.junk_token(tokenizer.decode([t]), t in special)}
 
 
 @torch.no_grad()
-def activation_correlations(con: duckdb.DuckDBPyConnection, lm, saes: dict,
-                            pairs: list[tuple[str, str]], *, n_blocks: int,
+def activation_correlations(con: duckdb.DuckDBPyConnection, models: dict[str, tuple],
+                            pairs: list[tuple[str, str]], *, n_blocks: int, top_k: int = 5,
                             batch_blocks: int = 8) -> Correlations:
     """Correlations of each pair's activations over `n_blocks` blocks of the first SAE's corpus
-    (spread evenly), from one forward pass per batch for every hook of every pair: each SAE
-    encodes a batch once, each pair correlates the tokens both hooks keep."""
+    (spread evenly), from one forward pass of each model per batch for every hook it serves:
+    each SAE encodes a batch once, each pair correlates the tokens both hooks keep, and each SAE
+    keeps its features' top activating tokens. `models` maps a model id to (model, SAEs)."""
+    lms = {m: lm for m, (lm, _) in models.items()}
+    same_tokenizer(lms)
+    saes = {sid: sae for _, found in models.values() for sid, sae in found.items()}
+    owner = {sid: m for m, (_, found) in models.items() for sid in found}
     first = pairs[0][0]
     ids = con.execute("SELECT b.token_ids FROM blocks b JOIN harvests h ON b.corpus_id = h.corpus "
                       "WHERE h.sae_id = ? ORDER BY b.block_id", [first]).fetchall()
@@ -103,52 +149,73 @@ def activation_correlations(con: duckdb.DuckDBPyConnection, lm, saes: dict,
     pick = np.unique(np.linspace(0, len(ids) - 1, min(n_blocks, len(ids))).astype(int))
     tokens = torch.tensor([ids[i][0] for i in pick])
     used = sorted({s for pair in pairs for s in pair})
-    hooks = sorted({hook_of(saes[s]) for s in used}, key=lambda h: (h.layer, h.where))
-    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
+    tok = next(iter(lms.values())).tokenizer
+    special = torch.tensor(sorted(set(tok.all_special_ids)))
     accs = {p: un.CorrelationAccumulator(saes[p[0]].cfg.d_sae, saes[p[1]].cfg.d_sae)
             for p in pairs}
+    tops = {s: un.TopActivations(saes[s].cfg.d_sae, top_k) for s in used}
     n_tok = dict.fromkeys(pairs, 0)
     for start in range(0, len(tokens), batch_blocks):
         batch = tokens[start:start + batch_blocks]
         base = ~torch.isin(batch, special)
         base[:, 0] = False
-        base = base.to(lm.device)
-        acts = capture_residuals(lm, batch, hooks)
-        keep = {h.name: sink_free(acts[h.name], base) for h in hooks}
-        codes = {s: saes[s].encode(sae_input(saes[s], acts[hook_of(saes[s]).name][base]))
-                 for s in used}
+        keep, codes = {}, {}
+        for m, lm in lms.items():
+            mine = [s for s in used if owner[s] == m]
+            if not mine:
+                continue
+            hooks = sorted({hook_of(saes[s]) for s in mine}, key=lambda h: (h.layer, h.where))
+            on_dev = base.to(lm.device)
+            acts = capture_residuals(lm, batch.to(lm.device), hooks)
+            for s in mine:
+                name = hook_of(saes[s]).name
+                keep[s] = sink_free(acts[name], on_dev).cpu()[base]
+                codes[s] = saes[s].encode(sae_input(saes[s], acts[name][on_dev])).float().cpu()
+        flat = batch[base].numpy()
+        for s in used:
+            tops[s].update(codes[s][keep[s]].numpy(), flat[keep[s].numpy()])
         for a, b in pairs:
-            both = (keep[hook_of(saes[a]).name] & keep[hook_of(saes[b]).name])[base]
-            accs[a, b].update(codes[a][both].float().cpu().numpy(),
-                              codes[b][both].float().cpu().numpy())
+            both = keep[a] & keep[b]
+            accs[a, b].update(codes[a][both].numpy(), codes[b][both].numpy())
             n_tok[a, b] += int(both.sum())
-    return Correlations({p: acc.result() for p, acc in accs.items()}, n_tok)
+    return Correlations({p: acc.result() for p, acc in accs.items()}, n_tok,
+                        {s: t.top_tokens() for s, t in tops.items()}, junk_ids(tok), owner)
 
 
 def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings) -> Correlations:
-    """Every pair's activation correlations, from one pass of the model."""
-    lm = inputs.lm
-    saes = inputs.saes(sorted({s for subject in subjects for s in subject.sae_ids}))
-    for sid, sae in saes.items():
-        check_width(sae, lm.d_model, sid)
-    return activation_correlations(inputs.con, lm, saes, [s.sae_ids for s in subjects],
-                                   n_blocks=settings.blocks)
+    """Every pair's activation correlations, from one pass of each model."""
+    ids = sorted({s for subject in subjects for s in subject.sae_ids})
+    models = inputs.models(ids)
+    for lm, found in models.values():
+        for sid, sae in found.items():
+            check_width(sae, lm.d_model, sid)
+    return activation_correlations(inputs.con, models, [s.sae_ids for s in subjects],
+                                   n_blocks=settings.blocks, top_k=settings.top_tokens)
 
 
 def compute(inputs: Inputs, subject: Subject, settings: Settings,
             shared: Correlations) -> Output:
-    """Match A's features to B's by the prepared correlations and score the matched decoder
-    spaces."""
+    """Match the pair's features by the prepared correlations, filter them as Lan et al. do,
+    and score the kept decoder rows."""
     con = inputs.con
     sae_id_a, sae_id_b = subject.sae_ids
     corr, n_tok = shared.corr[subject.sae_ids], shared.n_tokens[subject.sae_ids]
-    a, b, c = un.match_features(corr, one_to_one=settings.one_to_one)
-    kept = concept_features(con, sae_id_a)[a] & concept_features(con, sae_id_b)[b] & (c > 0)
+    if settings.one_to_one:
+        a, b, c = un.match_features(corr, one_to_one=True)
+    else:
+        a, b, c = un.match_smaller(corr)
+    kept = un.lan2024_keep(a, b, c, shared.top[sae_id_a], shared.top[sae_id_b], shared.junk,
+                           min_corr=settings.min_corr)
     dec_a, dec_b = store.load_decoders(con, sae_id_a), store.load_decoders(con, sae_id_b)
     x, y = dec_a[a[kept]].astype(np.float64), dec_b[b[kept]].astype(np.float64)
     row = {"sae_a": sae_id_a, "sae_b": sae_id_b, "n_tokens": n_tok,
            "one_to_one": settings.one_to_one, "n_pairs": int(kept.sum()),
            "mean_corr": float(c[kept].mean()) if kept.any() else None,
+           "n_matched": len(a), "mean_corr_matched": float(c.mean()) if len(c) else None,
+           "matched_from": ("both" if settings.one_to_one else
+                            "b" if corr.shape[1] <= corr.shape[0] else "a"),
+           "svcca_rule": settings.svcca_rule, "rsa_inner": "correlation",
+           "model_a": shared.model[sae_id_a], "model_b": shared.model[sae_id_b],
            "n_permutations": settings.permutations}
     if len(x) >= MIN_PAIRS:
         row.update(_scores(x, y, settings))
@@ -171,16 +238,22 @@ SCORES = ("svcca", "svcca_null", "svcca_null_std", "svcca_p", "svcca_dims", "rsa
 
 def _scores(x: np.ndarray, y: np.ndarray, settings: Settings) -> dict:
     """SVCCA and RSA of matched decoder rows against shuffled pairings."""
-    # Canonical correlations need many more pairs than directions, or any pairing scores ~1.
-    dims = max(2, min(50, len(x) // 10))
+    if settings.svcca_rule == "lan2024":
+        dims = None
+    else:  # canonical correlations need many more pairs than directions, or any pairing ~1
+        dims = max(2, min(50, len(x) // 10))
     sv = un.svcca_against_shuffles(x, y, max_dims=dims, n_permutations=settings.permutations,
-                                   seed=settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    sub = rng.choice(len(x), min(settings.rsa_max, len(x)), replace=False)
-    rs = un.rsa_against_shuffles(x[sub], y[sub], n_permutations=settings.permutations,
+                                   seed=settings.seed, rule=settings.svcca_rule)
+    used = min(un.svcca_directions(x, settings.svcca_rule, max_dims=dims).shape[1],
+               un.svcca_directions(y, settings.svcca_rule, max_dims=dims).shape[1])
+    if settings.rsa_max and len(x) > settings.rsa_max:
+        sub = np.random.default_rng(settings.seed).choice(len(x), settings.rsa_max,
+                                                          replace=False)
+        x, y = x[sub], y[sub]
+    rs = un.rsa_against_shuffles(x, y, n_permutations=settings.permutations,
                                  seed=settings.seed)
     return {"svcca": sv.score, "svcca_null": sv.null_mean, "svcca_null_std": sv.null_std,
-            "svcca_p": sv.p, "svcca_dims": dims, "rsa": rs.score, "rsa_null": rs.null_mean,
+            "svcca_p": sv.p, "svcca_dims": used, "rsa": rs.score, "rsa_null": rs.null_mean,
             "rsa_null_std": rs.null_std, "rsa_p": rs.p}
 
 

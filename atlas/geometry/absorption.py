@@ -258,3 +258,203 @@ def absorption(resid: Float[np.ndarray, "n d"], labels: Int[np.ndarray, " n"],
             absorption_rate=float(np.mean(fractions)) if scored else None,
             full_absorption_rate=n_full / len(fractions) if scored else None, n_full=n_full))
     return out
+
+
+# SAEBench's definition (adamkarvonen/SAEBench, sae_bench/evals/absorption/), the default.
+#
+# Differences from the atlas variant above: the residual probe is one 26-way one-vs-rest linear
+# probe on raw residuals (trained with Adam, not per letter on standardised residuals); the main
+# latents come from an L1-regularised probe over all latents (top-k weights, then a logistic
+# regression on those k), not from a mean-activation ranking; a latent's share of the probe
+# projection is activation x cosine(decoder row, probe), against the raw residual's projection
+# (the atlas variant uses the decoder row as stored and subtracts b_dec); letters count when their
+# probe F1 > 0.6, and an SAE is evaluated only with at least 20 such letters.
+
+SAEBENCH_MIN_LETTERS = 20
+"""Letters with probe F1 above `min_probe_f1` an SAE needs before SAEBench evaluates it."""
+
+
+@dataclass(frozen=True)
+class ProbeTraining:
+    """How SAEBench trains its linear probes (BCE with per-class positive weights, Adam, learning
+    rate decayed exponentially from `lr` to `end_lr` over the epochs)."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-2
+    end_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    l1: float = 0.0
+    """L1 penalty: l1 x the mean over probes of the sum of |weights| (k-sparse probes: 0.01)."""
+
+
+RESIDUAL_PROBE = ProbeTraining()
+"""The 26-way residual probe (SAEBench's `train_linear_probe_for_task` via
+`train_and_save_probes`: batch 64, 50 epochs, lr 0.01, weight decay 1e-4)."""
+SPARSE_PROBE = ProbeTraining(batch_size=4096, weight_decay=1e-6, l1=0.01)
+"""The L1 probe over SAE latents (`train_sparse_multi_probe`: batch 4096, 50 epochs, lr 0.01,
+weight decay 1e-6, L1 0.01)."""
+
+
+def train_multi_probe(x, labels: Int[np.ndarray, " n"], n_classes: int, training: ProbeTraining,
+                      *, seed: int = 0, encode=None) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest logistic probes for every class at once: (weights (classes, d), biases).
+
+    `x` is a float tensor or array (n, d_in); `encode` maps a batch of it to the probe's inputs
+    (SAE latents), so latents need not be held for every word at once."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = torch.nn.functional.one_hot(torch.as_tensor(labels), n_classes).float()
+    pos = y.sum(0)
+    pos_weight = (len(y) - pos) / pos.clamp(min=1)
+    with torch.no_grad():
+        d = (encode(x[:1]) if encode else x[:1]).shape[-1]
+    probe = torch.nn.Linear(d, n_classes)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        probe.reset_parameters()
+    opt = torch.optim.Adam(probe.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    gamma = np.exp(np.log(training.end_lr / training.lr) / training.epochs)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    for _ in range(training.epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), training.batch_size):
+            rows = order[start:start + training.batch_size]
+            xb = x[rows]
+            if encode is not None:
+                with torch.no_grad():
+                    xb = encode(xb)
+            opt.zero_grad()
+            loss = loss_fn(probe(xb), y[rows])
+            if training.l1:
+                loss = loss + training.l1 * probe.weight.abs().sum(-1).mean()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return (probe.weight.detach().double().numpy(), probe.bias.detach().double().numpy())
+
+
+def saebench_splits(f1_by_k: list[float], ranked: list[int], jump: float) -> list[int]:
+    """SAEBench's `add_feature_splits_to_metrics_df`: the latents of the last k whose F1 rose
+    by more than `jump` over the best before it, stopping at the first k that does not."""
+    best, feats = -100.0, []
+    for k, score in enumerate(f1_by_k, start=1):
+        if score > best + jump:
+            best, feats = score, ranked[:k]
+        else:
+            break
+    return [int(f) for f in feats]
+
+
+def saebench_word(acts: Float[np.ndarray, " m"], probe_projection: float, main: list[int],
+                  cos: Float[np.ndarray, " m"], s: AbsorptionSettings
+                  ) -> tuple[float, bool, int, float]:
+    """SAEBench's `FeatureAbsorptionCalculator.calculate_absorption` for one word: (absorption
+    fraction, full absorption, top-projecting latent, its share of the probe projection).
+
+    A latent's probe projection is its activation x its decoder row's cosine with the probe;
+    `probe_projection` is the raw residual's projection on the unit probe."""
+    proj = acts * cos
+    main_proj = float(proj[main].sum())
+    others = np.ones(len(acts), dtype=bool)
+    others[main] = False
+    candidates = np.sort(proj[others & (cos >= s.fraction_cos) & (proj > 0)])[::-1]
+    absorbed = float(candidates[:s.max_absorbers].sum())
+    if probe_projection == 0:  # SAEBench divides by it; no projection, nothing absorbed
+        return 0.0, False, int(np.argmax(proj)), 0.0
+    if main_proj >= probe_projection or absorbed / probe_projection < s.share:
+        fraction = 0.0
+    elif main_proj <= 0:
+        fraction = 1.0
+    else:
+        taken = min(absorbed, probe_projection - main_proj)
+        fraction = float(np.clip(taken / (taken + main_proj), 0.0, 1.0))
+    top = int(np.argmax(proj))
+    share = float(proj[top] / probe_projection)
+    full = bool(np.all(acts[main] < EPS) and cos[top] >= s.full_cos and probe_projection >= 0
+                and share >= s.share)
+    return fraction, full, top, share
+
+
+def saebench_f1(y: Bool[np.ndarray, " n"], scores: Float[np.ndarray, " n"]) -> tuple[float, ...]:
+    """(F1, precision, recall) of `scores > 0` against `y`."""
+    from sklearn.metrics import precision_score, recall_score
+
+    pred = scores > 0
+    return (float(f1_score(y, pred, zero_division=0.0)),
+            float(precision_score(y, pred, zero_division=0.0)),
+            float(recall_score(y, pred, zero_division=0.0)))
+
+
+def saebench_k_sparse(codes_train, y_train, codes_test, y_test, weights: np.ndarray, max_k: int
+                      ) -> tuple[list[int], list[float]]:
+    """Latents by the L1 probe's weight for the letter (largest first, not by magnitude), and the
+    held-out F1 of a balanced logistic regression on the top k of them, k = 1..max_k."""
+    ranked = [int(i) for i in np.argsort(-weights, kind="stable")[:max_k]]
+    f1s = []
+    for k in range(1, max_k + 1):
+        cols = ranked[:k]
+        model = LogisticRegression(max_iter=500, class_weight="balanced")
+        model.fit(codes_train[:, cols], y_train.astype(np.int64))
+        f1s.append(float(f1_score(y_test, model.decision_function(codes_test[:, cols]) > 0,
+                                  zero_division=0.0)))
+    return ranked, f1s
+
+
+def saebench_absorption(probe: tuple[np.ndarray, np.ndarray], resid: Float[np.ndarray, "n d"],
+                        labels: Int[np.ndarray, " n"], train: Bool[np.ndarray, " n"], encode,
+                        decoder: Float[np.ndarray, "m d"], absorbed: Int[np.ndarray, " t"],
+                        absorbed_resid: Float[np.ndarray, "t d"],
+                        settings: AbsorptionSettings = AbsorptionSettings(),
+                        sparse_training: ProbeTraining = SPARSE_PROBE) -> AbsorptionResult:
+    """SAEBench's absorption of one SAE, per letter present in `labels`.
+
+    `probe` is the 26-way residual probe (weights, biases) trained on `resid[train]`; `encode`
+    maps residuals (n, d) to the SAE's latents; `absorbed` are the rows (held-out words the
+    probe scores above 0 for their own letter) whose residuals in fresh prompts are
+    `absorbed_resid` — the words absorption is measured on."""
+    s = settings
+    w, b = probe
+    test = ~train
+    latents_train = encode(resid[train])
+    latents_test = encode(resid[test])
+    sparse_w, _ = train_multi_probe(latents_train, labels[train], 26, sparse_training,
+                                    seed=s.seed)
+    scores = resid[test] @ w.T + b
+    unit_dec = unit(np.asarray(decoder, np.float64), eps=EPS)
+    abs_latents = encode(absorbed_resid) if len(absorbed) else np.zeros((0, len(decoder)))
+    out = AbsorptionResult()
+    for li in np.unique(labels):
+        y_test = labels[test] == li
+        f1, prec, rec = saebench_f1(y_test, scores[:, li])
+        ranked, f1_by_k = saebench_k_sparse(latents_train, labels[train] == li, latents_test,
+                                            y_test, sparse_w[li], s.max_k)
+        main = saebench_splits(f1_by_k, ranked, s.f1_jump)
+        direction = w[li] / max(np.linalg.norm(w[li]), EPS)
+        cos = unit_dec @ direction
+        mine = np.flatnonzero(labels[absorbed] == li)
+        fractions, n_full = [], 0
+        for j in mine:
+            pp = float(absorbed_resid[j] @ direction)
+            frac, full, top, share = saebench_word(abs_latents[j], pp, main, cos, s)
+            fractions.append(frac)
+            n_full += full
+            out.words.append(WordResult(
+                letter=LETTERS[li], word=int(absorbed[j]), probe_projection=pp,
+                main_activation=float(abs_latents[j, main].sum()), absorber=top,
+                absorber_activation=float(abs_latents[j, top]), absorber_cos=float(cos[top]),
+                absorber_share=share, absorption_fraction=frac, full=full))
+        scored = f1 > s.min_probe_f1 and len(mine) > 0
+        n_tp = len(mine)
+        out.letters.append(LetterResult(
+            letter=LETTERS[li], n_train=int((labels[train] == li).sum()),
+            n_test=int(y_test.sum()), probe_f1=f1, probe_precision=prec, probe_recall=rec,
+            probe=direction, f1_by_k=f1_by_k, ranked=ranked, main_latents=main,
+            main_cos=[float(cos[i]) for i in main], n_split=max(len(main) - 1, 0),
+            n_true_positives=n_tp, scored=bool(scored),
+            absorption_rate=float(np.sum(fractions)) / n_tp if n_tp else None,
+            full_absorption_rate=n_full / n_tp if n_tp else None, n_full=n_full))
+    return out

@@ -2,6 +2,14 @@
 
 Features are matched by the correlation of their activations over the same tokens; the matched
 decoder spaces are then compared with SVCCA and RSA against shuffled pairings.
+
+The published definition (Lan et al. 2024, "Sparse Autoencoders Reveal Universal Feature Spaces
+Across Large Language Models"; wlg1/univ_feat_geom, `getScores_*` notebooks): each feature of
+the smaller SAE is matched to its most correlated feature of the other (Pearson over the same
+tokens); a pair is dropped when either feature's top-5 activating tokens include punctuation,
+whitespace or special tokens, when their top-5 tokens share none, or when the correlation is
+<= 0.1; SVCCA of the kept decoder rows; RSA = Spearman correlation of the two Pearson
+(row-centred) similarity matrices over all kept pairs; both against 100 shuffled pairings.
 """
 
 from __future__ import annotations
@@ -9,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import string
+
 import numpy as np
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
 from atlas.geometry.vectors import unit
 
@@ -60,6 +70,79 @@ def match_features(corr: Float[np.ndarray, "d_a d_b"], *, one_to_one: bool = Fal
     return a, b, corr[a, b]
 
 
+def match_smaller(corr: Float[np.ndarray, "d_a d_b"]
+                  ) -> tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"], Float[np.ndarray, " m"]]:
+    """Lan et al.'s matching: each feature of the SAE with fewer features (B when the widths are
+    equal, as the reference passes the second SAE last) with its most correlated feature of the
+    other. Returns (a, b, correlation), one entry per feature of the smaller SAE."""
+    if corr.shape[1] <= corr.shape[0]:
+        b = np.arange(corr.shape[1])
+        a = corr.argmax(0)
+    else:
+        a = np.arange(corr.shape[0])
+        b = corr.argmax(1)
+    return a, b, corr[a, b]
+
+
+class TopActivations:
+    """Each feature's `k` highest activations over a stream of tokens, and those tokens' ids
+    (ties: the earlier token)."""
+
+    def __init__(self, d: int, k: int = 5):
+        self.k = k
+        self.values = np.full((d, k), -np.inf)
+        self.tokens = np.full((d, k), -1, dtype=np.int64)
+
+    def update(self, acts: Float[np.ndarray, "n d"], token_ids: Int[np.ndarray, " n"]) -> None:
+        if not len(acts):
+            return
+        vals = np.concatenate([self.values, np.asarray(acts, np.float64).T], axis=1)
+        toks = np.concatenate([self.tokens, np.broadcast_to(token_ids, (len(self.values),
+                                                                        len(token_ids)))], axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")[:, :self.k]
+        self.values = np.take_along_axis(vals, order, axis=1)
+        self.tokens = np.take_along_axis(toks, order, axis=1)
+
+    def top_tokens(self) -> list[list[int]]:
+        """Per feature, the token ids of its top activations, highest first (activations above 0
+        only: a feature that fires on fewer than k tokens has fewer)."""
+        return [[int(t) for t, v in zip(tr, vr) if v > 0]
+                for tr, vr in zip(self.tokens, self.values)]
+
+
+JUNK = frozenset(string.punctuation)
+
+
+def junk_token(text: str, special: bool = False) -> bool:
+    """Lan et al.'s non-concept token, generalised from the reference's list ('.', ',', '!',
+    '?', '-', newline, space, '' and BOS/EOS): a special token, or text that is only
+    whitespace, or only punctuation."""
+    stripped = text.strip()
+    return special or not stripped or all(c in JUNK for c in stripped)
+
+
+def lan2024_keep(a: Int[np.ndarray, " m"], b: Int[np.ndarray, " m"],
+                 corr: Float[np.ndarray, " m"], top_a: list[list[int]], top_b: list[list[int]],
+                 junk: set[int], *, min_corr: float = 0.1) -> Bool[np.ndarray, " m"]:
+    """Which matched pairs Lan et al. keep: neither feature's top tokens include a junk token,
+    the two share at least one top token, and the correlation exceeds `min_corr`."""
+    keep = np.zeros(len(a), dtype=bool)
+    for i, (fa, fb) in enumerate(zip(a, b)):
+        ta, tb = set(top_a[fa]), set(top_b[fb])
+        keep[i] = corr[i] > min_corr and not (ta & junk) and not (tb & junk) and bool(ta & tb)
+    return keep
+
+
+def lan2024_components(s: Float[np.ndarray, " k"], threshold: float = 0.99) -> int:
+    """Components the reference notebook keeps (`top_k_pca_comps`): the first index where the
+    cumulative explained-variance ratio reaches `threshold` x the TOTAL variance (not x 1). For
+    any matrix whose total variance exceeds 1/threshold the test never holds, argmax returns 0,
+    and one component is kept."""
+    total = np.sum(s**2)
+    cumulative = np.cumsum(s**2 / total)
+    return int(np.argmax(cumulative >= threshold * total) + 1)
+
+
 def _top_directions(x: np.ndarray, keep: float) -> np.ndarray:
     centred = x - x.mean(0)
     u, s, _ = np.linalg.svd(centred, full_matrices=False)
@@ -68,25 +151,48 @@ def _top_directions(x: np.ndarray, keep: float) -> np.ndarray:
     return u[:, :k] * s[:k]
 
 
+def _reference_directions(x: np.ndarray) -> np.ndarray:
+    centred = x - x.mean(0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    k = lan2024_components(s)
+    return u[:, :k] * s[:k]
+
+
+def svcca_directions(x: np.ndarray, rule: str = "variance", keep: float = 0.99,
+                     max_dims: int | None = None) -> np.ndarray:
+    """The SVD directions SVCCA compares: the reference notebook's rule (`lan2024`) or those
+    explaining `keep` of the variance (`variance`), at most `max_dims`."""
+    xs = _reference_directions(x) if rule == "lan2024" else _top_directions(x, keep)
+    return xs[:, :max_dims] if max_dims else xs
+
+
 def svcca(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"], *, keep: float = 0.99,
-          max_dims: int | None = None) -> float:
+          max_dims: int | None = None, rule: str = "variance") -> float:
     """Mean canonical correlation between x and y after an SVD keeping `keep` of the variance
     (rows are matched: row i of x belongs with row i of y)."""
-    xs, ys = _top_directions(x, keep), _top_directions(y, keep)
-    if max_dims:
-        xs, ys = xs[:, :max_dims], ys[:, :max_dims]
+    xs = svcca_directions(x, rule, keep, max_dims)
+    ys = svcca_directions(y, rule, keep, max_dims)
     qx, _ = np.linalg.qr(xs - xs.mean(0))
     qy, _ = np.linalg.qr(ys - ys.mean(0))
     rho = np.linalg.svd(qx.T @ qy, compute_uv=False)
     return float(np.mean(np.clip(rho[:min(qx.shape[1], qy.shape[1])], 0, 1)))
 
 
-def rsa(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"]) -> float:
-    """Spearman correlation of the two spaces' pairwise cosine similarities (rows matched)."""
+def _inner(v: np.ndarray, inner: str) -> np.ndarray:
+    """Rows ready for a cosine: row-centred for Pearson correlation (Lan et al.'s inner
+    similarity), as they are for cosine."""
+    v = np.asarray(v, np.float64)
+    return unit(v - v.mean(1, keepdims=True) if inner == "correlation" else v)
+
+
+def rsa(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"], *,
+        inner: str = "correlation") -> float:
+    """Spearman correlation of the two spaces' pairwise similarities (Pearson correlation of
+    rows, or their cosine), rows matched."""
     from scipy.stats import spearmanr
 
     def sims(v: np.ndarray) -> np.ndarray:
-        u = unit(v)
+        u = _inner(v, inner)
         return (u @ u.T)[np.triu_indices(len(u), k=1)]
 
     return float(spearmanr(sims(x), sims(y)).statistic)
@@ -120,12 +226,12 @@ def _null(real: float, null: np.ndarray, n_permutations: int) -> NullTest:
 
 def svcca_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"], *,
                            keep: float = 0.99, max_dims: int | None = None,
-                           n_permutations: int = 100, seed: int = 0) -> NullTest:
+                           n_permutations: int = 100, seed: int = 0,
+                           rule: str = "variance") -> NullTest:
     """`against_shuffles(x, y, svcca)` computed once: shuffling y's rows permutes the rows of
     its SVD directions and of their orthonormal basis, so each shuffle is one small SVD."""
-    xs, ys = _top_directions(x, keep), _top_directions(y, keep)
-    if max_dims:
-        xs, ys = xs[:, :max_dims], ys[:, :max_dims]
+    xs = svcca_directions(x, rule, keep, max_dims)
+    ys = svcca_directions(y, rule, keep, max_dims)
     qx, _ = np.linalg.qr(xs - xs.mean(0))
     qy, _ = np.linalg.qr(ys - ys.mean(0))
     r = min(qx.shape[1], qy.shape[1])
@@ -139,13 +245,14 @@ def svcca_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m
 
 
 def rsa_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"], *,
-                         n_permutations: int = 100, seed: int = 0) -> NullTest:
+                         n_permutations: int = 100, seed: int = 0,
+                         inner: str = "correlation") -> NullTest:
     """`against_shuffles(x, y, rsa)` computed once: Spearman's rho is Pearson's on average
     ranks, and shuffling y's rows permutes its similarity matrix's ranks."""
     from scipy.stats import rankdata
 
     iu = np.triu_indices(len(x), k=1)
-    ux, uy = unit(x), unit(y)
+    ux, uy = _inner(x, inner), _inner(y, inner)
     rx = rankdata((ux @ ux.T)[iu])
     ranks = np.zeros((len(y), len(y)))
     ranks[iu] = rankdata((uy @ uy.T)[iu])

@@ -1,6 +1,9 @@
+import string
+
 import numpy as np
 import pytest
 
+from atlas.geometry import universality as un
 from atlas.geometry.universality import (CorrelationAccumulator, against_shuffles,
                                          match_features, rsa, svcca)
 
@@ -69,3 +72,126 @@ def test_shuffle_tests_computed_once_equal_rescoring_every_shuffle():
         assert b.score == pytest.approx(a.score, abs=1e-9)
         assert b.null_mean == pytest.approx(a.null_mean, abs=1e-9)
         assert b.null_std == pytest.approx(a.null_std, abs=1e-9) and b.p == a.p
+
+
+# Lan et al. 2024 (wlg1/univ_feat_geom, getScores_pythia): transcriptions of the reference.
+
+JUNK_TEXTS = {".", "\n", "", " ", "-", ",", "!", "?"}
+
+
+def _reference_pairs(acts_a, acts_b, tokens, texts, special, k=5):
+    """`batched_correlation(A, B)`: each B feature's best A feature by Pearson correlation;
+    then `run_expm`'s filter on each feature's top-k activating tokens and corr > 0.1."""
+    za = (acts_a - acts_a.mean(0)) / np.where(acts_a.std(0) > 0, acts_a.std(0), np.inf)
+    zb = (acts_b - acts_b.mean(0)) / np.where(acts_b.std(0) > 0, acts_b.std(0), np.inf)
+    corr = za.T @ zb / len(acts_a)
+    best_a, best_val = corr.argmax(0), corr.max(0)
+
+    def top(acts, f):
+        order = np.argsort(-acts[:, f], kind="stable")[:k]
+        return [texts[tokens[i]] for i in order if acts[i, f] > 0]
+
+    def junk(t):
+        return t in special or t.strip() == "" or all(c in string.punctuation for c in t.strip())
+
+    kept = []
+    for fb, fa in enumerate(best_a):
+        ta, tb = top(acts_a, fa), top(acts_b, fb)
+        if any(junk(t) for t in ta + tb) or not set(ta) & set(tb) or best_val[fb] <= 0.1:
+            continue
+        kept.append((fa, fb, best_val[fb]))
+    return best_a, best_val, kept
+
+
+def test_lan2024_matching_and_filter_equal_the_reference_transcription():
+    rng = np.random.default_rng(3)
+    n, d_a, d_b, vocab = 600, 40, 30, 50
+    texts = [f" w{i}" for i in range(vocab - 6)] + [".", " ", ",", "\n", "<bos>", "?"]
+    special = {"<bos>"}
+    tokens = rng.integers(0, vocab, n)
+    base = rng.normal(size=(n, 12))
+    acts_a = np.maximum(base @ rng.normal(size=(12, d_a)) + rng.normal(size=(n, d_a)) - 1, 0)
+    acts_b = np.maximum(base @ rng.normal(size=(12, d_b)) + rng.normal(size=(n, d_b)) - 1, 0)
+    acts_b[:, 0] = 0  # a dead feature
+    best_a, best_val, kept = _reference_pairs(acts_a, acts_b, tokens, texts, special)
+
+    acc = un.CorrelationAccumulator(d_a, d_b)
+    top_a, top_b = un.TopActivations(d_a), un.TopActivations(d_b)
+    for rows in np.array_split(np.arange(n), 7):
+        acc.update(acts_a[rows], acts_b[rows])
+        top_a.update(acts_a[rows], tokens[rows])
+        top_b.update(acts_b[rows], tokens[rows])
+    a, b, c = un.match_smaller(acc.result())
+    np.testing.assert_array_equal(b, np.arange(d_b))
+    np.testing.assert_array_equal(a[1:], best_a[1:])  # the dead feature has no best partner
+    np.testing.assert_allclose(c, np.where(np.arange(d_b) == 0, 0, best_val), atol=1e-6)
+    junk = {t for t, s in enumerate(texts) if un.junk_token(s, s in special)}
+    keep = un.lan2024_keep(a, b, c, top_a.top_tokens(), top_b.top_tokens(), junk)
+    got = [(int(x), int(y), float(v)) for x, y, v, k in zip(a, b, c, keep) if k]
+    assert len(kept) >= 3 and len(kept) < d_b  # the filter keeps some and drops some
+    assert [(x, y) for x, y, _ in got] == [(int(x), int(y)) for x, y, _ in kept]
+    np.testing.assert_allclose([v for *_, v in got], [v for *_, v in kept], atol=1e-6)
+
+
+def test_match_smaller_matches_each_feature_of_the_narrower_sae():
+    corr = np.random.default_rng(0).normal(size=(5, 8))
+    a, b, c = un.match_smaller(corr)
+    np.testing.assert_array_equal(a, np.arange(5))
+    np.testing.assert_array_equal(b, corr.argmax(1))
+
+
+def _reference_svcca(x, y, threshold=0.99):
+    """`_svcca_original(R.T, Rp.T)` with `top_k_pca_comps` as written (argmax over
+    cumulative ratio >= threshold * total variance) and CCA from covariance matrices."""
+    def directions(r):
+        acts = r.T
+        c = acts - acts.mean(1, keepdims=True)
+        _, s, v = np.linalg.svd(c, full_matrices=False)
+        total = np.sum(s**2)
+        k = np.argmax(np.cumsum(s**2 / total) >= threshold * total) + 1
+        return (s[:k] * np.eye(k)) @ v[:k]
+
+    sx, sy = directions(x), directions(y)
+    sx, sy = sx - sx.mean(1, keepdims=True), sy - sy.mean(1, keepdims=True)
+    cxx, cyy, cxy = sx @ sx.T, sy @ sy.T, sx @ sy.T
+
+    def inv_sqrt(m):
+        w, v = np.linalg.eigh(m)
+        return v @ np.diag(w ** -0.5) @ v.T
+
+    rho = np.linalg.svd(inv_sqrt(cxx) @ cxy @ inv_sqrt(cyy), compute_uv=False)
+    return float(np.mean(rho[:min(len(sx), len(sy))]))
+
+
+def _reference_rsa(x, y):
+    """`representational_similarity_analysis(inner='correlation', outer='spearman')`."""
+    from scipy.spatial.distance import squareform
+    from scipy.stats import spearmanr
+
+    def rsm(r):
+        r = r - r.mean(1, keepdims=True)
+        u = r / np.linalg.norm(r, axis=1, keepdims=True)
+        s = u @ u.T
+        np.fill_diagonal(s, 0)
+        return squareform(s, checks=False)
+
+    return float(spearmanr(rsm(x), rsm(y)).statistic)
+
+
+def test_svcca_and_rsa_equal_the_reference_transcriptions():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(120, 16))
+    y = x @ rng.normal(size=(16, 20)) + 0.5 * rng.normal(size=(120, 20))
+    assert un.lan2024_components(np.linalg.svd(x - x.mean(0), compute_uv=False)) == 1
+    assert un.svcca(x, y, rule="lan2024") == pytest.approx(_reference_svcca(x, y), abs=1e-6)
+    # With a total variance below 1 the reference's test keeps more than one component.
+    scale = np.sqrt(0.5 / np.sum((x - x.mean(0)) ** 2))
+    small = x * scale
+    assert un.lan2024_components(np.linalg.svd(small - small.mean(0), compute_uv=False)) > 1
+    assert un.svcca(small, y * scale, rule="lan2024") == pytest.approx(
+        _reference_svcca(small, y * scale), abs=1e-6)
+    assert un.rsa(x, y) == pytest.approx(_reference_rsa(x, y), abs=1e-6)
+    assert un.rsa_against_shuffles(x, y, n_permutations=3).score == pytest.approx(
+        _reference_rsa(x, y), abs=1e-6)
+    assert un.svcca_against_shuffles(x, y, n_permutations=3, rule="lan2024").score == \
+        pytest.approx(_reference_svcca(x, y), abs=1e-6)
