@@ -369,13 +369,25 @@ def page_galaxy(db: str) -> None:
     st.dataframe(fits.frame, hide_index=True)
 
 
+def pick_definition(frame: pd.DataFrame, help: str) -> str:
+    """The definition to show, when the runs hold more than one (published first)."""
+    found = sorted(frame["definition"].unique(), key=lambda d: (d == "atlas", d))
+    if len(found) == 1:
+        st.caption(f"definition: {found[0]} — {help}")
+        return found[0]
+    return st.radio("definition", found, horizontal=True, help=help)
+
+
 def page_universality(db: str) -> None:
     if not analysis_page(db, "Universality", "universality_scores", "comparison of SAEs",
                          "atlas compare --pairs all"):
         return
     runs = cached(db, "universality")
-    score = st.radio("score", ["svcca", "rsa", "mean_corr"], horizontal=True)
     frame = runs.frame
+    definition = pick_definition(frame, "lan2024 is Lan et al. 2024's definition; atlas marks "
+                                 "runs whose settings depart from it")
+    frame = frame[frame.definition == definition]
+    score = st.radio("score", ["svcca", "rsa", "mean_corr"], horizontal=True)
     both = pd.concat([frame, frame.rename(columns={"layer_a": "layer_b", "layer_b": "layer_a"})])
     st.altair_chart(alt.Chart(both).mark_rect().encode(
         x="layer_a:O", y="layer_b:O", color=alt.Color(f"{score}:Q"),
@@ -385,7 +397,9 @@ def page_universality(db: str) -> None:
     pair = st.selectbox("pair", [f"{a} | {b}" for a, b in zip(frame.sae_a, frame.sae_b)])
     a, b = pair.split(" | ")
     pairs = cached(db, "matched_pairs", a, b)
-    show_table(pairs, "Best matched features")
+    st.subheader("Best matched features (kept pairs)")
+    st.dataframe(pairs.frame[pairs.frame.definition == definition], hide_index=True)
+    show_sql(pairs)
 
 
 def page_absorption(db: str) -> None:
@@ -394,9 +408,12 @@ def page_absorption(db: str) -> None:
         return
     summary = cached(db, "absorption_summary")
     show_table(summary, "Per SAE (means over the scored letters)")
-    sae_id = st.selectbox("SAE", summary.frame["sae_id"].tolist())
+    sae_id = st.selectbox("SAE", summary.frame["sae_id"].unique().tolist())
     letters = cached(db, "absorption_letters", sae_id)
     frame = letters.frame
+    definition = pick_definition(frame, "saebench is SAEBench's metric; atlas the atlas "
+                                 "variant (decoder-row shares from b_dec)")
+    frame = frame[frame.definition == definition]
     long = frame[frame.scored].melt(id_vars="letter", value_vars=["absorption_rate",
                                                                   "full_absorption_rate"])
     st.subheader("Absorption per letter")
@@ -410,8 +427,10 @@ def page_absorption(db: str) -> None:
         st.info("No letter of this SAE was scored (its probes are too weak or too few words).")
         return
     letter = st.selectbox("letter", scored)
-    show_table(cached(db, "absorbed_examples", sae_id, letter),
-               f"Absorbed words starting with '{letter}', with the latent that fires instead")
+    examples = cached(db, "absorbed_examples", sae_id, letter)
+    st.subheader(f"Absorbed words starting with '{letter}', with the latent that fires instead")
+    st.dataframe(examples.frame[examples.frame.definition == definition], hide_index=True)
+    show_sql(examples)
 
 
 def page_sql(db: str) -> None:

@@ -239,49 +239,50 @@ ORDER BY rank LIMIT {int(limit)}""")
 
 def universality(con) -> Shown:
     return run(con, """
-SELECT layer_a, layer_b, sae_a, sae_b, n_pairs, round(mean_corr, 3) AS mean_corr,
-       round(svcca, 3) AS svcca, round(svcca_null, 3) AS svcca_null, round(svcca_p, 3) AS svcca_p,
+SELECT layer_a, layer_b, sae_a, sae_b, definition, model_a, model_b, n_matched, n_pairs,
+       round(mean_corr, 3) AS mean_corr, round(svcca, 3) AS svcca, round(svcca_null, 3) AS svcca_null, round(svcca_p, 3) AS svcca_p,
        round(rsa, 3) AS rsa, round(rsa_null, 3) AS rsa_null, round(rsa_p, 3) AS rsa_p
 FROM universality""")
 
 
 def matched_pairs(con, sae_a: str, sae_b: str, limit: int = 50) -> Shown:
     return run(con, f"""
-SELECT m.feature_a, fa.label AS label_a, m.feature_b, fb.label AS label_b,
+SELECT r.definition, m.feature_a, fa.label AS label_a, m.feature_b, fb.label AS label_b,
        round(m.corr, 3) AS corr
 FROM matched_pairs m
-JOIN universality_scores u USING (run_id)
+JOIN analysis_runs r USING (run_id)
 JOIN features fa ON fa.sae_id = m.sae_a AND fa.feature = m.feature_a
 JOIN features fb ON fb.sae_id = m.sae_b AND fb.feature = m.feature_b
 WHERE m.sae_a = {literal(sae_a)} AND m.sae_b = {literal(sae_b)} AND m.kept
-ORDER BY m.corr DESC LIMIT {int(limit)}""")
+ORDER BY r.definition DESC, m.corr DESC LIMIT {int(limit)}""")
 
 
 def absorption_summary(con) -> Shown:
     return run(con, """
-SELECT layer, sae_id, letters_scored, round(mean_probe_f1, 3) AS mean_probe_f1,
+SELECT layer, sae_id, definition, letters_scored, evaluated,
+       round(mean_probe_f1, 3) AS mean_probe_f1,
        round(mean_absorption_rate, 3) AS mean_absorption_rate,
        round(mean_full_absorption_rate, 3) AS mean_full_absorption_rate,
-       round(mean_n_split, 2) AS mean_n_split
+       round(mean_split_features, 2) AS mean_split_features
 FROM absorption_by_sae""")
 
 
 def absorption_letters(con, sae_id: str) -> Shown:
     return run(con, f"""
-SELECT letter, round(probe_f1, 3) AS probe_f1, n_split, round(absorption_rate, 3)
+SELECT definition, letter, round(probe_f1, 3) AS probe_f1, n_main, round(absorption_rate, 3)
        AS absorption_rate, round(full_absorption_rate, 3) AS full_absorption_rate,
        n_true_positives, n_full, scored, main_latents, main_labels
-FROM absorption WHERE sae_id = {literal(sae_id)} ORDER BY letter""")
+FROM absorption WHERE sae_id = {literal(sae_id)} ORDER BY definition DESC, letter""")
 
 
 def absorbed_examples(con, sae_id: str, letter: str, limit: int = 30) -> Shown:
     return run(con, f"""
-SELECT word, absorber, absorber_label, round(absorber_cos, 3) AS absorber_cos,
+SELECT definition, word, absorber, absorber_label, round(absorber_cos, 3) AS absorber_cos,
        round(absorber_share, 3) AS absorber_share,
        round(absorption_fraction, 3) AS absorption_fraction, "full",
        round(main_activation, 3) AS main_activation
 FROM absorbed_examples WHERE sae_id = {literal(sae_id)} AND letter = {literal(letter)}
-ORDER BY "full" DESC, absorption_fraction DESC LIMIT {int(limit)}""")
+ORDER BY definition DESC, "full" DESC, absorption_fraction DESC LIMIT {int(limit)}""")
 
 
 def view_names(con) -> list[str]:
@@ -299,7 +300,8 @@ EXAMPLE_QUERIES = {
     "Analogy quality": "SELECT * FROM crystal_quality",
     "Word representations": "SELECT * FROM word_representation_quality",
     "Crystal separation (li2024)": "SELECT * FROM crystal_separation",
-    "Universality heat map": "SELECT layer_a, layer_b, svcca, svcca_null, rsa FROM universality",
+    "Universality heat map": "SELECT layer_a, layer_b, definition, svcca, svcca_null, rsa "
+                             "FROM universality",
     "Absorption per SAE": "SELECT * FROM absorption_by_sae",
     "Most absorbed letters": "SELECT sae_id, letter, probe_f1, n_split, absorption_rate, "
                              "full_absorption_rate FROM absorption WHERE scored "

@@ -52,7 +52,8 @@ def atlas_copy(tiny_atlas, tmp_path) -> tuple[Path, tuple[str, ...]]:
 
 @pytest.fixture(scope="session")
 def full_atlas(tiny_atlas, tmp_path_factory) -> Path:
-    """A copy of the tiny atlas with universality and absorption runs too."""
+    """A copy of the tiny atlas with universality and absorption runs too (absorption under
+    both definitions)."""
     import shutil
 
     from atlas.cli import main
@@ -62,6 +63,7 @@ def full_atlas(tiny_atlas, tmp_path_factory) -> Path:
     assert main(["compare", "--db", str(db), "--pairs", "all", "--blocks", "16",
                  "--permutations", "20"]) == 0
     assert main(["absorption", "--db", str(db), "--max-k", "4"]) == 0
+    assert main(["absorption", "--db", str(db), "--max-k", "4", "--definition", "atlas"]) == 0
     return db
 
 

@@ -173,8 +173,8 @@ def test_every_run_is_recorded_with_its_definition_and_settings(con, tiny_atlas)
     by = {}
     for analysis, subject, definition, params in rows:
         by.setdefault(analysis, []).append(subject)
-        want = {"galaxy": "li2024", "lobes": "li2024", "crystals": "li2024"}.get(analysis,
-                                                                            "atlas")
+        want = {"galaxy": "li2024", "lobes": "li2024", "crystals": "li2024",
+                "universality": "lan2024", "absorption": "saebench"}[analysis]
         assert definition == want and "seed" in json.loads(params)
     a, b = tiny_atlas[1].sae_ids
     assert by == {"absorption": [a, b],

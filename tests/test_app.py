@@ -147,9 +147,13 @@ def test_universality_and_absorption_pages_show_their_runs(full_atlas, monkeypat
     at.run()
     assert not at.exception and not at.error
     summary = at.dataframe[0].value
-    assert len(summary) == 2 and set(summary.columns) >= {"mean_absorption_rate",
-                                                          "mean_n_split"}
+    assert len(summary) == 4 and set(summary.columns) >= {"mean_absorption_rate", "definition",
+                                                          "mean_split_features", "evaluated"}
+    assert at.radio[0].options == ["saebench", "atlas"]
     letters = at.dataframe[1].value
+    assert set(letters["definition"]) == {"saebench"}
+    at.radio[0].set_value("atlas").run()
+    assert not at.exception and set(at.dataframe[1].value["definition"]) == {"atlas"}
     first = at.selectbox[0].value
     at.selectbox[0].set_value(at.selectbox[0].options[1]).run()
     assert not at.exception and at.selectbox[0].value != first

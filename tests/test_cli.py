@@ -20,7 +20,7 @@ def test_build_info_sql_from_the_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tiny-random-llama/L2/topk64-k4" in out and "d_model 64" in out
     # one SAE: every analysis but universality, which needs a pair
-    assert "analyses: absorption (atlas) 1, crystals (li2024) 1, galaxy (li2024) 1" in out
+    assert "analyses: absorption (saebench) 1, crystals (li2024) 1, galaxy (li2024) 1" in out
     assert main(["info", "--db", str(db), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["saes"][0]["d_sae"] == 64 and info["saes"][0]["layer"] == 2

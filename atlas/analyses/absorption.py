@@ -381,17 +381,19 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, task: Task) ->
 def summarize(con, summary: dict) -> dict:
     """The stored run's means over letters, read from the view `absorption_by_sae`, so logs,
     the CLI and the app show one number."""
-    cur = con.execute("SELECT letters_scored, mean_probe_f1, mean_absorption_rate, "
-                      "mean_full_absorption_rate, mean_n_split FROM absorption_by_sae "
+    cur = con.execute("SELECT letters_scored, evaluated, mean_probe_f1, mean_absorption_rate, "
+                      "mean_full_absorption_rate, mean_split_features FROM absorption_by_sae "
                       "WHERE run_id = ?", [summary["run_id"]])
-    row = cur.fetchone() or (0, None, None, None, None)
+    row = cur.fetchone() or (0, False, None, None, None, None)
     return {**summary, **dict(zip([d[0] for d in cur.description], row))}
 
 
 def describe(s: dict) -> str:
-    return (f"{s['letters_scored']} letters scored, probe F1 {_fmt(s['mean_probe_f1'])}, "
-            f"absorption {_fmt(s['mean_absorption_rate'])}, full "
-            f"{_fmt(s['mean_full_absorption_rate'])}, splits {_fmt(s['mean_n_split'])}")
+    verdict = "" if s["evaluated"] else " (too few to evaluate the SAE)"
+    return (f"{s['letters_scored']} letters scored{verdict}, probe F1 "
+            f"{_fmt(s['mean_probe_f1'])}, absorption {_fmt(s['mean_absorption_rate'])}, full "
+            f"{_fmt(s['mean_full_absorption_rate'])}, split features "
+            f"{_fmt(s['mean_split_features'])}")
 
 
 def _fmt(x: float | None) -> str:
