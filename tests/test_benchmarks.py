@@ -67,6 +67,7 @@ def test_absorption_benchmark_prints_its_ratios(atlas_copy):
     out = run("absorption.py", "--db", str(db), "--words", "200")
     ratios(out, r"full prompts [\d.]+s; ratio ([\d.]+)x")
     ratios(out, r"per-SAE ratio ([\d.]+)x")
+    ratios(out, r"saebench definition: set-up [\d.]+s \(([\d.]+)x")
 
 
 @pytest.mark.skipif(chromium() is None or shutil.which("chromedriver") is None,
