@@ -25,11 +25,16 @@ def tiny_model_dir(*, seed: int = 0) -> Path:
     key = hashlib.sha1(Path(__file__).read_bytes() + transformers.__version__.encode()
                        + str(seed).encode()).hexdigest()[:12]
     root = Path(tempfile.gettempdir()) / f"atlas-test-models-{os.getuid()}" / key
-    final = root / NAME
+    return saved_once(root / NAME, lambda: tiny_llama(seed=seed))
+
+
+def saved_once(final: Path, make) -> Path:
+    """`final`, a model folder written once from `make()` -> (model, tokenizer), atomically
+    (saved beside it, then renamed), so parallel processes agree."""
     if not (final / "config.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(dir=root)) / NAME
-        model, tok = tiny_llama(seed=seed)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=final.parent)) / final.name
+        model, tok = make()
         model.save_pretrained(partial)
         tok.save_pretrained(partial)
         try:
@@ -95,10 +100,8 @@ def smol_model_dir(*, seed: int = 0, n_layers: int = 3, d_model: int = 48) -> Pa
     key = hashlib.sha1(Path(__file__).read_bytes() + transformers.__version__.encode()
                        + f"{seed}-{n_layers}-{d_model}".encode()).hexdigest()[:12]
     root = Path(tempfile.gettempdir()) / f"atlas-test-models-{os.getuid()}" / key
-    final = root / f"{SMOL_NAME}-s{seed}"
-    if not (final / "config.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(dir=root)) / final.name
+
+    def make():
         gguf = embedded_gguf()
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model,
@@ -107,11 +110,6 @@ def smol_model_dir(*, seed: int = 0, n_layers: int = 3, d_model: int = 48) -> Pa
                           max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
                           eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
         torch.manual_seed(seed)
-        LlamaForCausalLM(cfg).eval().save_pretrained(partial)
-        tok.save_pretrained(partial)
-        try:
-            partial.rename(final)
-        except OSError:  # another process saved it first
-            pass
-        shutil.rmtree(partial.parent, ignore_errors=True)
-    return final
+        return LlamaForCausalLM(cfg).eval(), tok
+
+    return saved_once(root / f"{SMOL_NAME}-s{seed}", make)

@@ -169,6 +169,24 @@ def count_splits(f1_by_k: list[float], jump: float) -> int:
     return max(n - 1, 0)
 
 
+def absorption_fraction(proj: Float[np.ndarray, " m"], probe_projection: float, main: list[int],
+                        cos: Float[np.ndarray, " m"], s: AbsorptionSettings) -> float:
+    """The share of a nonzero probe projection carried by up to `max_absorbers` non-main
+    latents with cosine >= `fraction_cos` instead of the main latents (0 when the main latents
+    carry it all or the absorbers carry less than `share`), given each latent's projection."""
+    main_proj = float(proj[main].sum())
+    others = np.ones(len(proj), dtype=bool)
+    others[main] = False
+    candidates = np.sort(proj[others & (cos >= s.fraction_cos) & (proj > 0)])[::-1]
+    absorbed = float(candidates[:s.max_absorbers].sum())
+    if main_proj >= probe_projection or absorbed / probe_projection < s.share:
+        return 0.0
+    if main_proj <= 0:
+        return 1.0
+    taken = min(absorbed, probe_projection - main_proj)
+    return float(np.clip(taken / (taken + main_proj), 0.0, 1.0))
+
+
 def word_absorption(acts: Float[np.ndarray, " m"], probe_projection: float,
                     main: list[int], along: Float[np.ndarray, " m"], cos: Float[np.ndarray, " m"],
                     s: AbsorptionSettings) -> tuple[float, bool, int, float]:
@@ -177,19 +195,8 @@ def word_absorption(acts: Float[np.ndarray, " m"], probe_projection: float,
     `along` is each decoder row's projection on the unit probe direction (so a latent adds
     activation * along to the reconstruction's probe projection); `cos` the rows' cosines."""
     proj = acts * along
-    main_proj = float(proj[main].sum())
-    others = np.ones(len(acts), dtype=bool)
-    others[main] = False
-    candidates = np.sort(proj[others & (cos >= s.fraction_cos) & (proj > 0)])[::-1]
-    absorbed = float(candidates[:s.max_absorbers].sum())
-    if probe_projection <= 0 or main_proj >= probe_projection or \
-            absorbed / probe_projection < s.share:
-        fraction = 0.0
-    elif main_proj <= 0:
-        fraction = 1.0
-    else:
-        taken = min(absorbed, probe_projection - main_proj)
-        fraction = float(np.clip(taken / (taken + main_proj), 0.0, 1.0))
+    fraction = (0.0 if probe_projection <= 0 else
+                absorption_fraction(proj, probe_projection, main, cos, s))
     top = int(np.argmax(proj))
     top_share = float(proj[top] / probe_projection) if probe_projection > 0 else 0.0
     full = bool(probe_projection > 0 and np.all(acts[main] < EPS) and cos[top] >= s.full_cos
@@ -358,20 +365,9 @@ def saebench_word(acts: Float[np.ndarray, " m"], probe_projection: float, main: 
     A latent's probe projection is its activation x its decoder row's cosine with the probe;
     `probe_projection` is the raw residual's projection on the unit probe."""
     proj = acts * cos
-    main_proj = float(proj[main].sum())
-    others = np.ones(len(acts), dtype=bool)
-    others[main] = False
-    candidates = np.sort(proj[others & (cos >= s.fraction_cos) & (proj > 0)])[::-1]
-    absorbed = float(candidates[:s.max_absorbers].sum())
     if probe_projection == 0:  # SAEBench divides by it; no projection, nothing absorbed
         return 0.0, False, int(np.argmax(proj)), 0.0
-    if main_proj >= probe_projection or absorbed / probe_projection < s.share:
-        fraction = 0.0
-    elif main_proj <= 0:
-        fraction = 1.0
-    else:
-        taken = min(absorbed, probe_projection - main_proj)
-        fraction = float(np.clip(taken / (taken + main_proj), 0.0, 1.0))
+    fraction = absorption_fraction(proj, probe_projection, main, cos, s)
     top = int(np.argmax(proj))
     share = float(proj[top] / probe_projection)
     full = bool(np.all(acts[main] < EPS) and cos[top] >= s.full_cos and probe_projection >= 0
