@@ -95,6 +95,10 @@ class BuildConfig:
     n_examples: int = 20
     """Top activating examples kept per feature."""
 
+    decile_examples: int = 3
+    """Examples kept per feature from each decile of its positive activations (a uniform
+    sample of the decile, chosen by a hash of feature and token position)."""
+
     shard_blocks: int = 64
     """Blocks per harvest shard (a multiple of --batch-blocks). Shards are the unit of work a
     Prefect build spreads over its task runner; every build merges shard partials."""
@@ -143,8 +147,10 @@ class BuildConfig:
                f"--sae-release {self.sae_release} needs --sae-id (one or more ids of the "
                "release, 'layer_{layer}/...' for each of --layers, or a pattern like "
                "'blocks.*.hook_resid_pre')")
-        _check(min(self.epochs, self.train_batch, self.batch_blocks, self.n_examples) > 0,
-               "--epochs, --train-batch, --batch-blocks and --n-examples must be positive")
+        _check(min(self.epochs, self.train_batch, self.batch_blocks, self.n_examples,
+                   self.decile_examples) > 0,
+               "--epochs, --train-batch, --batch-blocks, --n-examples and --decile-examples "
+               "must be positive")
         _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
         _check(self.shard_blocks > 0 and self.shard_blocks % self.batch_blocks == 0,
                f"--shard-blocks {self.shard_blocks} must be a positive multiple of "

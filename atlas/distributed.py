@@ -64,6 +64,7 @@ class ShardJob:
             "start": self.start, "stop": self.stop, "n_blocks": self.n_blocks,
             "block_size": c.block_size, "batch_blocks": c.batch_blocks,
             "threshold": c.threshold, "n_examples": c.n_examples, "holdout": c.holdout,
+            "decile_examples": c.decile_examples, "partial_format": shards.PARTIAL_FORMAT,
             "sae": spec.sae_id, "weights": spec.fingerprint, "quality": spec.measure_quality})
 
     def paths(self) -> dict[str, Path]:

@@ -116,6 +116,15 @@ class FeatureStats:
     cooccurrence: BlockGram
     """Exact block co-occurrence counts (diagonal: block counts)."""
     firings_top: int | None = None
+    histogram: Int[np.ndarray, "f bins"] | None = None
+    """Positive activations per feature in each bin of the shared log grid (`HIST_EDGES`)."""
+    samples: Samples | None = None
+    """Decile-example candidates: each (feature, bin)'s `per_bin` entries of highest
+    `sample_priority`, as (feature * N_BINS + bin, priority, global position, activation)."""
+
+
+Samples = tuple[Int[np.ndarray, " s"], Float[np.ndarray, " s"], Int[np.ndarray, " s"],
+                Float[np.ndarray, " s"]]
 
 
 @dataclass(frozen=True)
@@ -163,16 +172,17 @@ as many as the running counts hold, so that folding costs O(n log n) over the ha
 
 class TopPerFeature:
     """Each feature's n highest (value, position) entries, ties to the earlier position, kept
-    where the values are."""
+    where the values are; `payload` carries one more value per entry along."""
 
-    def __init__(self, d: int, n: int, device: torch.device):
+    def __init__(self, d: int, n: int, device: torch.device, *, payload: bool = False):
         self.n = n
         self.f = torch.zeros(0, dtype=torch.int64, device=device)
         self.v = torch.zeros(0, device=device)
         self.p = torch.zeros(0, dtype=torch.int64, device=device)
+        self.x = torch.zeros(0, device=device) if payload else None
         self.floor = torch.full((d,), -torch.inf, device=device)
 
-    def add(self, feats, vals, positions) -> None:
+    def add(self, feats, vals, positions, payload=None) -> None:
         """Offer entries whose positions all follow the ones offered before."""
         # Only entries that beat a feature's current n-th best can enter its list.
         better = vals > self.floor[feats]
@@ -184,6 +194,8 @@ class TopPerFeature:
         rank = torch.arange(len(f), device=f.device) - torch.searchsorted(f, f, side="left")
         keep = rank < self.n
         self.f, self.v, self.p = f[keep], v[keep], p[keep]
+        if self.x is not None:
+            self.x = torch.cat([self.x, payload[better]])[order][keep]
         full = rank == self.n - 1
         self.floor[f[full]] = v[full]
 
@@ -191,6 +203,53 @@ class TopPerFeature:
         """(feature, value, position) in no particular order."""
         return (self.f.cpu().numpy().astype(np.int64), self.v.cpu().numpy().astype(np.float32),
                 self.p.cpu().numpy().astype(np.int64))
+
+
+HIST_PER_DECADE = 10
+HIST_DECADES = (-3, 4)
+"""Activation histograms share one log-spaced grid: 10 bins per decade from 1e-3 to 1e4, one
+bin below (0, 1e-3) and one above [1e4, inf); fixed edges make shard histograms add exactly."""
+HIST_EDGES = np.float32(10.0) ** (np.arange(HIST_DECADES[0] * HIST_PER_DECADE,
+                                            HIST_DECADES[1] * HIST_PER_DECADE + 1)
+                                  / np.float32(HIST_PER_DECADE)).astype(np.float32)
+N_BINS = len(HIST_EDGES) + 1
+
+
+def hist_bin(values: np.ndarray) -> np.ndarray:
+    """The histogram bin of each positive activation: bin i holds [edge i-1, edge i)."""
+    return np.searchsorted(HIST_EDGES, np.asarray(values, np.float32), side="right")
+
+
+def bin_edges(bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) activation of each bin (0 below the first edge, inf above the last)."""
+    edges = np.concatenate([[0.0], HIST_EDGES.astype(np.float64), [np.inf]])
+    bins = np.asarray(bins)
+    return edges[bins], edges[bins + 1]
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(z: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (z >> n) & ((1 << (64 - n)) - 1)
+
+
+def sample_priority(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """A pseudo-random number in [0, 1) per (feature, global token position): the top 24 bits
+    of splitmix64(feature << 40 | position), as float32 (exact). The decile examples of a
+    feature are the entries of highest priority in their range: a uniform sample that any
+    split of the corpus into shards selects identically."""
+    z = (features.long() << 40) | positions.long()
+    z = z + _signed(0x9E3779B97F4A7C15)
+    z = (z ^ _shr(z, 30)) * _signed(0xBF58476D1CE4E5B9)
+    z = (z ^ _shr(z, 27)) * _signed(0x94D049BB133111EB)
+    z = z ^ _shr(z, 31)
+    return _shr(z, 40).float() / float(1 << 24)
 
 
 class TokenCounts:
@@ -243,13 +302,14 @@ class FeatureAccumulator:
         firings_top: blocks per feature kept in `block_firings` (None: every firing block).
         shard_blocks: activation sums are added shard by shard (blocks of this many), as a
             sharded build merges them, so that both give the same floats.
+        per_bin: decile-example candidates kept per (feature, histogram bin).
     """
 
     def __init__(self, d_sae: int, n_blocks: int, *, block_size: int, threshold: float,
                  n_examples: int, firings_top: int | None = None,
-                 shard_blocks: int | None = None):
+                 shard_blocks: int | None = None, per_bin: int = 3):
         self.d_sae, self.n_blocks, self.block_size = d_sae, n_blocks, block_size
-        self.threshold, self.n_examples = threshold, n_examples
+        self.threshold, self.n_examples, self.per_bin = threshold, n_examples, per_bin
         self.firings_top, self.shard_blocks = firings_top, shard_blocks
         self._on(torch.device("cpu"))
         self._firings: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -269,6 +329,9 @@ class FeatureAccumulator:
         self._top_blocks = TopPerFeature(d, self.firings_top or 1, device)
         self._tokens = TokenCounts(device)
         self.gram = BlockGram(d, device)
+        self.histogram = torch.zeros(d * N_BINS, dtype=torch.int64, device=device)
+        self._edges = torch.from_numpy(HIST_EDGES).to(device)
+        self._samples = TopPerFeature(d * N_BINS, self.per_bin, device, payload=True)
 
     @torch.no_grad()
     def update(self, start: int, codes: SparseCodes, token_ids: Int[torch.Tensor, "b t"],
@@ -291,7 +354,12 @@ class FeatureAccumulator:
         self.firing_count += torch.bincount(feats[fired], minlength=self.d_sae)
         self._shard_sum.index_add_(0, feats[fired], vals[fired].double())
         self.max_act.scatter_reduce_(0, feats, vals, reduce="amax")
-        self._top.add(feats, vals, rows + start * self.block_size)
+        positions = rows + start * self.block_size
+        self._top.add(feats, vals, positions)
+        # Every code is positive: each goes into its feature's histogram and may be sampled.
+        keys = feats * N_BINS + torch.bucketize(vals, self._edges, right=True)
+        self.histogram.index_add_(0, keys, torch.ones_like(keys))
+        self._samples.add(keys, sample_priority(feats, positions), positions, vals)
         self._blocks(start, len(token_ids), rows[fired], feats[fired], vals[fired])
         toks = token_ids.to(device).reshape(-1)[rows[fired]]
         self._tokens.add(feats[fired], toks)
@@ -325,7 +393,18 @@ class FeatureAccumulator:
                           firings=self.firings(), firings_top=self.firings_top,
                           tokens=self.token_counts(), n_tokens=self.n_tokens,
                           n_blocks=self.n_blocks, block_size=self.block_size,
-                          n_examples=self.n_examples, cooccurrence=self.gram)
+                          n_examples=self.n_examples, cooccurrence=self.gram,
+                          histogram=self.histogram_counts(), samples=self.samples(),
+                          per_bin=self.per_bin)
+
+    def histogram_counts(self) -> Int[np.ndarray, "f bins"]:
+        return self.histogram.reshape(self.d_sae, N_BINS).cpu().numpy()
+
+    def samples(self) -> Samples:
+        """Decile-example candidates: (feature * N_BINS + bin, priority, position, act)."""
+        s = self._samples
+        return (s.f.cpu().numpy().astype(np.int64), s.v.cpu().numpy().astype(np.float32),
+                s.p.cpu().numpy().astype(np.int64), s.x.cpu().numpy().astype(np.float32))
 
     def top(self) -> Triple:
         """Top-example candidates: (feature, activation, global token position)."""
@@ -347,20 +426,74 @@ class FeatureAccumulator:
         return self._tokens.numpy()
 
 
-def select_top(triple: Triple, n: int) -> Triple:
+def select_top(triple: Triple, n: int, *payload: np.ndarray) -> tuple:
     """Each feature's n highest (feature, value, position) entries, ties to the earlier
-    position, ordered by feature, value descending."""
+    position, ordered by feature, value descending (with any payload arrays alongside)."""
     f, v, p = triple
     order = np.lexsort((p, -v.astype(np.float64), f))
-    f, v, p = f[order], v[order], p[order]
+    f = f[order]
     keep = np.arange(len(f)) - np.searchsorted(f, f, side="left") < n
-    return f[keep], v[keep], p[keep]
+    return (f[keep], *(x[order][keep] for x in (v, p, *payload)))
+
+
+@dataclass(frozen=True)
+class DecileExamples:
+    """Examples from across each feature's activation range, one row per example."""
+
+    feature: Int[np.ndarray, " e"]
+    decile: Int[np.ndarray, " e"]
+    """1..10: the decile of the feature's positive activations its range covers (by the
+    middle of its bins' share); a bin wider than a decile takes the deciles it covers."""
+    act_lo: Float[np.ndarray, " e"]
+    act_hi: Float[np.ndarray, " e"]
+    share: Float[np.ndarray, " e"]
+    """Share of the feature's positive activations inside [act_lo, act_hi)."""
+    rank: Int[np.ndarray, " e"]
+    act: Float[np.ndarray, " e"]
+    position: Int[np.ndarray, " e"]
+    """Global token position (block * block_size + position in block)."""
+
+
+def decile_examples(histogram: Int[np.ndarray, "f bins"], samples: Samples, *,
+                    per_decile: int) -> DecileExamples:
+    """Each feature's `per_decile` examples of highest priority in each activation decile.
+
+    Decile ranges follow histogram bin edges: bin b goes to decile
+    floor(10 * (activations below b + half of b's) / all), so the ranges tile the activations.
+    Candidates hold each bin's highest-priority entries, so each range's highest ones are
+    among them: a uniform sample of the range, the same however the corpus was sharded.
+    """
+    counts = histogram.astype(np.float64)
+    total = counts.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        middle = (np.cumsum(counts, 1) - counts / 2) / total
+    decile_of_bin = np.minimum((10 * np.nan_to_num(middle)).astype(np.int64), 9)
+    keys, prio, pos, act = samples
+    feat, bins = keys // N_BINS, keys % N_BINS
+    group = feat * 10 + decile_of_bin[feat, bins]
+    g, _, pos, act = select_top((group, prio, pos), per_decile, act)
+    rank = np.arange(len(g)) - np.searchsorted(g, g, side="left") + 1
+    f, d = g // 10, g % 10
+    # Each (feature, decile)'s bin range and share of the feature's activations.
+    in_decile = counts > 0
+    lo_bin = np.full((len(counts), 10), N_BINS, np.int64)
+    hi_bin = np.full((len(counts), 10), -1, np.int64)
+    share = np.zeros((len(counts), 10))
+    rows, bins_ = np.nonzero(in_decile)
+    dec = decile_of_bin[rows, bins_]
+    np.minimum.at(lo_bin, (rows, dec), bins_)
+    np.maximum.at(hi_bin, (rows, dec), bins_)
+    np.add.at(share, (rows, dec), counts[rows, bins_] / total[rows, 0])
+    lo, _ = bin_edges(lo_bin[f, d])
+    _, hi = bin_edges(hi_bin[f, d])
+    return DecileExamples(f, d + 1, lo, hi, share[f, d], rank, act, pos)
 
 
 def stats_from(*, count: np.ndarray, block_count: np.ndarray, act_sum: np.ndarray,
                max_act: np.ndarray, top: Triple, firings: Triple, firings_top: int | None,
                tokens: Triple, n_tokens: int, n_blocks: int, block_size: int,
-               n_examples: int, cooccurrence) -> FeatureStats:
+               n_examples: int, cooccurrence, histogram: np.ndarray | None = None,
+               samples: Samples | None = None, per_bin: int = 3) -> FeatureStats:
     """FeatureStats from summed counts and sums, top-example candidates in any order (each
     feature keeps its `n_examples` highest, ties to the earlier token) and firings."""
     d_sae = len(count)
@@ -383,7 +516,15 @@ def stats_from(*, count: np.ndarray, block_count: np.ndarray, act_sum: np.ndarra
         top_positions=top_pos % block_size,
         block_firings=(blocks.astype(np.int64), feats.astype(np.int64), acts.astype(np.float32)),
         token_counts=tokens, n_tokens=n_tokens, n_blocks=n_blocks, cooccurrence=cooccurrence,
-        firings_top=firings_top)
+        firings_top=firings_top, histogram=histogram,
+        samples=None if samples is None else select_samples(samples, per_bin))
+
+
+def select_samples(samples: Samples, per_bin: int) -> Samples:
+    """Each (feature, bin)'s `per_bin` candidates of highest priority, ties to the earlier
+    position: what one accumulator over the whole corpus keeps."""
+    k, v, p, x = select_top(samples[:3], per_bin, samples[3])
+    return k, v, p, x
 
 
 def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:

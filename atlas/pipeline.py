@@ -28,7 +28,8 @@ from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
 from atlas.errors import AtlasError
 from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, SparseCodes,
-                           encode_sparse, firings_kept, forward_batches, top_tokens)
+                           bin_edges, decile_examples, encode_sparse, firings_kept,
+                           forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, load_model
 from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, evaluate,
                         expand_sae_ids, hook_of, load_published, load_saved, merge_quality,
@@ -257,7 +258,7 @@ def accumulators(config: BuildConfig, saes: Sequence[AtlasSAE], n_blocks: int, *
     return {s.sae_id: FeatureAccumulator(
         s.sae.cfg.d_sae, n_blocks, block_size=config.block_size, threshold=config.threshold,
         n_examples=config.n_examples, firings_top=firings_kept(s.sae.cfg.d_sae, n_blocks),
-        shard_blocks=shard_blocks) for s in saes}
+        shard_blocks=shard_blocks, per_bin=config.decile_examples) for s in saes}
 
 
 def harvest_batch(saes: Sequence[AtlasSAE], accs: dict[str, FeatureAccumulator],
@@ -384,8 +385,12 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
                "decoder_checksum": store.checksum(unit), "cooccurrence_storage": storage,
                "block_firings_kept": ("all" if stats.firings_top is None
                                       else f"top-{stats.firings_top}")}
+    logit_rows, harvest["logit_lens"] = feature_logits(lm, sid, planned.sae)
     return store.HarvestTables(harvest, features, decoders, firings, cooc,
-                               _examples(lm, planned.sae_id, blocks, stats), rows)
+                               _examples(lm, planned.sae_id, blocks, stats), rows,
+                               feature_logits=logit_rows,
+                               activation_histograms=_histogram_table(sid, stats.histogram),
+                               decile_examples=_decile_examples(lm, sid, blocks, config, stats))
 
 
 def cooccurrence_tables(sae_id: str, gram: BlockGram, block_count: np.ndarray, n_blocks: int,
@@ -505,11 +510,65 @@ def _visible(token: str) -> str:
     return token.strip() or repr(token)
 
 
-def _examples(lm: LoadedModel, sae_id: str, blocks: Blocks, stats: FeatureStats,
-              *, left: int = 12, right: int = 4) -> pa.Table:
+def _examples(lm: LoadedModel, sae_id: str, blocks: Blocks, stats: FeatureStats) -> pa.Table:
     rank, feat = np.nonzero(stats.top_acts > 0)
     blk = stats.top_blocks[rank, feat]
     pos = stats.top_positions[rank, feat]
+    token, context, start = _contexts(lm, blocks, blk, pos)
+    return pa.table({
+        "sae_id": [sae_id] * len(rank), "feature": feat.astype(np.int32),
+        "rank": (rank + 1).astype(np.int32),
+        "act": stats.top_acts[rank, feat].astype(np.float32),
+        "block_id": blk.astype(np.int32), "position": pos.astype(np.int32), "token": token,
+        "context": context, "token_start": start})
+
+
+def _decile_examples(lm: LoadedModel, sae_id: str, blocks: Blocks, config: BuildConfig,
+                     stats: FeatureStats) -> pa.Table | None:
+    if stats.histogram is None or stats.samples is None:
+        return None
+    ex = decile_examples(stats.histogram, stats.samples, per_decile=config.decile_examples)
+    blk, pos = ex.position // config.block_size, ex.position % config.block_size
+    token, context, start = _contexts(lm, blocks, blk, pos)
+    return pa.table({
+        "sae_id": [sae_id] * len(blk), "feature": ex.feature.astype(np.int32),
+        "decile": ex.decile.astype(np.int16), "act_lo": ex.act_lo, "act_hi": ex.act_hi,
+        "share": ex.share, "rank": ex.rank.astype(np.int16), "act": ex.act.astype(np.float32),
+        "block_id": blk.astype(np.int32), "position": pos.astype(np.int32), "token": token,
+        "context": context, "token_start": start})
+
+
+def _histogram_table(sae_id: str, histogram: np.ndarray | None) -> pa.Table | None:
+    if histogram is None:
+        return None
+    feat, bins = np.nonzero(histogram)
+    lo, hi = bin_edges(bins)
+    return pa.table({"sae_id": [sae_id] * len(feat), "feature": feat.astype(np.int32),
+                     "bin": bins.astype(np.int16), "act_lo": lo, "act_hi": hi,
+                     "count": histogram[feat, bins].astype(np.int64)})
+
+
+def feature_logits(lm: LoadedModel, sae_id: str, sae: SAE) -> tuple[pa.Table, str]:
+    """`feature_logits` rows of an SAE (its logit lens, atlas.logits) and how they were
+    computed (stored in `harvests.logit_lens`)."""
+    from atlas import logits
+
+    t0 = time.perf_counter()
+    unembed = logits.unembedding(lm)
+    lens = logits.logit_lens(sae.W_dec.detach(), unembed)
+    table = logits.logit_table(sae_id, lens, lambda ids: lm.tokenizer.batch_decode(
+        [[i] for i in ids]))
+    how = (f"{logits.DEFINITION}: W_dec @ W_U, "
+           + (f"{unembed.norm} scale folded in" if unembed.norm else "no final norm scale")
+           + ", centred over the vocabulary")
+    log.info("logit lens of %s: %d features x %d tokens (%.1fs)", sae_id, len(lens.top_ids),
+             unembed.W_U.shape[0], time.perf_counter() - t0)
+    return table, how
+
+
+def _contexts(lm: LoadedModel, blocks: Blocks, blk: np.ndarray, pos: np.ndarray, *,
+              left: int = 12, right: int = 4) -> tuple[list[str], list[str], np.ndarray]:
+    """(token, context, token start in context) of each (block, position)."""
     ids = blocks.token_ids
     # Each distinct token and each distinct (block, position) is decoded once: features of a
     # wide SAE share many top examples.
@@ -525,13 +584,8 @@ def _examples(lm: LoadedModel, sae_id: str, blocks: Blocks, stats: FeatureStats,
     before = [before[w] for w in where.reshape(-1)]
     after = [after[w] for w in where.reshape(-1)]
     token = [token_at[w] for w in where.reshape(-1)]
-    return pa.table({
-        "sae_id": [sae_id] * len(rank), "feature": feat.astype(np.int32),
-        "rank": (rank + 1).astype(np.int32),
-        "act": stats.top_acts[rank, feat].astype(np.float32),
-        "block_id": blk.astype(np.int32), "position": pos.astype(np.int32), "token": token,
-        "context": [x + y + z for x, y, z in zip(before, token, after)],
-        "token_start": np.asarray([len(x) for x in before], dtype=np.int32)})
+    return (token, [x + y + z for x, y, z in zip(before, token, after)],
+            np.asarray([len(x) for x in before], dtype=np.int32))
 
 
 def _config_json(config: BuildConfig) -> dict:

@@ -30,8 +30,14 @@ from jaxtyping import Float, Int
 
 from atlas.errors import AtlasError
 from atlas.blockgram import BlockGram
-from atlas.harvest import FeatureAccumulator, FeatureStats, Triple, select_top, stats_from
+from atlas.harvest import (N_BINS, FeatureAccumulator, FeatureStats, Samples, Triple,
+                           select_samples, select_top, stats_from)
 from atlas.saes import QualityPartial
+
+
+PARTIAL_FORMAT = 2
+"""Version of what a partial holds (2: activation histograms and decile-example candidates);
+part of a shard's key, so partials written before are harvested again, not reused."""
 
 
 def shard_ranges(n_blocks: int, shard_blocks: int) -> list[tuple[int, int]]:
@@ -59,6 +65,16 @@ class Partial:
     """Blocks of the shard where each feature fires (None: count `firings`)."""
     firings_top: int | None = None
     """`firings` holds each feature's best blocks only (None: all of them)."""
+    histogram: Triple | None = None
+    """(feature, bin, count) of the activation histogram, nonzero bins only."""
+    samples: Samples | None = None
+    """Decile-example candidates (key, priority, global position, activation)."""
+    per_bin: int = 3
+
+
+def sparse_histogram(dense: np.ndarray) -> Triple:
+    f, b = np.nonzero(dense)
+    return f.astype(np.int64), b.astype(np.int64), dense[f, b].astype(np.int64)
 
 
 def partial_of(acc: FeatureAccumulator, sae_id: str, start: int, stop: int,
@@ -68,7 +84,8 @@ def partial_of(acc: FeatureAccumulator, sae_id: str, start: int, stop: int,
     return Partial(sae_id, start, stop, acc.n_tokens, acc.firing_count.cpu().numpy().copy(),
                    acc.act_sum.cpu().numpy().copy(), acc.max_act.cpu().numpy().copy(), acc.top(),
                    acc.firings(), acc.token_counts(), acc.gram.pairs(), quality,
-                   acc.block_count.cpu().numpy().copy(), acc.firings_top)
+                   acc.block_count.cpu().numpy().copy(), acc.firings_top,
+                   sparse_histogram(acc.histogram_counts()), acc.samples(), acc.per_bin)
 
 
 def _sum_by_key(keys: np.ndarray, counts: np.ndarray, *, n_keys: int
@@ -101,6 +118,9 @@ class Merger:
         self.firings_top: int | None = None
         self.tokens: Triple = _empty()
         self.gram = BlockGram(d_sae)
+        self.histogram = np.zeros((d_sae, N_BINS), np.int64)
+        self.samples: Samples = (*_empty(), np.zeros(0, np.float32))
+        self.per_bin = 3
 
     def add(self, p: Partial) -> None:
         if self.edges and p.start != self.edges[-1][1]:
@@ -127,6 +147,13 @@ class Merger:
         keys, counts = _sum_by_key(tf * stride + tt, tc, n_keys=self.d_sae << 32)
         self.tokens = (keys >> 32, keys & (stride - 1), counts)
         self.gram.add_pairs(*p.cooc)
+        if p.histogram is not None:
+            hf, hb, hc = p.histogram
+            np.add.at(self.histogram, (hf, hb), hc)
+        if p.samples is not None:
+            self.per_bin = p.per_bin
+            self.samples = select_samples(tuple(np.concatenate([a, b]) for a, b in
+                                                zip(self.samples, p.samples)), p.per_bin)
 
     def _refuse(self, extra=()) -> None:
         edges = [*self.edges, *extra]
@@ -145,7 +172,8 @@ class Merger:
                           firings_top=self.firings_top, tokens=self.tokens,
                           n_tokens=self.n_tokens, n_blocks=self.n_blocks,
                           block_size=self.block_size, n_examples=self.n_examples,
-                          cooccurrence=self.gram)
+                          cooccurrence=self.gram, histogram=self.histogram,
+                          samples=self.samples, per_bin=self.per_bin)
 
 
 def _empty() -> Triple:
@@ -195,6 +223,7 @@ def write_partial(path: Path, part: Partial) -> Path:
         cols["block_count"] = part.block_count
     meta = {"sae_id": part.sae_id, "start": part.start, "stop": part.stop,
             "n_tokens": part.n_tokens, "quality": None, "firings_top": part.firings_top,
+            "per_bin": part.per_bin,
             "written_by": f"{socket.gethostname()}:{os.getpid()}"}
     if part.quality is not None:
         q = part.quality
@@ -208,6 +237,12 @@ def write_partial(path: Path, part: Partial) -> Path:
     pq.write_table(_triple_table(part.tokens, ("feature", "token", "count")),
                    tmp / "tokens.parquet")
     pq.write_table(_triple_table(part.cooc, ("i", "j", "n_ij")), tmp / "cooccurrence.parquet")
+    if part.histogram is not None:
+        pq.write_table(_triple_table(part.histogram, ("feature", "bin", "count")),
+                       tmp / "histogram.parquet")
+    if part.samples is not None:
+        pq.write_table(pa.table(dict(zip(("key", "priority", "position", "act"), part.samples))),
+                       tmp / "samples.parquet")
     (tmp / "meta.json").write_text(json.dumps(meta))
     try:
         os.rename(tmp, path)
@@ -245,4 +280,14 @@ def read_partial(path: Path) -> Partial:
                    _triple(path / "cooccurrence.parquet"), quality,
                    (feats.column("block_count").to_numpy()
                     if "block_count" in feats.column_names else None),
-                   meta.get("firings_top"))
+                   meta.get("firings_top"),
+                   _triple(path / "histogram.parquet")
+                   if (path / "histogram.parquet").exists() else None,
+                   _columns(path / "samples.parquet")
+                   if (path / "samples.parquet").exists() else None,
+                   meta.get("per_bin", 3))
+
+
+def _columns(path: Path) -> tuple:
+    table = pq.read_table(path)
+    return tuple(c.to_numpy() for c in table.columns)

@@ -157,10 +157,13 @@ class HarvestTables:
     examples: pa.Table
     cooccurrence_rows: pa.Table | None = None
     """Co-occurrence of wide SAEs, one row per feature (`cooccurrence` is empty then)."""
+    feature_logits: pa.Table | None = None
+    activation_histograms: pa.Table | None = None
+    decile_examples: pa.Table | None = None
 
 
 HARVEST_TABLES = ("features", "decoders", "block_firings", "cooccurrence", "cooccurrence_rows",
-                  "examples")
+                  "examples", "feature_logits", "activation_histograms", "decile_examples")
 COOCCURRENCE_ROWS_SCHEMA = pa.schema([("sae_id", pa.string()), ("feature", pa.int32()),
                                       ("partners", pa.list_(pa.int32())),
                                       ("counts", pa.list_(pa.int32()))])
@@ -209,12 +212,12 @@ def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: Harves
         h = tables.harvest
         con.execute("INSERT INTO harvests (harvest_id, sae_id, corpus, n_tokens, n_blocks, "
                     "block_size, threshold, config, created_at, build_key, "
-                    "cooccurrence_storage, block_firings_kept, decoder_dtype) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "cooccurrence_storage, block_firings_kept, decoder_dtype, logit_lens) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [h["harvest_id"], sae.sae_id, h["corpus"], h["n_tokens"], h["n_blocks"],
                      h["block_size"], h["threshold"], json.dumps(h["config"]), utc_now(),
                      h.get("build_key"), h.get("cooccurrence_storage", "pairs"),
-                     h.get("block_firings_kept", "all"), "float32"])
+                     h.get("block_firings_kept", "all"), "float32", h.get("logit_lens")])
         for table in HARVEST_TABLES:
             data = getattr(tables, table)
             if data is None:

@@ -198,6 +198,9 @@ def test_statistics_reduced_on_the_gpu_equal_the_cpu_ones():
                     on_gpu.token_counts + on_gpu.block_firings):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert np.array_equal(on_cpu.cooccurrence.dense(), on_gpu.cooccurrence.dense())
+    assert np.array_equal(on_cpu.histogram, on_gpu.histogram)
+    for a, b in zip(on_cpu.samples, on_gpu.samples):
+        assert np.array_equal(a, b)
 
 
 def test_firings_kept_per_feature_are_its_best_blocks():
@@ -222,3 +225,82 @@ def test_firings_kept_per_feature_are_its_best_blocks():
     b, fs, a = stats.block_firings
     assert set(zip(b.tolist(), fs.tolist())) == want
     assert list(zip(b, fs)) == sorted(zip(b, fs))
+
+
+def splitmix64(x: int) -> int:
+    """Steele, Lea & Flood's splitmix64 finaliser, on Python integers."""
+    m = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_sample_priority_is_the_top_bits_of_splitmix64():
+    from atlas.harvest import sample_priority
+
+    feats = torch.tensor([0, 1, 7, 65_535, 3, 3])
+    pos = torch.tensor([0, 0, 123_456, 2**39 - 1, 1, 2])
+    got = sample_priority(feats, pos).numpy()
+    want = [(splitmix64((f << 40) | p) >> 40) / 2**24 for f, p in zip(feats.tolist(),
+                                                                       pos.tolist())]
+    np.testing.assert_array_equal(got, np.float32(want))
+
+
+def positive_entries(acts, mask):
+    """(feature, global position, activation) of every positive, counted activation."""
+    n_blocks, t, f = acts.shape
+    a = (acts * mask[..., None]).reshape(-1, f).numpy()
+    pos, feat = np.nonzero(a > 0)
+    return feat, pos, a[pos, feat]
+
+
+def test_histogram_counts_equal_numpy_on_the_log_grid():
+    acts, tokens, mask = planted_batches()
+    acts[0, :3, 0] = torch.tensor([1e-5, 2e4, 1.0])  # below, above and on an edge
+    mask[0, :3] = True
+    stats = run(acts, tokens, mask)
+    feat, _, val = positive_entries(acts, mask)
+    edges = 10.0 ** (np.arange(-30, 41) / 10)          # 10 per decade, 1e-3 .. 1e4
+    want = np.zeros_like(stats.histogram)
+    for f, v in zip(feat, val):
+        want[f, np.searchsorted(edges.astype(np.float32), np.float32(v), side="right")] += 1
+    assert np.array_equal(stats.histogram, want)
+    assert stats.histogram[0, 0] >= 1 and stats.histogram[0, -1] == 1
+    assert stats.histogram.sum() == len(val)
+
+
+def test_decile_examples_are_the_highest_priority_entries_of_each_decile():
+    """Deciles by the middle of each bin's cumulative share; in each, the `per_decile`
+    entries of highest splitmix64 priority (ties to the earlier position), found here by
+    brute force over every positive activation."""
+    from atlas.harvest import decile_examples
+
+    acts, tokens, mask = planted_batches(n_blocks=20, seed=3)
+    stats = run(acts, tokens, mask)
+    got = decile_examples(stats.histogram, stats.samples, per_decile=2)
+    feat, pos, val = positive_entries(acts, mask)
+    edges = np.float32(10.0) ** (np.arange(-30, 41) / np.float32(10))
+    bins = np.searchsorted(edges, val.astype(np.float32), side="right")
+    prio = np.array([(splitmix64((int(f) << 40) | int(p)) >> 40) / 2**24
+                     for f, p in zip(feat, pos)])
+    n_checked = 0
+    for f in range(9):
+        counts = np.bincount(bins[feat == f], minlength=stats.histogram.shape[1])
+        middle = (np.cumsum(counts) - counts / 2) / counts.sum()
+        decile = np.minimum((10 * middle).astype(int), 9)[bins[feat == f]] + 1
+        fp, fv, fprio = pos[feat == f], val[feat == f], prio[feat == f]
+        for d in range(1, 11):
+            sel = np.flatnonzero(decile == d)
+            mine = got.feature == f
+            rows = np.flatnonzero(mine & (got.decile == d))
+            if not len(sel):
+                assert not len(rows)
+                continue
+            best = sel[np.lexsort((fp[sel], -fprio[sel]))][:2]
+            assert list(got.position[rows]) == list(fp[best])
+            np.testing.assert_array_equal(got.act[rows], fv[best])
+            assert np.all((got.act_lo[rows] <= fv[best]) & (fv[best] < got.act_hi[rows]))
+            np.testing.assert_allclose(got.share[rows], len(sel) / (feat == f).sum())
+            n_checked += 1
+    assert n_checked > 30

@@ -42,6 +42,9 @@ def test_merged_shards_equal_one_pass():
     for a, c in zip(merged.cooccurrence.pairs(), cooccurrence(b, f, n_blocks=13, d_sae=10)):
         assert np.array_equal(a, c)
     assert merged.n_tokens == whole.n_tokens
+    assert np.array_equal(merged.histogram, whole.histogram)
+    for a, b in zip(merged.samples, whole.samples):
+        assert np.array_equal(a, b)
 
 
 def test_parquet_round_trip(tmp_path):
@@ -53,7 +56,7 @@ def test_parquet_round_trip(tmp_path):
     back = shards.read_partial(path)
     for name in ("firing_count", "act_sum", "max_act"):
         assert np.array_equal(getattr(back, name), getattr(part, name))
-    for name in ("top", "firings", "tokens", "cooc"):
+    for name in ("top", "firings", "tokens", "cooc", "histogram", "samples"):
         for a, b in zip(getattr(back, name), getattr(part, name)):
             assert np.array_equal(a, b) and a.dtype == b.dtype
     assert (back.start, back.stop, back.n_tokens) == (part.start, part.stop, part.n_tokens)
