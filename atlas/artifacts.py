@@ -32,6 +32,13 @@ def index_path(db: Path, sae_id: str) -> Path:
     return db.with_name(db.name + ".index") / f"{safe_name(sae_id)}.faiss"
 
 
+def word_table_path(db: Path, model_id: str, hook: str, representation: str) -> Path:
+    """Vectors of the analogy vocabulary at one hook (.npy; words and checksum in the .json
+    beside it)."""
+    return (db.with_name(db.name + ".words")
+            / f"{safe_name(model_id)}.{hook}.{representation}.npy")
+
+
 def shards_dir(db: Path) -> Path:
     """Folder beside the database that holds a sharded build's Parquet partials and corpus."""
     return db.with_name(db.name + ".shards")

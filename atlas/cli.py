@@ -119,21 +119,30 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="DuckDB memory limit for the query (default 2GB)")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads (default 2)")
 
-    p = sub.add_parser("neighbors",
-                       help="features whose decoder directions are nearest a feature's")
-    _query_args(p)
-    p.add_argument("feature", type=int)
+    p = sub.add_parser("neighbors", help="features whose decoder directions are nearest a "
+                       "feature's, or words nearest a word (--words)")
+    _query_args(p, sae_required=False)
+    p.add_argument("feature", help="feature id, or a word with --words")
     p.add_argument("--in", dest="target", help="search this SAE instead (e.g. another layer)")
+    _word_args(p)
 
     p = sub.add_parser("analogy", help="b - a + c over feature ids, or over words (--words)")
     _query_args(p, sae_required=False)
     p.add_argument("terms", nargs=3, metavar="A B C", help="feature ids, or words with --words")
-    p.add_argument("--words", action="store_true", help="A B C are words, read at --layer")
-    p.add_argument("--layer", type=int, help="layer whose residual stream the words are read at")
-    p.add_argument("--representation", default="bare",
-                   choices=("bare", "bos", "eos", "li2024"),
-                   help="how each word is fed: alone (bare, the default), after BOS, after the "
-                   "end-of-text token, or as the geometry paper's crystal inputs (li2024)")
+    _word_args(p)
+
+    p = sub.add_parser("export", help="write an SAE's features in Neuronpedia's batch JSON "
+                       "layout, or any table or view as Parquet")
+    p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
+    p.add_argument("--format", choices=["neuronpedia", "parquet"], default=None,
+                   help="neuronpedia (needs --sae) or parquet (needs --table; the default "
+                   "then)")
+    p.add_argument("--sae", help="SAE to export (id, unique part, or L<layer>)")
+    p.add_argument("--table", help="table or view to export as Parquet")
+    p.add_argument("--out", type=Path, required=True,
+                   help="Parquet file, or the folder for Neuronpedia's batch-<n>.json files")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="features per Neuronpedia batch file (default 128)")
 
     p = sub.add_parser("features", help="the SAE features active on each token of a text")
     _query_args(p)
@@ -180,6 +189,17 @@ def _analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", type=_parse_tuple(str), default=(), action=_Extend,
                    help="SAEs to analyse (id, unique part, or L<layer>; comma-separated or "
                    "repeated); default: all")
+
+
+def _word_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--words", action="store_true",
+                   help="the terms are words, read at --layer from the word table beside the "
+                   "atlas (computed with the model on first use)")
+    p.add_argument("--layer", type=int, help="layer whose residual stream the words are read at")
+    p.add_argument("--representation", default="bare",
+                   choices=("bare", "bos", "eos", "li2024"),
+                   help="how each word is fed: alone (bare, the default), after BOS, after the "
+                   "end-of-text token, or as the geometry paper's crystal inputs (li2024)")
 
 
 def _query_args(p: argparse.ArgumentParser, *, sae_required: bool = True) -> None:
@@ -256,17 +276,26 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     from atlas.index import open_index
     from atlas.readonly import open_readonly
 
+    if args.words:
+        return _word_query(args, [args.feature])
+    if not args.sae:
+        raise AtlasError("give --sae for neighbours of a feature, or --words --layer L WORD")
+    try:
+        feature = int(args.feature)
+    except ValueError:
+        raise AtlasError(f"'{args.feature}' is not a feature id; add --words --layer L to "
+                         "find the words nearest a word") from None
     con = open_readonly(args.db)
     try:
         sae_id = catalog.resolve_sae(con, args.sae)
         index = open_index(con, args.db, sae_id)
         target = (open_index(con, args.db, catalog.resolve_sae(con, args.target))
                   if args.target else None)
-        hits = query.neighbors(con, index, args.feature, args.k, target=target)
+        hits = query.neighbors(con, index, feature, args.k, target=target)
     finally:
         con.close()
     where = target.meta.sae_id if target else sae_id
-    _print_hits(hits, args.json, f"nearest to {sae_id} #{args.feature} in {where}:")
+    _print_hits(hits, args.json, f"nearest to {sae_id} #{feature} in {where}:")
     return 0
 
 
@@ -276,7 +305,7 @@ def cmd_analogy(args: argparse.Namespace) -> int:
     from atlas.readonly import open_readonly
 
     if args.words:
-        return _word_analogy(args)
+        return _word_query(args, list(args.terms))
     if not args.sae:
         raise AtlasError("give --sae for an analogy over features, or --words --layer L")
     try:
@@ -294,26 +323,33 @@ def cmd_analogy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _word_analogy(args: argparse.Namespace) -> int:
+def _word_query(args: argparse.Namespace, terms: list[str]) -> int:
+    """Word analogy (three terms) or word neighbours (one) from the word table beside the
+    atlas; the model is loaded only when the table lacks a word (or does not exist yet)."""
     from atlas import catalog
     from atlas.index import open_index
-    from atlas.models import load_model
+    from atlas.models import EMBEDDED, HookPoint, load_model
     from atlas.readonly import open_readonly
-    from atlas.words import word_analogy
+    from atlas.words import table_analogy, table_neighbors, word_table
 
     if args.layer is None:
-        raise AtlasError("word analogies need --layer L (the residual stream they are read at)")
+        raise AtlasError("words are read at a layer: add --layer L (the residual stream after "
+                         "block L)")
     con = open_readonly(args.db)
     try:
         sae_ids = [r[0] for r in con.execute("SELECT sae_id FROM saes WHERE layer = ? "
                                              "ORDER BY sae_id", [args.layer]).fetchall()]
         sae_id = catalog.resolve_sae(con, args.sae) if args.sae else (sae_ids or [None])[0]
         model = catalog.model_of(con, [sae_id] if sae_id else None)
+        model_id, spec = (model[0], model[1] or EMBEDDED) if model else (EMBEDDED, EMBEDDED)
+        table = word_table(args.db, model_id, HookPoint(args.layer), terms,
+                           representation=args.representation,
+                           load_lm=lambda: load_model(spec, device="auto"))
         index = open_index(con, args.db, sae_id) if sae_id else None
-        lm = load_model(model[1] if model and model[1] else "smollm2-135m", device="auto")
-        a, b, c = args.terms
-        result = word_analogy(lm, args.layer, a, b, c, k=args.k, con=con, index=index,
-                              representation=args.representation)
+        if len(terms) == 3:
+            result = table_analogy(table, *terms, k=args.k, con=con, index=index)
+        else:
+            result = table_neighbors(table, terms[0], k=args.k, con=con, index=index)
     finally:
         con.close()
     if args.json:
@@ -321,11 +357,33 @@ def _word_analogy(args: argparse.Namespace) -> int:
         return 0
     for note in result.notes:
         print(f"note: {note}")
-    print(f"{b} - {a} + {c} at layer {args.layer}, nearest words:")
+    what = f"{terms[1]} - {terms[0]} + {terms[2]}" if len(terms) == 3 else terms[0]
+    print(f"{what} at layer {args.layer}, nearest words:")
     for word, cos in result.words:
         print(f"  {word:20} {cos:.3f}")
     if result.features:
         _print_hits(result.features, False, f"nearest features of {result.features[0].sae_id}:")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from atlas import export
+
+    fmt = args.format or ("parquet" if args.table else None)
+    if fmt == "neuronpedia":
+        if not args.sae:
+            raise AtlasError("--format neuronpedia exports one SAE: add --sae ID")
+        files = export.neuronpedia(args.db, args.sae, args.out, batch_size=args.batch_size)
+        print(f"wrote {len(files)} batch files to {args.out}")
+    elif fmt == "parquet":
+        if not args.table:
+            raise AtlasError("--format parquet exports a table or view: add --table NAME "
+                             "(`atlas sql \"SELECT table_name FROM information_schema.tables\"` "
+                             "lists them)")
+        rows = export.parquet(args.db, args.table, args.out)
+        print(f"wrote {rows:,} rows of {args.table} to {args.out}")
+    else:
+        raise AtlasError("say what to export: --format neuronpedia --sae ID, or --table NAME")
     return 0
 
 
@@ -451,6 +509,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
             "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index,
+            "export": cmd_export,
             "analyze": cmd_analyze, "app": cmd_app, "compare": cmd_shortcut,
             "absorption": cmd_shortcut}
 

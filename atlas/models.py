@@ -115,6 +115,22 @@ def load_model(spec: str, *, device: str = "auto") -> LoadedModel:
     return _load_hf(spec, dev)
 
 
+def load_tokenizer(spec: str):
+    """The tokenizer of a model `load_model` takes, without its weights."""
+    from transformers import AutoTokenizer
+
+    path = embedded_gguf() if spec == EMBEDDED else Path(spec)
+    try:
+        if path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(spec)
+    except Exception as exc:  # transformers raises many types for a missing model
+        raise AtlasError(f"the tokenizer of '{spec}' could not be loaded "
+                         f"({type(exc).__name__}: {str(exc)[:200]}); the atlas records this "
+                         "model spec, so its files must be where they were at build time"
+                         ) from exc
+
+
 def _load_gguf(path: Path) -> tuple[nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -3,18 +3,27 @@ in, and word analogies (b - a + c) with the SAE features nearest the answer."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import torch
 
+from atlas.artifacts import word_table_path
 from atlas.errors import AtlasError
 from atlas.geometry.vectors import unit
 from atlas.index import FeatureIndex, blas_topk
 from atlas.models import HookPoint
 from atlas.query import Hit, describe
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,30 +127,186 @@ def word_analogy(lm, layer: int, a: str, b: str, c: str, *, k: int = 10,
                  vocab: list[str] | None = None, con: duckdb.DuckDBPyConnection | None = None,
                  index: FeatureIndex | None = None,
                  representation: str = DEFAULT_REPRESENTATION) -> WordAnalogy:
-    """Words (and, with an SAE index at that layer, features) nearest to b - a + c.
-
-    Word vectors are centred on the candidate vocabulary's mean before comparing.
-    """
+    """Words (and, with an SAE index at that layer, features) nearest to b - a + c, with the
+    model at hand (`table_analogy` answers from a stored word table)."""
     vocab = vocab if vocab is not None else vocabulary(lm.tokenizer)
-    inputs = word_vectors(lm, layer, [a, b, c], representation=representation)
-    notes = tuple(f"'{w}' is {len(p)} tokens {list(p)}; its last token's residual was used"
-                  for w, p in zip(inputs.words, inputs.pieces) if len(p) > 1)
-    cands = [w for w in vocab if w not in (a, b, c)]
-    table = word_vectors(lm, layer, cands, representation=representation)
-    # Centre on the vocabulary's mean: residuals share a large common direction that would
-    # otherwise dominate every cosine.
-    mean = table.vectors.mean(0)
-    va, vb, vc = inputs.vectors - mean
-    q = vb - va + vc
-    scores, order = blas_topk(unit(table.vectors - mean).astype(np.float32),
-                              unit(q[None]).astype(np.float32), k,
-                              np.arange(len(cands)))
+    table = compute_table(lm, HookPoint(layer), vocab, [a, b, c], representation)
+    return table_analogy(table, a, b, c, k=k, con=con, index=index)
+
+
+# --- Word tables: the vocabulary's vectors, computed once and kept beside the atlas ---------
+
+@dataclass(frozen=True)
+class WordTable:
+    """Vectors of the analogy vocabulary (the first `n_vocab` words) and of any other word
+    asked for, at one hook of one model, each word fed as `representation` says."""
+
+    model_id: str
+    hook: str
+    representation: str
+    words: tuple[str, ...]
+    vectors: np.ndarray
+    pieces: tuple[tuple[str, ...], ...]
+    n_vocab: int
+
+    def checksum(self) -> str:
+        h = hashlib.sha1(np.ascontiguousarray(self.vectors, np.float32).tobytes())
+        h.update(json.dumps([self.words, self.pieces, self.n_vocab]).encode())
+        return h.hexdigest()
+
+    def row(self, word: str) -> int | None:
+        return self._rows().get(word)
+
+    def _rows(self) -> dict[str, int]:
+        rows = self.__dict__.get("_row_of")
+        if rows is None:
+            rows = {w: i for i, w in enumerate(self.words)}
+            object.__setattr__(self, "_row_of", rows)
+        return rows
+
+    def missing(self, words) -> list[str]:
+        return [w for w in dict.fromkeys(words) if self.row(w) is None]
+
+
+def compute_table(lm, hook: HookPoint, vocab: list[str], extra=(),
+                  representation: str = DEFAULT_REPRESENTATION) -> WordTable:
+    """A word table computed with the model: the vocabulary, then `extra` words not in it."""
+    words = list(dict.fromkeys([*vocab, *extra]))
+    wv = word_vectors(lm, hook, words, representation=representation)
+    return WordTable(lm.model_id, hook.name, representation, tuple(words), wv.vectors,
+                     wv.pieces, len(dict.fromkeys(vocab)))
+
+
+def extend_table(lm, table: WordTable, words) -> WordTable:
+    """`table` with the vectors of `words` it lacks appended (the vocabulary unchanged)."""
+    new = table.missing(words)
+    if not new:
+        return table
+    wv = word_vectors(lm, HookPoint.parse(table.hook), new, representation=table.representation)
+    return WordTable(table.model_id, table.hook, table.representation, (*table.words, *new),
+                     np.concatenate([table.vectors, wv.vectors]), (*table.pieces, *wv.pieces),
+                     table.n_vocab)
+
+
+def save_table(db: Path, table: WordTable) -> Path:
+    """Write a word table beside the atlas (vectors, then the sidecar that names their
+    checksum; each written to a temporary file and renamed into place)."""
+    path = word_table_path(Path(db), table.model_id, table.hook, table.representation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(table.vectors, np.float32))
+    os.replace(tmp, path)
+    meta = {"model_id": table.model_id, "hook": table.hook,
+            "representation": table.representation, "n_vocab": table.n_vocab,
+            "words": list(table.words), "pieces": [list(p) for p in table.pieces],
+            "checksum": table.checksum()}
+    side = path.with_suffix(".json")
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, side)
+    return path
+
+
+def load_table(db: Path, model_id: str, hook: str,
+               representation: str = DEFAULT_REPRESENTATION) -> WordTable | None:
+    """The stored word table, or None when there is none or it does not match its checksum
+    (a torn write, an edited file): it is then computed again, never answered from."""
+    path = word_table_path(Path(db), model_id, hook, representation)
+    side = path.with_suffix(".json")
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        meta = json.loads(side.read_text())
+        vectors = np.load(path, allow_pickle=False)
+        table = WordTable(meta["model_id"], meta["hook"], meta["representation"],
+                          tuple(meta["words"]), vectors,
+                          tuple(tuple(p) for p in meta["pieces"]), int(meta["n_vocab"]))
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("word table %s is unreadable (%s); computing it again", path, exc)
+        return None
+    if table.checksum() != meta.get("checksum") or len(vectors) != len(table.words):
+        log.warning("word table %s does not match its checksum; computing it again", path)
+        return None
+    return table
+
+
+def word_table(db: Path, model_id: str, hook: HookPoint, words=(), *,
+               representation: str = DEFAULT_REPRESENTATION, load_lm=None) -> WordTable:
+    """The word table of (model, hook, representation) holding `words`: read from beside the
+    atlas when it holds them all (no model needed), else computed or extended with the model
+    (`load_lm()`) and stored for the next call."""
+    table = load_table(db, model_id, hook.name, representation)
+    if table is not None and not table.missing(words):
+        return table
+    if load_lm is None:
+        missing = words if table is None else table.missing(words)
+        raise AtlasError(f"the word table of {model_id} at {hook.name} ({representation}) "
+                         f"{'does not exist' if table is None else 'lacks ' + repr(missing)}; "
+                         f"`atlas analogy --db {db} --words --layer {hook.layer} A B C` "
+                         "computes it with the model")
+    lm = load_lm()
+    t0 = time.perf_counter()
+    table = (compute_table(lm, hook, vocabulary(lm.tokenizer), words, representation)
+             if table is None else extend_table(lm, table, words))
+    save_table(db, table)
+    log.info("word table of %s at %s (%s): %d words (%.1fs)", model_id, hook.name,
+             representation, len(table.words), time.perf_counter() - t0)
+    return table
+
+
+def stored_tables(db: Path) -> list[dict]:
+    """(model_id, hook, representation, words) of the word tables beside an atlas."""
+    folder = word_table_path(Path(db), "m", "h", "r").parent
+    out = []
+    for side in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            continue
+        out.append({"model_id": meta.get("model_id"), "hook": meta.get("hook"),
+                    "representation": meta.get("representation"),
+                    "words": len(meta.get("words", ()))})
+    return out
+
+
+def _nearest(table: WordTable, query_of, exclude: tuple[str, ...], k: int, con,
+             index: FeatureIndex | None) -> WordAnalogy:
+    """Words of the vocabulary (minus `exclude`) and SAE features nearest the query that
+    `query_of(vector of word minus mean)` builds, every vector centred on the candidates'
+    mean: residuals share a large common direction that would otherwise dominate every
+    cosine."""
+    missing = table.missing(exclude)
+    if missing:
+        raise AtlasError(f"{missing} are not in the word table of {table.model_id} at "
+                         f"{table.hook}; `atlas analogy --words` or `atlas neighbors --words` "
+                         "adds them with the model")
+    keep = [i for i, w in enumerate(table.words[:table.n_vocab]) if w not in set(exclude)]
+    cands = [table.words[i] for i in keep]
+    mean = table.vectors[keep].mean(0)
+    q = query_of(lambda w: table.vectors[table.row(w)] - mean)
+    scores, order = blas_topk(unit(table.vectors[keep] - mean).astype(np.float32),
+                              unit(q[None]).astype(np.float32), k, np.arange(len(cands)))
     words = tuple((cands[i], float(s)) for i, s in zip(order[0], scores[0]))
     feats: tuple[Hit, ...] = ()
     if index is not None and con is not None:
         scores, ids = index.search(q[None], k)
         feats = tuple(describe(con, index.meta.sae_id, ids[0], scores[0]))
+    notes = tuple(f"'{w}' is {len(p)} tokens {list(p)}; its last token's residual was used"
+                  for w in exclude for p in [table.pieces[table.row(w)]] if len(p) > 1)
     return WordAnalogy(words, feats, notes)
 
 
+def table_analogy(table: WordTable, a: str, b: str, c: str, *, k: int = 10,
+                  con: duckdb.DuckDBPyConnection | None = None,
+                  index: FeatureIndex | None = None) -> WordAnalogy:
+    """Words (and, with an SAE index at that layer, features) nearest to b - a + c in a word
+    table."""
+    return _nearest(table, lambda v: v(b) - v(a) + v(c), (a, b, c), k, con, index)
 
+
+def table_neighbors(table: WordTable, word: str, *, k: int = 10,
+                    con: duckdb.DuckDBPyConnection | None = None,
+                    index: FeatureIndex | None = None) -> WordAnalogy:
+    """The words (and SAE features) nearest a word's vector in a word table."""
+    return _nearest(table, lambda v: v(word), (word,), k, con, index)
