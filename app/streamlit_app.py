@@ -132,11 +132,46 @@ def page_overview(db: str) -> None:
     if len(parts["config"].frame):
         with st.expander("Build parameters"):
             st.json(parts["config"].frame["config"].iloc[0])
+    if not len(saes):
+        return
+    st.subheader("Features of an SAE")
+    sae = choose_sae(db, "overview_sae")
+    left, right = st.columns([2, 3])
+    with left:
+        density_chart(db, sae, None, "Density histogram")
+    with right:
+        order = st.radio("order by", ["firing_count", "max_act", "feature"], horizontal=True)
+        listed = cached(db, "feature_list", sae, order)
+        st.dataframe(listed.frame, hide_index=True, column_config={
+            "page": st.column_config.LinkColumn("page", display_text="open")})
+        st.caption("Each feature's page has its own address (?page=Feature&sae=…&feature=…), "
+                   "to share.")
+        show_sql(listed)
 
 
 def choose_sae(db: str, key: str) -> str:
     ids = q.sae_ids(connection(db))
-    return st.selectbox("SAE", ids, key=key)
+    wanted = st.query_params.get("sae")
+    return st.selectbox("SAE", ids, key=key, index=ids.index(wanted) if wanted in ids else 0)
+
+
+def density_chart(db: str, sae: str, mark: float | None, title: str) -> None:
+    """The SAE's features by log10 density, with a rule at `mark` (one feature's)."""
+    shown = cached(db, "density_histogram", sae)
+    st.markdown(f"**{title}**")
+    frame = shown.frame.dropna(subset=["log10_lo"])
+    dead = shown.frame[shown.frame.log10_lo.isna()]["n_features"].sum()
+    chart = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("log10_lo:Q", bin="binned", title="log10 density (share of tokens with a "
+                "positive activation)"), x2="log10_hi:Q",
+        y=alt.Y("n_features:Q", title="features"),
+        tooltip=["log10_lo", "log10_hi", "n_features"])
+    if mark is not None:
+        chart = chart + alt.Chart(pd.DataFrame({"x": [mark]})).mark_rule(
+            color="red", strokeWidth=2).encode(x="x:Q")
+    st.altair_chart(chart.properties(height=220))
+    st.caption(f"{int(dead):,} features never active." if dead else "Every feature is active.")
+    show_sql(shown)
 
 
 def highlight(context: str, start: int, token: str) -> str:
@@ -148,13 +183,20 @@ def highlight(context: str, start: int, token: str) -> str:
 def page_feature(db: str) -> None:
     st.header("Feature")
     sae = choose_sae(db, "feature_sae")
-    how = st.radio("find by", ["id", "top token", "text in examples"], horizontal=True)
+    how = st.radio("find by", ["id", "top token", "promoted token", "text in examples"],
+                   horizontal=True)
     if how == "id":
-        feature = int(st.number_input("feature id", min_value=0, value=0, step=1))
+        shared = st.query_params.get("feature", "0")
+        start = int(shared) if shared.isdigit() else 0
+        feature = int(st.number_input("feature id", min_value=0, value=start, step=1))
     else:
-        needle = st.text_input("top token" if how == "top token" else "text", value="the")
-        found = cached(db, "find_features", sae, *((needle, None) if how == "top token"
-                                                    else (None, needle)))
+        needle = st.text_input(how if how != "text in examples" else "text",
+                               value=" the" if how == "promoted token" else "the")
+        if how == "promoted token":
+            found = cached(db, "find_by_logit", sae, needle)
+        else:
+            found = cached(db, "find_features", sae, *((needle, None) if how == "top token"
+                                                        else (None, needle)))
         show_table(found)
         if not len(found.frame):
             st.warning("No feature matches; try another token or text.")
@@ -174,12 +216,25 @@ def page_feature(db: str) -> None:
     if isinstance(row["neuronpedia_url"], str):
         st.link_button("Open on Neuronpedia", row["neuronpedia_url"])
     show_sql(card)
+    feature_effects(db, sae, feature, float(row["max_act"]))
     ex = cached(db, "examples", sae, feature)
     st.subheader("Top examples")
     st.markdown("<br>".join(f"<code>{r.act:.2f}</code> [{r.source}] "
                             f"{highlight(r.context, r.token_start, r.token)}"
                             for r in ex.frame.itertuples()), unsafe_allow_html=True)
     show_sql(ex)
+    deciles = cached(db, "decile_examples", sae, feature)
+    st.subheader("Examples across the activation range")
+    st.caption("A uniform sample of each decile of the feature's positive activations (chosen "
+               "by a hash of feature and token position); a range that a single histogram bin "
+               "spans may hold several deciles.")
+    for (lo, hi, share), group in deciles.frame.groupby(["act_lo", "act_hi", "share"],
+                                                        sort=False):
+        st.markdown(f"**{lo:.3g} – {hi:.3g}** · {share:.1%} of activations<br>"
+                    + "<br>".join(f"<code>{r.act:.2f}</code> [{r.source}] "
+                                  f"{highlight(r.context, r.token_start, r.token)}"
+                                  for r in group.itertuples()), unsafe_allow_html=True)
+    show_sql(deciles)
     left, right = st.columns(2)
     with left:
         st.subheader("Nearest features")
@@ -205,8 +260,52 @@ def page_feature(db: str) -> None:
         missing("lobes", "atlas analyze --analyses lobes")
 
 
+def feature_effects(db: str, sae: str, feature: int, max_act: float) -> None:
+    """Logit lens, activation histogram and density of one feature."""
+    logits = cached(db, "feature_logits", sae, feature)
+    st.subheader("Logit lens")
+    st.caption("W_dec · W_U through the final norm's scale, centred over the vocabulary (as "
+               "sae_vis and Neuronpedia show it): the logits one unit of activation adds.")
+    frame = logits.frame
+    left, right = st.columns(2)
+    for col, direction, title in ((left, "top", "Promoted tokens"),
+                                  (right, "bottom", "Suppressed tokens")):
+        col.markdown(f"**{title}**")
+        col.dataframe(frame[frame.direction == direction][["token", "value"]].assign(
+            token=lambda f: f.token.map(repr)), hide_index=True)
+    show_sql(logits)
+    left, right = st.columns(2)
+    with left:
+        hist = cached(db, "activation_histogram", sae, feature)
+        st.markdown("**Activation histogram** (positive activations, log-spaced bins)")
+        threshold = float(cached(db, "overview")["saes"].frame.set_index("sae_id")
+                          .loc[sae, "threshold"])
+        chart = alt.Chart(hist.frame.assign(act_lo=lambda f: f.act_lo.clip(lower=1e-4))
+                          ).mark_bar().encode(
+            x=alt.X("act_lo:Q", scale=alt.Scale(type="log"), bin="binned",
+                    title="activation"), x2="act_hi:Q",
+            y=alt.Y("count:Q", title="tokens"), tooltip=["act_lo", "act_hi", "count"])
+        rule = alt.Chart(pd.DataFrame({"x": [threshold]})).mark_rule(
+            color="grey", strokeDash=[4, 4]).encode(x="x:Q")
+        st.altair_chart((chart + rule).properties(height=220))
+        st.caption(f"Dashed: the harvest threshold ({threshold:g}); firing counts are above it. "
+                   f"Maximum {max_act:.3g}.")
+        show_sql(hist)
+    with right:
+        density = cached(db, "feature_density", sae, feature)
+        mark = density.frame["log10_density"].iloc[0] if len(density.frame) else None
+        density_chart(db, sae, None if pd.isna(mark) else float(mark),
+                      f"Density: 10^{mark:.2f} of tokens (red) among the SAE's features"
+                      if mark is not None and not pd.isna(mark)
+                      else "Density: never active")
+        show_sql(density)
+
+
 def page_analogy(db: str) -> None:
     st.header("Analogy: b − a + c")
+    if st.radio("over", ["features", "words"], horizontal=True) == "words":
+        word_analogy_page(db)
+        return
     sae = choose_sae(db, "analogy_sae")
     cols = st.columns(3)
     a = int(cols[0].number_input("a (feature)", min_value=0, value=0))
@@ -227,6 +326,64 @@ def page_analogy(db: str) -> None:
                                                                        "cosine"]))
     st.caption("Nearest unit decoder directions to vec(b) − vec(a) + vec(c), inputs excluded. "
                "Word analogies: `atlas analogy --layer L --words man woman king`.")
+
+
+def word_analogy_page(db: str) -> None:
+    from atlas import words
+
+    tables = words.stored_tables(Path(db))
+    if not tables:
+        missing("word table", f"atlas analogy --db {db} --words --layer L man woman king")
+        return
+    labels = [f"{t['hook']} · {t['representation']} · {t['model_id']}" for t in tables]
+    chosen = tables[labels.index(st.selectbox("word table", labels))]
+    table = word_table(db, chosen["model_id"], chosen["hook"], chosen["representation"])
+    if table is None:
+        st.error("This word table does not match its checksum; `atlas analogy --words` "
+                 "computes it again.")
+        return
+    mode = st.radio("ask", ["analogy", "neighbours"], horizontal=True)
+    k = st.slider("results", 5, 30, 10, key="word_k")
+    ids = [s for s, hook in q.sae_hooks(connection(db)).items() if hook == chosen["hook"]]
+    index = feature_index(db, ids[0]) if ids else None
+    try:
+        if mode == "analogy":
+            cols = st.columns(3)
+            a, b, c = (col.text_input(n, value=v).strip() for col, n, v in
+                       zip(cols, ("a", "b", "c"), ("man", "woman", "king")))
+            result = words.table_analogy(table, a, b, c, k=k, con=connection(db), index=index)
+        else:
+            word = st.text_input("word", value="king").strip()
+            result = words.table_neighbors(table, word, k=k, con=connection(db), index=index)
+    except AtlasError as exc:
+        st.error(str(exc))
+        return
+    for note in result.notes:
+        st.caption(note)
+    left, right = st.columns(2)
+    left.markdown("**Nearest words** (cosine, centred on the vocabulary's mean)")
+    left.dataframe(pd.DataFrame(result.words, columns=["word", "cosine"]), hide_index=True)
+    if result.features:
+        right.markdown(f"**Nearest features of {result.features[0].sae_id}**")
+        right.dataframe(pd.DataFrame([h.__dict__ for h in result.features])
+                        .drop(columns="sae_id"), hide_index=True)
+    st.caption(f"From the word table beside the atlas ({len(table.words):,} words); "
+               "`atlas analogy --words` adds words it lacks.")
+
+
+@st.cache_resource(max_entries=8)
+def _word_table(path: str, model_id: str, hook: str, representation: str, stamp: int):
+    from atlas import words
+
+    return words.load_table(Path(path), model_id, hook, representation)
+
+
+def word_table(path: str, model_id: str, hook: str, representation: str):
+    """A stored word table, read once per change of its file."""
+    from atlas.artifacts import word_table_path
+
+    file = word_table_path(Path(path), model_id, hook, representation).with_suffix(".json")
+    return _word_table(path, model_id, hook, representation, file.stat().st_mtime_ns)
 
 
 def page_lobes(db: str) -> None:

@@ -94,6 +94,7 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
                 step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
                                              quality[p.sae_id])
         step(pipeline.index_saes)(con, config, [p.sae_id for p in planned])
+        step(pipeline.word_tables)(config, lm, planned)
         step(pipeline.analyze)(con, config, lm, planned)
     finally:
         con.close()

@@ -78,6 +78,11 @@ def sae_ids(con) -> list[str]:
     return run(con, "SELECT sae_id FROM saes ORDER BY layer, sae_id").frame["sae_id"].tolist()
 
 
+def sae_hooks(con) -> dict[str, str]:
+    frame = run(con, "SELECT sae_id, hook FROM saes ORDER BY layer, sae_id").frame
+    return dict(zip(frame["sae_id"], frame["hook"]))
+
+
 def find_features(con, sae_id: str, token: str | None = None, text: str | None = None,
                   limit: int = 50) -> Shown:
     """Features whose top tokens include `token`, or whose examples contain `text`."""
@@ -108,6 +113,75 @@ SELECT rank, round(act, 3) AS act, token, context, token_start, b.source
 FROM examples e JOIN harvests h USING (sae_id)
 JOIN blocks b ON b.corpus_id = h.corpus AND b.block_id = e.block_id
 WHERE e.sae_id = {literal(sae_id)} AND e.feature = {int(feature)} ORDER BY rank""")
+
+
+def find_by_logit(con, sae_id: str, token: str, direction: str = "top",
+                  limit: int = 50) -> Shown:
+    """Features that promote (direction 'top') or suppress ('bottom') a token: its exact
+    spelling (' Paris') or, when nothing matches that, the token with spaces trimmed."""
+    if direction not in ("top", "bottom"):
+        raise ValueError(direction)
+    order = "DESC" if direction == "top" else "ASC"
+    return run(con, f"""
+SELECT feature, label, token, rank, round(value, 4) AS value
+FROM feature_logit_lens
+WHERE sae_id = {literal(sae_id)} AND direction = {literal(direction)}
+  AND (token = {literal(token)} OR (NOT EXISTS (SELECT 1 FROM feature_logits WHERE
+       sae_id = {literal(sae_id)} AND token = {literal(token)})
+       AND trim(token) = {literal(token.strip())}))
+ORDER BY value {order}, feature LIMIT {int(limit)}""")
+
+
+def feature_logits(con, sae_id: str, feature: int) -> Shown:
+    """A feature's logit lens: its most promoted and most suppressed tokens."""
+    return run(con, f"""
+SELECT direction, rank, token, round(value, 4) AS value
+FROM feature_logits WHERE sae_id = {literal(sae_id)} AND feature = {int(feature)}
+ORDER BY direction DESC, rank""")
+
+
+def activation_histogram(con, sae_id: str, feature: int) -> Shown:
+    """A feature's positive activations per log-spaced bin."""
+    return run(con, f"""
+SELECT bin, act_lo, act_hi, count
+FROM activation_histograms WHERE sae_id = {literal(sae_id)} AND feature = {int(feature)}
+ORDER BY bin""")
+
+
+def density_histogram(con, sae_id: str) -> Shown:
+    """An SAE's features by log10 density (share of tokens with a positive activation)."""
+    return run(con, f"""
+SELECT log10_lo, log10_hi, n_features FROM density_histogram
+WHERE sae_id = {literal(sae_id)} ORDER BY log10_lo NULLS FIRST""")
+
+
+def feature_density(con, sae_id: str, feature: int) -> Shown:
+    return run(con, f"""
+SELECT active_count, density, log10_density, firing_rate FROM feature_density
+WHERE sae_id = {literal(sae_id)} AND feature = {int(feature)}""")
+
+
+def decile_examples(con, sae_id: str, feature: int) -> Shown:
+    return run(con, f"""
+SELECT decile, act_lo, act_hi, share, rank, round(act, 3) AS act, token, context,
+       token_start, b.source
+FROM decile_examples e JOIN harvests h USING (sae_id)
+JOIN blocks b ON b.corpus_id = h.corpus AND b.block_id = e.block_id
+WHERE e.sae_id = {literal(sae_id)} AND e.feature = {int(feature)}
+ORDER BY decile DESC, rank""")
+
+
+def feature_list(con, sae_id: str, order: str = "firing_count", limit: int = 200) -> Shown:
+    """An SAE's features with their density and a link to each one's page."""
+    if order not in ("firing_count", "feature", "max_act"):
+        raise ValueError(order)
+    direction = "" if order == "feature" else " DESC"
+    return run(con, f"""
+SELECT c.feature, c.label, d.density, c.firing_count, round(c.max_act, 2) AS max_act,
+       '?page=Feature&sae=' || url_encode(c.sae_id) || '&feature=' || c.feature AS page
+FROM feature_cards c JOIN feature_density d USING (sae_id, feature)
+WHERE c.sae_id = {literal(sae_id)}
+ORDER BY {order}{direction}, feature LIMIT {int(limit)}""")
 
 
 def cooccurring(con, sae_id: str, feature: int, metric: str, limit: int = 15) -> Shown:
@@ -303,6 +377,9 @@ EXAMPLE_QUERIES = {
     "Universality heat map": "SELECT layer_a, layer_b, definition, svcca, svcca_null, rsa "
                              "FROM universality",
     "Absorption per SAE": "SELECT * FROM absorption_by_sae",
+    "Features that promote ' Paris'": "SELECT * FROM feature_logit_lens WHERE direction = "
+                                      "'top' AND token = ' Paris' ORDER BY value DESC",
+    "Density histogram": "SELECT * FROM density_histogram",
     "Most absorbed letters": "SELECT sae_id, letter, probe_f1, n_split, absorption_rate, "
                              "full_absorption_rate FROM absorption WHERE scored "
                              "ORDER BY absorption_rate DESC LIMIT 10",

@@ -462,6 +462,16 @@ def index_saes(con, config: BuildConfig, sae_ids: Sequence[str]) -> list[dict]:
     return out
 
 
+def word_tables(config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE]) -> list[str]:
+    """The analogy vocabulary's vectors at each SAE's hook, stored beside the atlas (kept when
+    stored already), so word analogies answer without loading the model."""
+    from atlas import words
+
+    hooks = list(dict.fromkeys(p.hook for p in planned))
+    return [str(words.word_table(config.db, lm.model_id, hook, load_lm=lambda: lm).hook)
+            for hook in hooks]
+
+
 def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE]) -> dict:
     """Run the configured analyses (default settings, the build's seed) on the SAEs just
     harvested, with the model and SAEs already in memory."""
