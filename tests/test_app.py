@@ -206,3 +206,90 @@ def test_a_missing_database_is_an_error_message(tmp_path, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception and "does not exist" in at.error[0].value
+
+
+def open_url(**params) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_feature_opens_by_url_with_its_logit_lens_histogram_and_deciles(tiny_atlas,
+                                                                          monkeypatch):
+    from atlas import store
+
+    monkeypatch.setenv("ATLAS_DB", str(tiny_atlas[0].db))
+    sae = tiny_atlas[1].sae_ids[1]
+    at = open_url(page="Feature", sae=sae, feature="7")
+    assert at.selectbox[0].value == sae and at.subheader[0].value.startswith("#7")
+    con = store.connect(tiny_atlas[0].db, read_only=True)
+    promoted = con.sql("SELECT token FROM feature_logits WHERE sae_id = ? AND feature = 7 AND "
+                       "direction = 'top' ORDER BY rank", params=[sae]).df()["token"]
+    deciles = con.sql("SELECT DISTINCT act_lo FROM decile_examples WHERE sae_id = ? AND "
+                      "feature = 7", params=[sae]).df()
+    con.close()
+    tables = [d.value for d in at.dataframe]
+    logit_tables = [t for t in tables if list(t.columns) == ["token", "value"]]
+    assert len(logit_tables) == 2
+    assert list(logit_tables[0]["token"]) == [repr(t) for t in promoted]
+    assert (logit_tables[0]["value"] > logit_tables[1]["value"].max()).all()
+    charts = at.get("vega_lite_chart")
+    assert len(charts) >= 2   # activation histogram, density histogram
+    sql = " ".join(c.value for c in at.code)
+    assert "FROM activation_histograms" in sql and "FROM density_histogram" in sql
+    assert "FROM decile_examples" in sql and "FROM feature_logits" in sql
+    shown = [m.value for m in at.markdown if "% of activations" in m.value]
+    assert len(shown) == len(deciles) > 0
+
+
+def test_features_found_by_the_token_they_promote(app, tiny_atlas):
+    at = app("Feature")
+    next(r for r in at.radio if r.label == "find by").set_value("promoted token").run()
+    sae = at.selectbox[0].value
+    from atlas import store
+
+    con = store.connect(tiny_atlas[0].db, read_only=True)
+    token, feature = con.sql("SELECT token, feature FROM feature_logits WHERE sae_id = ? AND "
+                             "direction = 'top' AND rank = 1 AND length(trim(token)) > 1 "
+                             "ORDER BY value DESC LIMIT 1", params=[sae]).fetchall()[0]
+    con.close()
+    at.text_input[0].set_value(token).run()
+    assert not at.exception
+    found = at.dataframe[0].value
+    assert feature in list(found["feature"]) and set(found["token"]) == {token}
+    assert list(found["value"]) == sorted(found["value"], reverse=True)
+
+
+def test_overview_shows_a_density_histogram_and_a_link_per_feature(app, tiny_atlas):
+    at = app("Overview")
+    assert any("FROM density_histogram" in c.value for c in at.code)
+    listed = next(d.value for d in at.dataframe if "page" in d.value.columns)
+    sae = at.selectbox[0].value
+    assert listed["page"].iloc[0] == (f"?page=Feature&sae={sae.replace('/', '%2F')}"
+                                      f"&feature={listed['feature'].iloc[0]}")
+    assert list(listed["firing_count"]) == sorted(listed["firing_count"], reverse=True)
+    assert len(at.get("vega_lite_chart")) == 1
+
+
+def test_analogy_page_answers_words_from_the_stored_table(app, tiny_atlas):
+    import json
+
+    at = app("Analogy")
+    next(r for r in at.radio if r.label == "over").set_value("words").run()
+    assert not at.exception
+    table = next(s for s in at.selectbox if s.label == "word table")
+    side = next(tiny_atlas[0].db.with_name(tiny_atlas[0].db.name + ".words").glob("*.json"))
+    vocab = json.loads(side.read_text())["words"]
+    a, b, c = vocab[:3]
+    for box, word in zip(at.text_input, (a, b, c)):
+        box.set_value(word)
+    at.run()
+    assert not at.exception and table.value
+    words = at.dataframe[0].value
+    assert len(words) == 10 and not set(words["word"]) & {a, b, c}
+    assert set(words["word"]) <= set(vocab)
+    next(r for r in at.radio if r.label == "ask").set_value("neighbours").run()
+    assert not at.exception and len(at.dataframe[0].value) == 10

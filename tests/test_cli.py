@@ -110,3 +110,33 @@ def test_sql_time_limit_and_row_cap_from_the_command_line(tiny_atlas, capsys):
                  "SELECT * FROM range(10) t(i)"]) == 0
     out = capsys.readouterr()
     assert out.out.split() == ["i", "0", "1", "2"] and "first 3 rows" in out.err
+
+
+def test_word_analogies_read_the_table_the_build_stored(atlas_copy, tiny_atlas, capsys):
+    """The build stores the vocabulary's vectors at each SAE's hook: with the model's files
+    gone (its recorded spec points nowhere), analogies among those words still answer; a word
+    outside the table needs the model and says so."""
+    import json
+    import shutil
+
+    from atlas import store
+    from atlas.artifacts import word_table_path
+
+    db, _ = atlas_copy
+    src = tiny_atlas[0].db
+    shutil.copytree(src.with_name(src.name + ".words"), db.with_name(db.name + ".words"))
+    shutil.copytree(src.with_name(src.name + ".index"), db.with_name(db.name + ".index"))
+    con = store.connect(db)
+    con.execute("UPDATE models SET spec = '/nowhere/model'")
+    model_id = con.execute("SELECT model_id FROM models").fetchone()[0]
+    con.close()
+    side = word_table_path(db, model_id, "blocks.3.hook_resid_post", "bare").with_suffix(".json")
+    words = json.loads(side.read_text())["words"][:3]
+    assert main(["analogy", "--db", str(db), "--words", "--layer", "3", *words]) == 0
+    out = capsys.readouterr().out
+    assert f"{words[1]} - {words[0]} + {words[2]} at layer 3" in out
+    assert "nearest features of" in out
+    assert main(["neighbors", "--db", str(db), "--words", "--layer", "3", words[0]]) == 0
+    assert main(["analogy", "--db", str(db), "--words", "--layer", "3", words[0], words[1],
+                 "zebrafishes"]) == 2
+    assert "/nowhere/model" in capsys.readouterr().err
