@@ -89,3 +89,11 @@ def test_gemma_scale_benchmark_prints_its_figures(tmp_path):
     ratios(out, r"median ([\d.]+) ms")
     ratios(out, r"ratio ([\d.]+)x  \(goal <= 1.5\)")
     ratios(out, r"= ([\d.]+) min for 2 layers")
+
+
+def test_feature_page_benchmark_prints_its_ratios(tiny_atlas):
+    out = run("feature_page.py", "--db", str(tiny_atlas[0].db), "--layer", "1",
+              "--features", "1")
+    ratios(out, r"second/first ratio ([\d.]+)x")
+    ratios(out, r"second call / start-up ratio ([\d.]+)x")
+    ratios(out, r"feature/overview ratio ([\d.]+)x")

@@ -35,3 +35,19 @@ def test_every_page_of_the_app_is_covered():
     node = next(n for n in ast.parse(src).body if isinstance(n, ast.Assign)
                 and getattr(n.targets[0], "id", "") == "PAGES")
     assert tuple(ast.literal_eval(node.value)) == PAGES
+
+
+@needs_chromium
+def test_a_feature_opens_by_url_with_its_logit_table_and_histogram(tiny_atlas, tmp_path):
+    from urllib.parse import quote
+
+    sae = tiny_atlas[1].sae_ids[0]
+    with serve(tiny_atlas[0].db) as url:
+        png = tmp_path / "feature.png"
+        dom = render(f"{url}/?page=Feature&sae={quote(sae, safe='')}&feature=5", png=png,
+                     wait_for="Activation histogram")
+    assert "#5 ·" in dom, "the page did not open feature 5"
+    assert "Logit lens" in dom and "Promoted tokens" in dom and "Suppressed tokens" in dom
+    assert dom.count('data-testid="stDataFrame"') >= 2          # the two logit tables
+    assert dom.count("vega-embed") >= 2                         # activation and density charts
+    assert 'data-testid="stException"' not in dom and "stAlertContentError" not in dom
