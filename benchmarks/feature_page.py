@@ -86,6 +86,9 @@ def page_latency(db: Path, features: int) -> None:
     from streamlit.testing.v1 import AppTest
 
     os.environ["ATLAS_DB"] = str(db)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("streamlit"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     with duckdb.connect(str(db), read_only=True) as con:
         sae = con.execute("SELECT sae_id FROM saes ORDER BY layer DESC LIMIT 1").fetchone()[0]
         ids = [r[0] for r in con.execute(
