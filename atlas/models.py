@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,36 +16,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import nn
 
-from atlas.artifacts import SMOLLM2_GGUF, SMOLLM2_PACKAGE
+from atlas.artifacts import EMBEDDED_MODEL, SMOLLM2_GGUF, SMOLLM2_PACKAGE
 from atlas.errors import AtlasError
+from atlas.hooks import HookPoint
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = "smollm2-135m"
-_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    """A place in the residual stream, named as TransformerLens/SAELens name it."""
-
-    layer: int
-    """Block index."""
-    where: str = "post"
-    """'post': the block's output; 'pre': its input."""
-
-    @property
-    def name(self) -> str:
-        return f"blocks.{self.layer}.hook_resid_{self.where}"
-
-    @classmethod
-    def parse(cls, name: str) -> HookPoint:
-        """Parse 'blocks.L.hook_resid_post' / '..._pre'."""
-        m = _HOOK.match(name)
-        if not m:
-            raise AtlasError(f"hook '{name}' is not a residual-stream hook; the atlas reads "
-                             "'blocks.L.hook_resid_post' or 'blocks.L.hook_resid_pre'")
-        return cls(int(m.group(1)), m.group(2))
+EMBEDDED = EMBEDDED_MODEL
 
 
 @dataclass

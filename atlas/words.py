@@ -14,13 +14,11 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import torch
-
 from atlas.artifacts import word_table_path
 from atlas.errors import AtlasError
 from atlas.geometry.vectors import unit
 from atlas.index import FeatureIndex, blas_topk
-from atlas.models import HookPoint
+from atlas.hooks import HookPoint
 from atlas.query import Hit, describe
 
 log = logging.getLogger(__name__)
@@ -86,12 +84,13 @@ def word_tokens(tokenizer, word: str, representation: str = DEFAULT_REPRESENTATI
     return [special, *pieces], len(pieces)
 
 
-@torch.no_grad()
 def word_vectors(lm, layer: int | HookPoint, words: list[str], *,
                  representation: str = DEFAULT_REPRESENTATION, batch: int = 256) -> WordVectors:
     """Each word's residual at `layer` (a block index: that block's output, resid_post; or a
     hook point), read at the word's last token, the word fed as `representation` says
     (`REPRESENTATIONS`)."""
+    import torch
+
     from atlas.models import capture_residuals
 
     hook = layer if isinstance(layer, HookPoint) else HookPoint(layer)
@@ -106,7 +105,8 @@ def word_vectors(lm, layer: int | HookPoint, words: list[str], *,
         for start in range(0, len(group_all), batch):
             group = group_all[start:start + batch]
             ids = torch.tensor([fed[i][0] for i in group])
-            acts = capture_residuals(lm, ids, [hook])[hook.name][:, -1]
+            with torch.no_grad():
+                acts = capture_residuals(lm, ids, [hook])[hook.name][:, -1]
             vectors[group] = acts.float().cpu().numpy()
     split = tuple(tuple(lm.tokenizer.batch_decode([[t] for t in ids[len(ids) - n:]]))
                   for ids, n in fed)
