@@ -264,6 +264,10 @@ def feature_effects(db: str, sae: str, feature: int, max_act: float) -> None:
     """Logit lens, activation histogram and density of one feature."""
     logits = cached(db, "feature_logits", sae, feature)
     st.subheader("Logit lens")
+    if not len(logits.frame):
+        missing("logit lens or activation histogram for this SAE (it was harvested before "
+                "the atlas stored them)", "atlas build")
+        return
     st.caption("W_dec · W_U through the final norm's scale, centred over the vocabulary (as "
                "sae_vis and Neuronpedia show it): the logits one unit of activation adds.")
     frame = logits.frame

@@ -215,19 +215,11 @@ HIST_EDGES = np.float32(10.0) ** (np.arange(HIST_DECADES[0] * HIST_PER_DECADE,
 N_BINS = len(HIST_EDGES) + 1
 
 
-def hist_bin(values: np.ndarray) -> np.ndarray:
-    """The histogram bin of each positive activation: bin i holds [edge i-1, edge i)."""
-    return np.searchsorted(HIST_EDGES, np.asarray(values, np.float32), side="right")
-
-
 def bin_edges(bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) activation of each bin (0 below the first edge, inf above the last)."""
     edges = np.concatenate([[0.0], HIST_EDGES.astype(np.float64), [np.inf]])
     bins = np.asarray(bins)
     return edges[bins], edges[bins + 1]
-
-
-_MASK64 = (1 << 64) - 1
 
 
 def _signed(c: int) -> int:
@@ -523,8 +515,7 @@ def stats_from(*, count: np.ndarray, block_count: np.ndarray, act_sum: np.ndarra
 def select_samples(samples: Samples, per_bin: int) -> Samples:
     """Each (feature, bin)'s `per_bin` candidates of highest priority, ties to the earlier
     position: what one accumulator over the whole corpus keeps."""
-    k, v, p, x = select_top(samples[:3], per_bin, samples[3])
-    return k, v, p, x
+    return select_top(samples[:3], per_bin, samples[3])
 
 
 def _lexsort(minor: torch.Tensor, major: torch.Tensor) -> torch.Tensor:
