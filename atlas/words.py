@@ -10,6 +10,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import duckdb
@@ -155,14 +156,11 @@ class WordTable:
         return h.hexdigest()
 
     def row(self, word: str) -> int | None:
-        return self._rows().get(word)
+        return self._rows.get(word)
 
+    @cached_property
     def _rows(self) -> dict[str, int]:
-        rows = self.__dict__.get("_row_of")
-        if rows is None:
-            rows = {w: i for i, w in enumerate(self.words)}
-            object.__setattr__(self, "_row_of", rows)
-        return rows
+        return {w: i for i, w in enumerate(self.words)}
 
     def missing(self, words) -> list[str]:
         return [w for w in dict.fromkeys(words) if self.row(w) is None]
