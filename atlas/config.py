@@ -77,10 +77,10 @@ class BuildConfig:
     """Directories of SAEs saved in SAELens format (SAE.save_model; repeat the flag or separate
     by commas); their hook names set the layers."""
 
-    epochs: int = 4
+    epochs: int = 2
     """Training passes over the cached activations, per trained SAE."""
 
-    train_batch: int = 1024
+    train_batch: int = 512
     """Tokens per SAE training step."""
 
     lr: float = 1e-3

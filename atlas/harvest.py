@@ -55,26 +55,70 @@ def forward_batches(lm: LoadedModel, blocks: Blocks, hooks: Sequence[HookPoint],
 
 
 def forward_range(lm: LoadedModel, token_ids: np.ndarray, mask: np.ndarray,
-                  hooks: Sequence[HookPoint], *, batch_blocks: int,
-                  offset: int = 0) -> Iterator[ActivationBatch]:
-    """`forward_batches` over a run of blocks whose first is block `offset` of the corpus."""
+                  hooks: Sequence[HookPoint], *, batch_blocks: int, offset: int = 0,
+                  window: int = 64) -> Iterator[ActivationBatch]:
+    """`forward_batches` over a run of blocks whose first is block `offset` of the corpus.
+
+    Short (document) blocks cost only their own length: each `window` of blocks runs through
+    the model in groups of similar length (sorted by length, each group at most
+    `batch_blocks` x block size positions, cut at its longest block; causal attention, so
+    later padding could not change earlier positions), and its residuals are put back in
+    corpus order (positions past a group's longest block are zero; no mask counts padding).
+    Batches of
+    `batch_blocks` consecutive blocks come out, as the harvest reads them."""
     ids = torch.from_numpy(np.ascontiguousarray(token_ids))
     base = torch.from_numpy(np.ascontiguousarray(mask))
-    for start in range(0, len(ids), batch_blocks):
-        batch = ids[start:start + batch_blocks]
-        keep = base[start:start + batch_blocks]
-        # Short (document) blocks: the model runs only up to the batch's last counted
-        # position (causal attention: later padding cannot change earlier positions), and the
-        # residuals are padded back with zeros that no mask counts.
-        counted = keep.any(0).nonzero()
-        width = int(counted.max()) + 1 if len(counted) else 1
-        acts = capture_residuals(lm, batch[:, :width], hooks)
-        if width < batch.shape[1]:
-            acts = {k: torch.nn.functional.pad(a, (0, 0, 0, batch.shape[1] - width))
-                    for k, a in acts.items()}
-        keep = keep.to(lm.device)
-        yield ActivationBatch(offset + start, batch, acts,
-                              {name: sink_free(a, keep) for name, a in acts.items()})
+    n, width = ids.shape
+    budget = batch_blocks * width
+    window = max(window, batch_blocks) // batch_blocks * batch_blocks
+    for first in range(0, n, window):
+        stop = min(first + window, n)
+        acts = _window_residuals(lm, ids[first:stop], base[first:stop], hooks, budget)
+        for start in range(first, stop, batch_blocks):
+            end = min(start + batch_blocks, stop)
+            keep = base[start:end].to(lm.device)
+            part = {k: a[start - first:end - first] for k, a in acts.items()}
+            yield ActivationBatch(offset + start, ids[start:end], part,
+                                  {name: sink_free(a, keep) for name, a in part.items()})
+
+
+def block_lengths(mask: Bool[torch.Tensor, "b t"]) -> Int[torch.Tensor, " b"]:
+    """Positions each block needs: up to its last counted one (1 for a block with none)."""
+    t = mask.shape[1]
+    last = torch.where(mask, torch.arange(t), torch.full_like(mask, -1, dtype=torch.long))
+    return last.max(1).values.clamp(min=0) + 1
+
+
+def length_groups(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Block indices grouped by similar length (shortest first), each group's size x its
+    longest length at most `budget` positions (a group holds at least one block)."""
+    order = np.argsort(lengths, kind="stable")
+    groups, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * int(lengths[i]) > budget:
+            groups.append(np.asarray(current))
+            current = []
+        current.append(int(i))
+    if current:
+        groups.append(np.asarray(current))
+    return groups
+
+
+def _window_residuals(lm: LoadedModel, ids: Int[torch.Tensor, "b t"],
+                      mask: Bool[torch.Tensor, "b t"], hooks: Sequence[HookPoint],
+                      budget: int) -> dict[str, Float[torch.Tensor, "b t d"]]:
+    lengths = block_lengths(mask).numpy()
+    out: dict[str, torch.Tensor] = {}
+    for group in length_groups(lengths, budget):
+        cut = int(lengths[group].max())
+        acts = capture_residuals(lm, ids[group, :cut], hooks)
+        rows = torch.from_numpy(group).to(lm.device)
+        for name, a in acts.items():
+            if name not in out:
+                out[name] = torch.zeros(ids.shape + (a.shape[-1],), dtype=a.dtype,
+                                        device=a.device)
+            out[name][rows, :cut] = a
+    return out
 
 
 PairCounts = tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]
@@ -170,9 +214,18 @@ TOKEN_KEYS_PENDING = 1 << 22
 as many as the running counts hold, so that folding costs O(n log n) over the harvest)."""
 
 
+TOP_PENDING = 1 << 20
+"""Candidate entries a `TopPerFeature` gathers before it sorts them into its lists (or more, up
+to as many as the lists hold, so that sorting costs O(n log n) over the harvest)."""
+
+
 class TopPerFeature:
     """Each feature's n highest (value, position) entries, ties to the earlier position, kept
-    where the values are; `payload` carries one more value per entry along."""
+    where the values are; `payload` carries one more value per entry along.
+
+    Offered entries that beat their feature's floor (its n-th best value at the last sort, a
+    lower bound of the current one) are gathered and sorted in only when enough have come:
+    no per-batch sort, and no read of the values back to the host."""
 
     def __init__(self, d: int, n: int, device: torch.device, *, payload: bool = False):
         self.n = n
@@ -181,26 +234,40 @@ class TopPerFeature:
         self.p = torch.zeros(0, dtype=torch.int64, device=device)
         self.x = torch.zeros(0, device=device) if payload else None
         self.floor = torch.full((d,), -torch.inf, device=device)
+        self.pending: list[tuple] = []
+        self.n_pending = 0
 
     def add(self, feats, vals, positions, payload=None) -> None:
         """Offer entries whose positions all follow the ones offered before."""
-        # Only entries that beat a feature's current n-th best can enter its list.
+        # Only entries that beat a feature's n-th best (at the last sort) can enter its list.
         better = vals > self.floor[feats]
-        f = torch.cat([self.f, feats[better]])
-        v = torch.cat([self.v, vals[better]])
-        p = torch.cat([self.p, positions[better]])
+        self.pending.append((feats[better], vals[better], positions[better],
+                             None if payload is None else payload[better]))
+        self.n_pending += len(feats)  # a bound: counting the kept ones would sync the device
+        if self.n_pending > max(TOP_PENDING, len(self.f)):
+            self.fold()
+
+    def fold(self) -> None:
+        """Sort the gathered entries into the lists (held ones first: they came earlier)."""
+        if not self.pending:
+            return
+        f = torch.cat([self.f, *(e[0] for e in self.pending)])
+        v = torch.cat([self.v, *(e[1] for e in self.pending)])
+        p = torch.cat([self.p, *(e[2] for e in self.pending)])
         order = _lexsort(-v.double(), f)
         f, v, p = f[order], v[order], p[order]
         rank = torch.arange(len(f), device=f.device) - torch.searchsorted(f, f, side="left")
         keep = rank < self.n
         self.f, self.v, self.p = f[keep], v[keep], p[keep]
         if self.x is not None:
-            self.x = torch.cat([self.x, payload[better]])[order][keep]
+            self.x = torch.cat([self.x, *(e[3] for e in self.pending)])[order][keep]
         full = rank == self.n - 1
         self.floor[f[full]] = v[full]
+        self.pending, self.n_pending = [], 0
 
     def numpy(self) -> Triple:
         """(feature, value, position) in no particular order."""
+        self.fold()
         return (self.f.cpu().numpy().astype(np.int64), self.v.cpu().numpy().astype(np.float32),
                 self.p.cpu().numpy().astype(np.int64))
 
@@ -395,6 +462,7 @@ class FeatureAccumulator:
     def samples(self) -> Samples:
         """Decile-example candidates: (feature * N_BINS + bin, priority, position, act)."""
         s = self._samples
+        s.fold()
         return (s.f.cpu().numpy().astype(np.int64), s.v.cpu().numpy().astype(np.float32),
                 s.p.cpu().numpy().astype(np.int64), s.x.cpu().numpy().astype(np.float32))
 

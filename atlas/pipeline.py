@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 from sae_lens import SAE
-from tqdm.auto import tqdm
 
 from atlas import faults, shards, store
 from atlas.artifacts import sae_path
@@ -27,6 +26,7 @@ from atlas.blockgram import BlockGram, storage_for, top_partners
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, tokenize_blocks
 from atlas.errors import AtlasError
+from atlas.progress import Progress
 from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, SparseCodes,
                            bin_edges, decile_examples, encode_sparse, firings_kept,
                            forward_batches, top_tokens)
@@ -58,22 +58,41 @@ class AtlasSAE:
 
 @dataclass
 class ActivationCache:
-    """Residuals of every block at every hook, kept on the CPU for SAE training."""
+    """The counted residuals of every block at every hook (padding, start tokens and sinks
+    left out), kept on the CPU for SAE training and the harvest that follows it."""
 
-    acts: dict[str, torch.Tensor]
+    rows: dict[str, torch.Tensor]
+    """Per hook: (counted positions, d) in block order."""
     masks: dict[str, torch.Tensor]
     token_ids: torch.Tensor
+    offsets: dict[str, torch.Tensor]
+    """Per hook: the first row of each block (n_blocks + 1 entries)."""
+
+    def residuals(self, name: str, first: int | np.ndarray = 0,
+                  stop: int | None = None) -> torch.Tensor:
+        """The counted residuals at hook `name` of the blocks [first, stop), or of the blocks
+        a boolean array `first` marks (a copy)."""
+        off = self.offsets[name]
+        if isinstance(first, np.ndarray):
+            per_block = torch.from_numpy(first).repeat_interleave(off[1:] - off[:-1])
+            return self.rows[name][per_block]
+        stop = len(self.token_ids) if stop is None else stop
+        return self.rows[name][int(off[first]):int(off[stop])]
 
     def batches(self, batch_blocks: int, first: int = 0,
                 stop: int | None = None) -> Iterator[ActivationBatch]:
-        """Batches of the blocks [first, stop) (default: all)."""
+        """Batches of the blocks [first, stop) (default: all), padded back to full blocks."""
         stop = len(self.token_ids) if stop is None else stop
         for start in range(first, stop, batch_blocks):
             end = min(start + batch_blocks, stop)
-            sl = slice(start, end)
-            yield ActivationBatch(start, self.token_ids[sl],
-                                  {k: v[sl] for k, v in self.acts.items()},
-                                  {k: v[sl] for k, v in self.masks.items()})
+            acts = {}
+            for name, mask in self.masks.items():
+                m = mask[start:end]
+                full = torch.zeros(m.shape + (self.rows[name].shape[1],))
+                full[m] = self.residuals(name, start, end)
+                acts[name] = full
+            yield ActivationBatch(start, self.token_ids[start:end], acts,
+                                  {k: v[start:end] for k, v in self.masks.items()})
 
 
 def open_store(config: BuildConfig):
@@ -187,24 +206,41 @@ def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
 
 def cache_activations(lm: LoadedModel, blocks: Blocks, hooks: Sequence[HookPoint], *,
                       batch_blocks: int) -> ActivationCache:
-    """One forward pass over the corpus, keeping the residuals at every hook on the CPU."""
-    n, t = blocks.token_ids.shape
-    acts = {h.name: torch.empty(n, t, lm.d_model) for h in hooks}
-    masks = {h.name: torch.empty(n, t, dtype=torch.bool) for h in hooks}
-    bar = tqdm(total=blocks.token_ids.size, desc="forward", unit="tok", unit_scale=True)
+    """One forward pass over the corpus, keeping the counted residuals at every hook on the
+    CPU (only the positions that count: about half of a document corpus's padded blocks)."""
+    # Filled in place: at most the corpus's counted positions per hook (fewer where sinks
+    # are left out), so the cache never exists twice.
+    rows = {h.name: torch.empty(int(blocks.mask.sum()), lm.d_model) for h in hooks}
+    filled = dict.fromkeys(rows, 0)
+    masks = {h.name: torch.zeros(blocks.token_ids.shape, dtype=torch.bool) for h in hooks}
+    progress = Progress("forward", total=blocks.n_tokens, unit="tok")
     for batch in forward_batches(lm, blocks, hooks, batch_blocks=batch_blocks):
         sl = slice(batch.start, batch.start + len(batch.token_ids))
-        for name in acts:
-            acts[name][sl] = batch.acts[name].cpu()
-            masks[name][sl] = batch.masks[name].cpu()
-        bar.update(batch.token_ids.numel())
-    bar.close()
-    return ActivationCache(acts, masks, torch.from_numpy(blocks.token_ids))
+        for name in rows:
+            mask = batch.masks[name]
+            got = batch.acts[name][mask].float().cpu()
+            rows[name][filled[name]:filled[name] + len(got)] = got
+            filled[name] += len(got)
+            masks[name][sl] = mask.cpu()
+        progress.update(int(blocks.mask[sl].sum()))
+    progress.close()
+    rows = {name: r[:filled[name]] for name, r in rows.items()}
+    offsets = {name: torch.cat([torch.zeros(1, dtype=torch.long), m.sum(1).cumsum(0)])
+               for name, m in masks.items()}
+    return ActivationCache(rows, masks, torch.from_numpy(blocks.token_ids), offsets)
 
 
-def n_train_blocks(config: BuildConfig, n_blocks: int) -> int:
-    """Blocks used for training; the rest are held out to measure SAE quality."""
-    return max(1, min(n_blocks - 1, round(n_blocks * (1 - config.holdout))))
+def held_out_blocks(config: BuildConfig, n_blocks: int) -> np.ndarray:
+    """Which blocks are held out from SAE training to measure its quality: `holdout` of them,
+    spread evenly over the corpus (block b when floor((b + 1) h) > floor(b h)), so the held-out
+    tokens come from every source as the training tokens do; at least one block each way."""
+    b = np.arange(n_blocks)
+    held = np.floor((b + 1) * config.holdout) > np.floor(b * config.holdout)
+    if not held.any():
+        held[-1] = True
+    if held.all():
+        held[0] = False
+    return held
 
 
 def layer_seed(seed: int, layer: int) -> int:
@@ -217,16 +253,16 @@ def layer_seed(seed: int, layer: int) -> int:
 def train(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE,
           cache: ActivationCache) -> AtlasSAE:
     """Train a TopK SAE on the cached activations of the training blocks and save it."""
-    n_train = n_train_blocks(config, len(cache.token_ids))
+    held_blocks = held_out_blocks(config, len(cache.token_ids))
     name = planned.hook.name
-    x = cache.acts[name][:n_train][cache.masks[name][:n_train]]
+    x = cache.residuals(name, ~held_blocks)
     settings = TrainSettings(d_sae=config.d_sae, k=config.k, epochs=config.epochs,
                              batch_size=config.train_batch, lr=config.lr,
                              seed=layer_seed(config.init_seed, planned.hook.layer))
     t0 = time.perf_counter()
     sae = train_topk(x, settings, hook=planned.hook, model_name=lm.model_id, device=lm.device,
                      desc=f"train L{planned.hook.layer}").to(lm.device)
-    held = cache.acts[name][n_train:][cache.masks[name][n_train:]]
+    held = cache.residuals(name, held_blocks)
     quality = evaluate(sae, held)
     path = sae_path(config.db, planned.sae_id)
     _save_trained(sae, path, {"build_key": build_key(config),
@@ -263,15 +299,16 @@ def accumulators(config: BuildConfig, saes: Sequence[AtlasSAE], n_blocks: int, *
 
 def harvest_batch(saes: Sequence[AtlasSAE], accs: dict[str, FeatureAccumulator],
                   quality: dict[str, QualityPartial], batch: ActivationBatch,
-                  n_train: int) -> None:
+                  held: np.ndarray) -> None:
     """Encode one batch with every SAE and add it to their accumulators (and to the held-out
-    quality sums of the SAEs in `quality`)."""
+    quality sums of the SAEs in `quality`; `held` marks the corpus's held-out blocks)."""
+    rows = held[batch.start:batch.start + len(batch.token_ids)]
     for s in saes:
         accs[s.sae_id].update(batch.start, encode_batch(s, batch), batch.token_ids,
                               batch.masks[s.hook.name])
-        if s.sae_id in quality and batch.start + len(batch.token_ids) > n_train:
+        if s.sae_id in quality and rows.any():
             keep = batch.masks[s.hook.name].clone()
-            keep[: max(0, n_train - batch.start)] = False
+            keep[torch.from_numpy(~rows).to(keep.device)] = False
             quality[s.sae_id].update(s.sae, batch.acts[s.hook.name][keep])
 
 
@@ -298,13 +335,13 @@ def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[Act
     accs = accumulators(config, saes, n_blocks, shard_blocks=config.shard_blocks)
     measure = [s for s in saes if s.quality is None]
     parts: dict[str, list[QualityPartial]] = {s.sae_id: [] for s in measure}
-    n_train = n_train_blocks(config, n_blocks)
-    bar = tqdm(total=total_tokens, desc="harvest", unit="tok", unit_scale=True)
+    held = held_out_blocks(config, n_blocks)
+    bar = Progress("harvest", total=total_tokens, unit="tok")
     for _, shard in itertools.groupby(batches, key=lambda b: b.start // config.shard_blocks):
         quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
                    for s in measure}
         for batch in shard:
-            harvest_batch(saes, accs, quality, batch, n_train)
+            harvest_batch(saes, accs, quality, batch, held)
             bar.update(batch.token_ids.numel())
         for sid, q in quality.items():
             parts[sid].append(q)
@@ -327,9 +364,9 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
     accs = accumulators(config, saes, n_blocks)
     quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
                for s in saes if s.sae_id in measure}
-    n_train = n_train_blocks(config, n_blocks)
+    held = held_out_blocks(config, n_blocks)
     for batch in batches:
-        harvest_batch(saes, accs, quality, batch, n_train)
+        harvest_batch(saes, accs, quality, batch, held)
         if on_batch is not None:
             on_batch(batch.token_ids.numel())
     return {sid: shards.partial_of(acc, sid, start, stop, quality.get(sid))
@@ -468,8 +505,7 @@ def word_tables(config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE
     from atlas import words
 
     hooks = list(dict.fromkeys(p.hook for p in planned))
-    return [str(words.word_table(config.db, lm.model_id, hook, load_lm=lambda: lm).hook)
-            for hook in hooks]
+    return [t.hook for t in words.store_tables(config.db, lm, hooks)]
 
 
 def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE]) -> dict:
@@ -608,9 +644,15 @@ RESUME_IGNORES = ("db", "runner", "workers", "analyses", "quick", "batch_blocks"
 which analyses follow): a re-run that differs only in these keeps what is stored."""
 
 
+BUILD_FORMAT = 2
+"""Raised when the same settings would store something else: 2 holds out blocks spread over
+the corpus (1 held out its tail) and trains with a sparse encoder gradient."""
+
+
 def build_key(config: BuildConfig) -> str:
     """A digest of the settings that determine a harvest's content."""
     kept = {k: v for k, v in _config_json(config).items() if k not in RESUME_IGNORES}
+    kept["build_format"] = BUILD_FORMAT
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -22,10 +22,10 @@ from jaxtyping import Bool, Float
 from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
-from tqdm.auto import tqdm
 
 from atlas.errors import AtlasError
 from atlas.models import HookPoint
+from atlas.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def train_topk(acts: Float[torch.Tensor, "n d"], settings: TrainSettings, *,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, 5.0 * (1 - i / steps)))
     silent = torch.zeros(settings.d_sae, device=device)
     variance = ((acts.float() * scale) - params["b_dec"].cpu()).pow(2).sum(1).mean().item()
-    bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
+    bar = Progress(desc, total=steps, unit="step", leave=False)
     for _ in range(settings.epochs):
         for idx in torch.randperm(n, generator=gen).split(settings.batch_size):
             x = acts[idx].to(device, torch.float32) * scale
@@ -207,8 +207,7 @@ def train_topk(acts: Float[torch.Tensor, "n d"], settings: TrainSettings, *,
                 params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
                 silent += len(idx)
                 silent[fired] = 0
-            bar.update()
-            bar.set_postfix(fvu=f"{loss.item():.3f}")
+            bar.update(1, fvu=f"{loss.item():.3f}")
     bar.close()
     return _to_sae_lens(params, scale, settings.k, hook=hook, model_name=model_name)
 
@@ -224,10 +223,36 @@ def _init_params(acts: torch.Tensor, scale: float, d_sae: int, gen: torch.Genera
     return {k: torch.nn.Parameter(v.to(device)) for k, v in raw.items()}
 
 
+class _Encoder(torch.autograd.Function):
+    """Pre-activations (x - b_dec) W_enc + b_enc whose backward reads the incoming gradient as
+    sparse: only the latents TopK (and AuxK) selected carry one, so W_enc's gradient is a sparse
+    product (k + aux_k latents per token instead of all of them), and b_dec's is -g_b_enc
+    W_enc^T (the sum over tokens of each token's gradient, without forming any token's)."""
+
+    @staticmethod
+    def forward(ctx, x, w_enc, b_enc, b_dec):
+        centred = x - b_dec
+        ctx.save_for_backward(centred, w_enc)
+        return torch.addmm(b_enc, centred, w_enc)
+
+    @staticmethod
+    def backward(ctx, grad):
+        centred, w_enc = ctx.saved_tensors
+        grad_w = torch.sparse.mm(grad.to_sparse().t(), centred).t()
+        grad_b = grad.sum(0)
+        return None, grad_w, grad_b, -(grad_b @ w_enc.t())
+
+
+def _pre_acts(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    if x.device.type == "cpu":
+        return _Encoder.apply(x, p["W_enc"], p["b_enc"], p["b_dec"])
+    return (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]  # dense products are cheap on a GPU
+
+
 def _step_loss(x: torch.Tensor, p: dict[str, torch.Tensor], silent: torch.Tensor,
                s: TrainSettings, variance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised reconstruction loss (+ AuxK loss on dead latents) and the latents that fired."""
-    pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    pre = _pre_acts(x, p)
     vals, idx = pre.topk(s.k, dim=1)
     vals = vals.relu()
     recon = _sparse_decode(vals, idx, p["W_dec"]) + p["b_dec"]

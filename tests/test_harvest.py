@@ -304,3 +304,35 @@ def test_decile_examples_are_the_highest_priority_entries_of_each_decile():
             np.testing.assert_allclose(got.share[rows], len(sel) / (feat == f).sum())
             n_checked += 1
     assert n_checked > 30
+
+
+def test_blocks_run_in_groups_of_similar_length_and_come_back_in_order(tiny_lm):
+    """Blocks of many lengths: each window runs in length-sorted groups within the budget,
+    and every counted residual equals the block's own pass; batches stay consecutive."""
+    import numpy as np
+    import torch
+
+    from atlas.corpus import documents_for, tokenize_blocks
+    from atlas.harvest import block_lengths, forward_range, length_groups
+    from atlas.models import HookPoint, capture_residuals
+
+    texts = [("word " * n).strip() + "." for n in (3, 40, 7, 60, 1, 25, 12, 50, 9, 33)]
+    blocks = tokenize_blocks(documents_for(texts), tiny_lm.tokenizer, tokens=5000,
+                             block_size=64)
+    lengths = block_lengths(torch.from_numpy(blocks.mask)).numpy()
+    assert len(set(lengths.tolist())) > 5
+    groups = length_groups(lengths, budget=128)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    assert all(len(g) * lengths[g].max() <= 128 or len(g) == 1 for g in groups)
+    hooks = [HookPoint(1), HookPoint(3)]
+    batches = list(forward_range(tiny_lm, blocks.token_ids, blocks.mask, hooks,
+                                 batch_blocks=2, window=6, offset=100))
+    assert [b.start for b in batches] == list(range(100, 100 + len(lengths), 2))
+    for b in batches:
+        rows = slice(b.start - 100, b.start - 100 + len(b.token_ids))
+        mask = torch.from_numpy(blocks.mask[rows])
+        for h in hooks:
+            alone = torch.cat([capture_residuals(tiny_lm, torch.from_numpy(
+                blocks.token_ids[i:i + 1]), [h])[h.name] for i in range(rows.start, rows.stop)])
+            np.testing.assert_allclose(b.acts[h.name][mask].numpy(), alone[mask].numpy(),
+                                       rtol=1e-4, atol=1e-4)

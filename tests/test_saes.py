@@ -72,3 +72,42 @@ def test_width_mismatch_is_a_clear_error(trained):
 def test_missing_sae_folder_is_a_clear_error(tmp_path):
     with pytest.raises(AtlasError, match="cfg.json is missing"):
         load_saved(tmp_path)
+
+
+def test_sparse_encoder_backward_equals_dense_autograd():
+    """The training step's encoder reads its output gradient as sparse (only TopK and AuxK
+    latents carry one); its gradients equal autograd's through the dense product."""
+    from atlas.saes import _Encoder
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 12, generator=gen)
+    params = [torch.randn(12, 40, generator=gen, requires_grad=True),
+              torch.randn(40, generator=gen, requires_grad=True),
+              torch.randn(12, generator=gen, requires_grad=True)]
+
+    def loss(pre):
+        vals, idx = pre.topk(5, dim=1)
+        aux, _ = pre.masked_fill(torch.arange(40) % 3 != 0, -torch.inf).topk(4, dim=1)
+        return (vals.relu() * torch.arange(5.0)).sum() + aux.relu().pow(2).sum()
+
+    w, b, b_dec = params
+    dense = torch.autograd.grad(loss((x - b_dec) @ w + b), params)
+    sparse = torch.autograd.grad(loss(_Encoder.apply(x, w, b, b_dec)), params)
+    for want, got in zip(dense, sparse):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_held_out_blocks_are_spread_over_the_corpus():
+    """10% of the blocks, one in every ten, so held-out tokens come from every source."""
+    import numpy as np
+
+    from atlas.config import BuildConfig
+    from atlas.pipeline import held_out_blocks
+
+    held = held_out_blocks(BuildConfig(holdout=0.1), 1278)
+    assert held.sum() == 127
+    gaps = np.diff(np.flatnonzero(held))
+    assert set(gaps.tolist()) == {10}
+    assert held_out_blocks(BuildConfig(holdout=0.1), 3).tolist() == [False, False, True]
+    tiny = held_out_blocks(BuildConfig(holdout=0.3), 2)
+    assert tiny.sum() == 1
