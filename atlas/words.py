@@ -90,14 +90,22 @@ def word_vectors(lm, layer: int | HookPoint, words: list[str], *,
     """Each word's residual at `layer` (a block index: that block's output, resid_post; or a
     hook point), read at the word's last token, the word fed as `representation` says
     (`REPRESENTATIONS`)."""
+    hook = layer if isinstance(layer, HookPoint) else HookPoint(layer)
+    return word_vectors_at(lm, [hook], words, representation=representation,
+                           batch=batch)[hook.name]
+
+
+def word_vectors_at(lm, hooks: list[HookPoint], words: list[str], *,
+                    representation: str = DEFAULT_REPRESENTATION, batch: int = 256
+                    ) -> dict[str, WordVectors]:
+    """`word_vectors` at several hooks from one pass: {hook name: WordVectors}."""
     import torch
 
     from atlas.models import capture_residuals
 
-    hook = layer if isinstance(layer, HookPoint) else HookPoint(layer)
-    lm.check_hooks([hook])
+    lm.check_hooks(hooks)
     fed = [word_tokens(lm.tokenizer, w, representation) for w in words]
-    vectors = np.zeros((len(words), lm.d_model), np.float32)
+    vectors = {h.name: np.zeros((len(words), lm.d_model), np.float32) for h in hooks}
     by_length: dict[int, list[int]] = {}
     for i, (ids, _) in enumerate(fed):
         by_length.setdefault(len(ids), []).append(i)
@@ -107,11 +115,12 @@ def word_vectors(lm, layer: int | HookPoint, words: list[str], *,
             group = group_all[start:start + batch]
             ids = torch.tensor([fed[i][0] for i in group])
             with torch.no_grad():
-                acts = capture_residuals(lm, ids, [hook])[hook.name][:, -1]
-            vectors[group] = acts.float().cpu().numpy()
+                acts = capture_residuals(lm, ids, hooks)
+            for name, x in acts.items():
+                vectors[name][group] = x[:, -1].float().cpu().numpy()
     split = tuple(tuple(lm.tokenizer.batch_decode([[t] for t in ids[len(ids) - n:]]))
                   for ids, n in fed)
-    return WordVectors(tuple(words), vectors, split)
+    return {name: WordVectors(tuple(words), v, split) for name, v in vectors.items()}
 
 
 @dataclass(frozen=True)
@@ -169,10 +178,16 @@ class WordTable:
 def compute_table(lm, hook: HookPoint, vocab: list[str], extra=(),
                   representation: str = DEFAULT_REPRESENTATION) -> WordTable:
     """A word table computed with the model: the vocabulary, then `extra` words not in it."""
+    return compute_tables(lm, [hook], vocab, extra, representation)[0]
+
+
+def compute_tables(lm, hooks: list[HookPoint], vocab: list[str], extra=(),
+                   representation: str = DEFAULT_REPRESENTATION) -> list[WordTable]:
+    """`compute_table` at several hooks from one pass of the model."""
     words = list(dict.fromkeys([*vocab, *extra]))
-    wv = word_vectors(lm, hook, words, representation=representation)
-    return WordTable(lm.model_id, hook.name, representation, tuple(words), wv.vectors,
-                     wv.pieces, len(dict.fromkeys(vocab)))
+    at = word_vectors_at(lm, hooks, words, representation=representation)
+    return [WordTable(lm.model_id, h.name, representation, tuple(words), at[h.name].vectors,
+                      at[h.name].pieces, len(dict.fromkeys(vocab))) for h in hooks]
 
 
 def extend_table(lm, table: WordTable, words) -> WordTable:
@@ -251,6 +266,24 @@ def word_table(db: Path, model_id: str, hook: HookPoint, words=(), *,
     log.info("word table of %s at %s (%s): %d words (%.1fs)", model_id, hook.name,
              representation, len(table.words), time.perf_counter() - t0)
     return table
+
+
+def store_tables(db: Path, lm, hooks: list[HookPoint], *,
+                 representation: str = DEFAULT_REPRESENTATION) -> list[WordTable]:
+    """The vocabulary's word tables at `hooks`, those not stored yet computed in one pass of
+    the model and stored (what `atlas build` keeps beside the atlas)."""
+    tables = {h.name: load_table(db, lm.model_id, h.name, representation) for h in hooks}
+    todo = [h for h in hooks if tables[h.name] is None]
+    if todo:
+        t0 = time.perf_counter()
+        for table in compute_tables(lm, todo, vocabulary(lm.tokenizer),
+                                    representation=representation):
+            save_table(db, table)
+            tables[table.hook] = table
+        log.info("word tables of %s at %s (%s): %d words (%.1fs)", lm.model_id,
+                 ", ".join(h.name for h in todo), representation, len(tables[todo[0].name].words),
+                 time.perf_counter() - t0)
+    return [tables[h.name] for h in hooks]
 
 
 def stored_tables(db: Path) -> list[dict]:

@@ -5,7 +5,10 @@ import numpy as np
 import torch
 
 from atlas.analyses.absorption import (
+    example_groups,
     first_letter_vocabulary,
+    grouped_residuals,
+    icl_prefix,
     icl_prompt,
     prompt_residuals,
     prompt_prefix,
@@ -68,6 +71,51 @@ def test_prompt_residuals_read_each_word_after_bos_and_its_examples(tiny_lm):
         for h in hooks:
             np.testing.assert_allclose(got[h.name][i], want[h.name][0, -1 - tail].numpy(),
                                        rtol=1e-4, atol=1e-5)
+
+
+def test_example_groups_cover_each_word_once_and_never_show_a_word_its_own_group(tiny_lm):
+    vocab = first_letter_vocabulary(tiny_lm.tokenizer, style="saebench")
+    n = len(vocab.words)
+    members = np.arange(0, n, 2)
+    rng = np.random.default_rng(3)
+    groups = example_groups(members, np.arange(n), 10, 7, rng, vocab.words)
+    seen = np.concatenate([rows for rows, _ in groups])
+    assert sorted(seen.tolist()) == members.tolist()
+    assert max(len(rows) for rows, _ in groups) == 7
+    for rows, prefix in groups:
+        lines = prefix.strip("\n").split("\n")
+        assert len(lines) == 10
+        shown = {line.split(" has the first letter:")[0] for line in lines}
+        assert not shown & {vocab.words[r] for r in rows}
+    # the prefix is SAEBench's prompt up to the word
+    assert icl_prefix(["ab", " cd"]) + " x has the first letter:" == icl_prompt(" x",
+                                                                               ["ab", " cd"])
+
+
+def test_grouped_prompts_give_each_word_s_own_prompt_residuals(tiny_lm):
+    """Examples run once per group and cached, then one token per word, equal the whole prompt
+    of each word run alone (BOS, its group's examples, the word) read at the word."""
+    vocab = first_letter_vocabulary(tiny_lm.tokenizer, style="saebench")
+    n = len(vocab.words)
+    rng = np.random.default_rng(0)
+    groups = example_groups(np.arange(12), np.arange(n), 4, 5, rng, vocab.words)
+    hooks = [HookPoint(1), HookPoint(3, "pre")]
+    got = grouped_residuals(tiny_lm, groups, vocab.token_ids, n, hooks, progress=False)
+    tok = tiny_lm.tokenizer
+    tail = len(tok(" has the first letter:", add_special_tokens=False).input_ids)
+    for rows, prefix in groups:
+        shown = [line.split(" has the first letter:")[0]
+                 for line in prefix.strip("\n").split("\n")]
+        for r in rows:
+            prompt = icl_prompt(vocab.words[r], shown)
+            ids = [tok.bos_token_id] + tok(prompt, add_special_tokens=False).input_ids
+            assert ids[-1 - tail] == vocab.token_ids[r]  # the word is its own token here
+            want = capture_residuals(tiny_lm, torch.tensor([ids]), hooks)
+            for h in hooks:
+                np.testing.assert_allclose(got[h.name][r], want[h.name][0, -1 - tail].numpy(),
+                                           rtol=1e-4, atol=1e-4)
+    untouched = np.setdiff1d(np.arange(n), np.arange(12))
+    assert not got[hooks[0].name][untouched].any()
 
 
 def test_absorption_command_stores_both_definitions_side_by_side(atlas_copy, capsys):

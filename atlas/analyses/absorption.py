@@ -34,12 +34,12 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from atlas.analyses.runner import Inputs, Output, Subject
 from atlas.errors import AtlasError
 from atlas.geometry import absorption as ab
 from atlas.models import HookPoint, LoadedModel, capture_residuals
+from atlas.progress import Progress
 from atlas.saes import check_width, hook_of, sae_input
 
 NAME = "absorption"
@@ -73,16 +73,23 @@ class Settings(ab.AbsorptionSettings):
     batch_size: int = 64
     """Words per forward batch."""
 
+    shared_examples: int = 1
+    """Words whose prompts share one draw of in-context examples (saebench): the examples run
+    once and stay in the key/value cache, and each word costs one token on top. Every prompt is
+    still a uniform draw from its side of the split without the word; 1 draws per word, as
+    SAEBench does."""
+
     def __post_init__(self) -> None:
         if self.words < 0 or self.max_k < 1 or not 0 < self.test_fraction < 1 or \
-                self.icl_examples < 1 or self.min_letters < 1:
-            raise AtlasError("--words must be >= 0, --max-k, --icl-examples and --min-letters "
-                             ">= 1, and --test-fraction in (0, 1)")
+                self.icl_examples < 1 or self.min_letters < 1 or self.shared_examples < 1:
+            raise AtlasError("--words must be >= 0, --max-k, --icl-examples, --min-letters and "
+                             "--shared-examples >= 1, and --test-fraction in (0, 1)")
 
 
-BUILD = {"words": 6000}
-"""`atlas build` measures absorption on 6,000 vocabulary tokens drawn at random (recorded in
-the run's params); `atlas absorption` uses every one."""
+BUILD = {"words": 6000, "shared_examples": 32}
+"""`atlas build` measures absorption on 6,000 vocabulary tokens drawn at random, groups of 32
+words sharing their prompts' examples (both recorded in the run's params and its prompt);
+`atlas absorption` uses every token, each in a prompt of its own."""
 
 
 def definition(settings: Settings) -> str:
@@ -161,6 +168,56 @@ def icl_prompts(words: list[str], pool: np.ndarray, n_examples: int,
     return out
 
 
+def icl_prefix(examples: list[str], template: str = TEMPLATE) -> str:
+    """`icl_prompt` up to the word: the separator and the examples, one per line."""
+    return icl_prompt("", examples, template)[:-len(template.format(word=""))]
+
+
+def example_groups(members: np.ndarray, pool: np.ndarray, n_examples: int, group: int,
+                   rng: np.random.Generator, all_words: list[str]
+                   ) -> list[tuple[np.ndarray, str]]:
+    """The words `members` in random groups of `group`, each with one prompt prefix whose
+    examples are drawn without replacement from `all_words[pool]` minus the group's words."""
+    order = rng.permutation(members)
+    out = []
+    for start in range(0, len(order), group):
+        rows = order[start:start + group]
+        candidates = np.setdiff1d(pool, rows)
+        picked = rng.choice(candidates, min(n_examples, len(candidates)), replace=False)
+        out.append((rows, icl_prefix([all_words[i] for i in picked])))
+    return out
+
+
+@torch.no_grad()
+def grouped_residuals(lm: LoadedModel, groups: list[tuple[np.ndarray, str]],
+                      token_ids: np.ndarray, n_rows: int, hooks: list[HookPoint], *,
+                      progress: bool = True) -> dict[str, np.ndarray]:
+    """Residual at each word of each group, read in its group's prompt: BOS and the prefix run
+    once (stopping after the deepest hook), the key/value cache is repeated for the group's
+    words, and each word is one more token: its own token id, which is what the word is. The
+    template's tail after the word cannot change the word's residual (causal attention), so
+    it is not run. Returns {hook name: (n_rows, d)}, row r for the word `token_ids[r]`."""
+    from transformers import DynamicCache
+
+    tok = lm.tokenizer
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    out = {h.name: np.zeros((n_rows, lm.d_model), dtype=np.float32) for h in hooks}
+    bar = Progress("first-letter prompts", total=sum(len(r) for r, _ in groups), unit="word",
+                   enabled=progress)
+    for rows, prefix in groups:
+        ids = ([bos] if bos is not None else []) + tok(prefix, add_special_tokens=False).input_ids
+        cache = DynamicCache()
+        capture_residuals(lm, torch.tensor([ids]), hooks, past_key_values=cache)
+        cache.batch_repeat_interleave(len(rows))
+        words = torch.as_tensor(token_ids[rows], dtype=torch.long).view(-1, 1)
+        acts = capture_residuals(lm, words, hooks, past_key_values=cache)
+        for name, x in acts.items():
+            out[name][rows] = x[:, -1].float().cpu().numpy()
+        bar.update(len(rows))
+    bar.close()
+    return out
+
+
 @torch.no_grad()
 def prompt_residuals(lm: LoadedModel, prompts: list[str], hooks: list[HookPoint], *,
                      template: str = TEMPLATE, batch_size: int = 64,
@@ -179,11 +236,14 @@ def prompt_residuals(lm: LoadedModel, prompts: list[str], hooks: list[HookPoint]
     out = {h.name: np.zeros((len(prompts), lm.d_model), dtype=np.float32) for h in hooks}
     batches = [rows[j:j + batch_size] for rows in groups.values()
                for j in range(0, len(rows), batch_size)]
-    bar = {} if progress else {"disable": True}
-    for rows in tqdm(batches, desc="first-letter prompts", unit="batch", **bar):
+    bar = Progress("first-letter prompts", total=len(prompts), unit="prompt",
+                   enabled=progress)
+    for rows in batches:
         acts = capture_residuals(lm, torch.tensor([ids[i] for i in rows]), hooks)
         for name, x in acts.items():
             out[name][rows] = x[:, -1 - tail].float().cpu().numpy()
+        bar.update(len(rows))
+    bar.close()
     return out
 
 
@@ -209,8 +269,9 @@ def word_residuals(lm: LoadedModel, token_ids: np.ndarray, hooks: list[HookPoint
     cache = DynamicCache()
     capture_residuals(lm, prefix_ids.expand(width, -1), hooks, past_key_values=cache)
     out = {h.name: np.zeros((n, lm.d_model), dtype=np.float32) for h in hooks}
-    bar = {} if progress else {"disable": True}  # TQDM_DISABLE applies when progress is on
-    for start in tqdm(range(0, n, width), desc="first-letter words", unit="batch", **bar):
+    bar = Progress("first-letter words", total=n, unit="word",
+                   enabled=progress)
+    for start in range(0, n, width):
         batch = token_ids[start:start + width]
         padded = np.concatenate([batch, np.full(width - len(batch), batch[-1])])
         acts = capture_residuals(lm, torch.as_tensor(padded).view(width, 1), hooks,
@@ -218,6 +279,8 @@ def word_residuals(lm: LoadedModel, token_ids: np.ndarray, hooks: list[HookPoint
         cache.crop(-1)  # back to the examples alone
         for name, x in acts.items():
             out[name][start:start + len(batch)] = x[:len(batch), -1].float().cpu().numpy()
+        bar.update(len(batch))
+    bar.close()
     return out
 
 
@@ -328,13 +391,19 @@ def saebench_task(lm: LoadedModel, hooks: list[HookPoint], settings: Settings) -
     train = np.zeros(n, dtype=bool)
     train[order[:n_train]] = True
     pools = {True: np.flatnonzero(train), False: np.flatnonzero(~train)}
-    prompts = [None] * n
-    for side, pool in pools.items():
-        made = icl_prompts([vocab.words[i] for i in pool], pool, settings.icl_examples, rng,
-                           vocab.words)
-        for i, p in zip(pool, made):
-            prompts[i] = p
-    resid = prompt_residuals(lm, prompts, hooks, batch_size=settings.batch_size)
+    shared = settings.shared_examples
+    if shared > 1:
+        groups = [g for pool in pools.values() for g in example_groups(
+            pool, pool, settings.icl_examples, shared, rng, vocab.words)]
+        resid = grouped_residuals(lm, groups, vocab.token_ids, n, hooks)
+    else:
+        prompts = [None] * n
+        for side, pool in pools.items():
+            made = icl_prompts([vocab.words[i] for i in pool], pool, settings.icl_examples,
+                               rng, vocab.words)
+            for i, p in zip(pool, made):
+                prompts[i] = p
+        resid = prompt_residuals(lm, prompts, hooks, batch_size=settings.batch_size)
     probes, absorbed = {}, {}
     test = np.flatnonzero(~train)
     for h in hooks:
@@ -345,14 +414,22 @@ def saebench_task(lm: LoadedModel, hooks: list[HookPoint], settings: Settings) -
         own = (x[test] @ w.T + b)[np.arange(len(test)), vocab.labels[test]]
         absorbed[h.name] = test[own > 0]
     again = np.unique(np.concatenate(list(absorbed.values())))
-    fresh = icl_prompts([vocab.words[i] for i in again], np.arange(n), settings.icl_examples,
-                        rng, vocab.words)
-    fresh_resid = prompt_residuals(lm, fresh, hooks, batch_size=settings.batch_size)
+    if shared > 1:
+        groups = example_groups(again, np.arange(n), settings.icl_examples, shared, rng,
+                                vocab.words)
+        fresh_resid = {h: x[again] for h, x in grouped_residuals(
+            lm, groups, vocab.token_ids, n, hooks).items()}
+    else:
+        fresh = icl_prompts([vocab.words[i] for i in again], np.arange(n),
+                            settings.icl_examples, rng, vocab.words)
+        fresh_resid = prompt_residuals(lm, fresh, hooks, batch_size=settings.batch_size)
     where = {int(r): j for j, r in enumerate(again)}
     absorbed_resid = {h: fresh_resid[h][[where[int(r)] for r in rows]]
                       for h, rows in absorbed.items()}
-    return Task(vocab, train, resid, 0.0, probes, absorbed, absorbed_resid,
-                prompt=icl_prompt("{word}", ["<example>"] * settings.icl_examples))
+    prompt = icl_prompt("{word}", ["<example>"] * settings.icl_examples)
+    if shared > 1:
+        prompt += f"  [examples shared by groups of {shared} words]"
+    return Task(vocab, train, resid, 0.0, probes, absorbed, absorbed_resid, prompt=prompt)
 
 
 def compute(inputs: Inputs, subject: Subject, settings: Settings, task: Task) -> Output:
