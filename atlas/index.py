@@ -6,9 +6,13 @@ checksum no longer matches is rebuilt, never answered from silently.
 
 Exact search has two paths: a single BLAS matrix-vector product for small query batches
 (FAISS's flat scan costs several times a BLAS pass for one query on a CPU) and FAISS's flat
-index for large batches, on the GPU when faiss-gpu sees one (a copy made on first use; files on
-disk are always CPU indexes). Approximate indexes (HNSW, IVF) are chosen above `APPROX_ABOVE`
+index for large batches. Approximate indexes (HNSW, IVF) are chosen above `APPROX_ABOVE`
 vectors, with their recall@10 against exact search measured at build time and recorded.
+
+Where FAISS sees a GPU (the `gpu` extra installs a GPU build), flat and IVF indexes are built
+and searched there: IVF's k-means and its adds run on the GPU, and the index is copied back to
+the CPU to be saved, so files on disk are always CPU indexes that any machine reads. HNSW has
+no GPU form in FAISS and stays on the CPU.
 """
 
 from __future__ import annotations
@@ -71,13 +75,11 @@ class FeatureIndex:
         self.vectors, self.ids, self.meta, self.index = vectors, ids, meta, index
         self._gpu: faiss.Index | None = None
 
-    def gpu_flat(self) -> faiss.Index | None:
-        """A GPU copy of the exact index's vectors (row positions as labels), or None without
-        faiss-gpu and a GPU."""
-        if self._gpu is None and self.meta.kind == "flat" and gpu_count() > 0:
-            cpu = faiss.IndexFlatIP(self.meta.d)
-            cpu.add(self.vectors)
-            self._gpu = faiss.index_cpu_to_all_gpus(cpu)
+    def gpu_index(self) -> faiss.Index | None:
+        """A GPU copy of a flat or IVF index (with its feature ids), made on first use; None
+        for HNSW, or without a FAISS GPU build and a GPU."""
+        if self._gpu is None and self.meta.kind in GPU_KINDS and gpu_count() > 0:
+            self._gpu = to_gpu(self.index)
         return self._gpu
 
     @classmethod
@@ -90,7 +92,7 @@ class FeatureIndex:
         ids = np.arange(len(vectors), dtype=np.int64) if ids is None else ids.astype(np.int64)
         if kind == "auto":
             kind = "hnsw" if len(vectors) >= APPROX_ABOVE else "flat"
-        inner, params = _make_index(kind, vectors, seed)
+        inner, params = _make_index(kind, vectors, seed, gpu=gpu_count() > 0)
         index = faiss.IndexIDMap2(inner)
         index.add_with_ids(vectors, ids)
         meta = IndexMeta(sae_id, kind, len(vectors), vectors.shape[1], checksum, None, params)
@@ -110,6 +112,7 @@ class FeatureIndex:
             if recall >= TARGET_RECALL or params[knob] >= limit:
                 return recall
             params[knob] = min(limit, params[knob] * 2)
+            self._gpu = None  # the GPU copy is made again with the wider setting
             if knob == "efSearch":
                 inner.hnsw.efSearch = params[knob]
             else:
@@ -124,10 +127,9 @@ class FeatureIndex:
         use_exact = self.meta.kind == "flat" if exact is None else exact
         if use_exact and (len(q) <= BLAS_MAX_QUERIES or self.meta.kind != "flat"):
             return blas_topk(self.vectors, q, k, self.ids)
-        gpu = self.gpu_flat() if self.meta.kind == "flat" else None
+        gpu = self.gpu_index()
         if gpu is not None:
-            scores, rows = gpu.search(q, k)
-            return scores, self.ids[rows]
+            return gpu.search(q, k)
         return self.index.search(q, k)
 
     def recall_at_10(self, *, n_queries: int = 200, seed: int = 0) -> float:
@@ -136,7 +138,8 @@ class FeatureIndex:
         q = self.vectors[rng.choice(len(self.vectors), min(n_queries, len(self.vectors)),
                                     replace=False)]
         _, exact = blas_topk(self.vectors, q, 10, self.ids)
-        _, approx = self.index.search(q, 10)
+        gpu = self.gpu_index()
+        _, approx = (gpu if gpu is not None else self.index).search(q, 10)
         hits = sum(len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist()))
         return hits / exact.size
 
@@ -166,10 +169,19 @@ class FeatureIndex:
         return cls(vectors, ids, meta, index)
 
 
+GPU_KINDS = ("flat", "ivf")
+"""Index kinds FAISS builds and searches on a GPU."""
+
+
 def gpu_count() -> int:
     """GPUs FAISS can use: 0 with faiss-cpu."""
     get = getattr(faiss, "get_num_gpus", None)
     return int(get()) if get is not None else 0
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """A copy of a CPU index on the first GPU (IDMap2 over flat or IVF)."""
+    return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
 
 def blas_topk(vectors: Float[np.ndarray, "n d"], queries: Float[np.ndarray, "m d"], k: int,
@@ -184,7 +196,10 @@ def blas_topk(vectors: Float[np.ndarray, "n d"], queries: Float[np.ndarray, "m d
     return np.take_along_axis(top, order, axis=1), ids[rows]
 
 
-def _make_index(kind: str, vectors: np.ndarray, seed: int) -> tuple[faiss.Index, dict]:
+def _make_index(kind: str, vectors: np.ndarray, seed: int, *, gpu: bool = False
+                ) -> tuple[faiss.Index, dict]:
+    """An empty CPU index of this kind, trained where it needs training (IVF's k-means on the
+    GPU when `gpu`)."""
     n, d = vectors.shape
     if kind == "flat":
         return faiss.IndexFlatIP(d), {}
@@ -200,9 +215,15 @@ def _make_index(kind: str, vectors: np.ndarray, seed: int) -> tuple[faiss.Index,
         rng = np.random.default_rng(seed)
         sample = vectors[rng.choice(n, min(n, 64 * nlist), replace=False)]
         index.cp.seed = seed
-        index.train(sample)
-        index.nprobe = max(1, nlist // 64)
-        return index, {"nlist": nlist, "nprobe": index.nprobe}
+        nprobe = max(1, nlist // 64)
+        if gpu:
+            trained = to_gpu(index)
+            trained.train(sample)
+            index = faiss.index_gpu_to_cpu(trained)
+        else:
+            index.train(sample)
+        index.nprobe = nprobe
+        return index, {"nlist": nlist, "nprobe": nprobe, "trained_on": "gpu" if gpu else "cpu"}
     raise AtlasError(f"index kind '{kind}' is unknown; use auto, flat, hnsw or ivf")
 
 

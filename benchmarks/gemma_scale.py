@@ -41,7 +41,7 @@ import torch
 from atlas import pipeline, store
 from atlas.config import BuildConfig
 from atlas.harvest import forward_batches
-from atlas.models import HookPoint, LoadedModel, load_model, resolve_device
+from atlas.models import HookPoint, LoadedModel, load_tokenizer, resolve_device
 from atlas.pipeline import AtlasSAE
 
 log = logging.getLogger("benchmark")
@@ -234,7 +234,10 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="model and SAE precision (default: bfloat16 on CUDA)")
     parser.add_argument("--tokenizer", default="smollm2-135m",
-                        help="a model whose tokenizer cuts the corpus")
+                        help="a model (or tokenizer folder) whose tokenizer cuts the corpus")
+    parser.add_argument("--corpus", default="default",
+                        help="the corpus to cut ('code': the standard library's source, "
+                             "present everywhere)")
     parser.add_argument("--project-tokens", type=float, default=12.8e6)
     parser.add_argument("--shrink", action="store_true", help="tiny dimensions (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -244,12 +247,12 @@ def main() -> None:
 
     device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    tokenizer = load_model(args.tokenizer, device="cpu").tokenizer
+    tokenizer = load_tokenizer(args.tokenizer)
     lm = gemma_model(args.layers, device, dtype, tokenizer, shrink=args.shrink)
     config = BuildConfig(tokens=args.blocks * args.block_size, block_size=args.block_size,
                          block_rule="packed", batch_blocks=args.batch_blocks,
                          shard_blocks=args.batch_blocks * 8, device=device.type,
-                         threshold=0.0, analyses=())
+                         threshold=0.0, analyses=(), corpus=args.corpus)
     blocks = pipeline.corpus(config, lm)
     hooks = [HookPoint(layer) for layer in range(args.layers)]
     first = next(forward_batches(lm, blocks, hooks, batch_blocks=min(4, blocks.n_blocks)))

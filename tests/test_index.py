@@ -96,18 +96,31 @@ def test_corrupt_index_file_is_reported(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(gpu_count() == 0, reason="faiss-gpu with a GPU is not present (CPU build)")
-def test_large_batches_on_the_gpu_equal_exact_search():
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_gpu_indexes_answer_as_the_cpu_ones(kind, tmp_path):
+    """Flat and IVF indexes built and searched on the GPU: the same neighbours as exact search
+    on the CPU (IVF within its measured recall), and saved files are CPU indexes."""
     rng = np.random.default_rng(0)
     v = rng.normal(size=(5000, 64)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    index = FeatureIndex.build(v, np.arange(5000) + 100, kind="flat")
+    index = FeatureIndex.build(v, np.arange(5000) + 100, kind=kind)
     q = v[:200] + 0.01
-    scores, ids = index.search(q, 10)
-    assert index.gpu_flat() is not None
+    scores, ids = index.search(q, 10, exact=kind == "flat")
+    assert index.gpu_index() is not None
     want_s, want_i = blas_topk(v, q / np.linalg.norm(q, axis=1, keepdims=True), 10,
                                np.arange(5000) + 100)
-    assert (ids == want_i).mean() > 0.99
-    np.testing.assert_allclose(scores, want_s, atol=1e-4)
+    if kind == "flat":
+        assert (ids == want_i).mean() > 0.99
+        np.testing.assert_allclose(scores, want_s, atol=1e-4)
+    else:
+        assert index.meta.params["trained_on"] == "gpu"
+        hits = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, want_i)])
+        assert hits >= min(index.meta.recall_at_10, 0.95) - 0.05
+    index.save(tmp_path / "x.faiss")
+    again = FeatureIndex.load(tmp_path / "x.faiss")
+    assert not hasattr(again.index, "getDevice")
+    _, cpu_ids = again.index.search(q / np.linalg.norm(q, axis=1, keepdims=True), 10)
+    assert (cpu_ids == ids).mean() > 0.95
 
 
 def test_without_a_gpu_large_batches_use_faiss_on_the_cpu():
@@ -118,4 +131,4 @@ def test_without_a_gpu_large_batches_use_faiss_on_the_cpu():
     _, ids = index.search(v[:100], 1)
     assert (ids[:, 0] == np.arange(100)).all()
     if gpu_count() == 0:
-        assert index.gpu_flat() is None
+        assert index.gpu_index() is None
