@@ -56,6 +56,11 @@ class BuildConfig:
     device: Device = "auto"
     """Where the model and SAEs run: 'auto' picks CUDA when present, else CPU."""
 
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """The model's weights and activations: 'auto' is bfloat16 on CUDA and float32 on the CPU.
+    Residuals reach each SAE in the SAE's own dtype; the dtype used is recorded with every
+    harvest (harvests.config.model_dtype)."""
+
     corpus: str = "default"
     """'default' (Wikipedia summaries + Python standard library), 'wiki', 'code', or a path
     to a text file, a directory of text files, a .jsonl or a .parquet file with a 'text' field."""
@@ -152,6 +157,8 @@ class BuildConfig:
                "--epochs, --train-batch, --batch-blocks, --n-examples and --decile-examples "
                "must be positive")
         _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"),
+               "--dtype must be auto, float32, bfloat16 or float16")
         _check(self.shard_blocks > 0 and self.shard_blocks % self.batch_blocks == 0,
                f"--shard-blocks {self.shard_blocks} must be a positive multiple of "
                f"--batch-blocks {self.batch_blocks}")

@@ -130,8 +130,8 @@ _forward_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
-def _model(spec: str, device: str) -> LoadedModel:
-    return load_model(spec, device=device)
+def _model(spec: str, device: str, dtype: str = "auto") -> LoadedModel:
+    return load_model(spec, device=device, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -163,7 +163,7 @@ def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None,
     c = job.config
     if lm is None:
         with _lock:
-            lm = _model(c.model, c.device)
+            lm = _model(c.model, c.device, c.dtype)
     with _lock:
         saes = [AtlasSAE(s.sae_id, HookPoint.parse(s.hook), "shard",
                          loaded[s.sae_id] if loaded else _sae(s, str(lm.device)))

@@ -104,9 +104,10 @@ def open_store(config: BuildConfig):
 def load(config: BuildConfig) -> LoadedModel:
     """Load the model named by the config."""
     t0 = time.perf_counter()
-    lm = load_model(config.model, device=config.device)
-    log.info("model %s: %d layers, d_model %d, on %s (%.1fs)", lm.model_id, lm.n_layers,
-             lm.d_model, lm.device, time.perf_counter() - t0)
+    lm = load_model(config.model, device=config.device, dtype=config.dtype)
+    log.info("model %s: %d layers, d_model %d, on %s in %s (%.1fs)", lm.model_id,
+             lm.n_layers, lm.d_model, lm.device, str(lm.dtype).removeprefix("torch."),
+             time.perf_counter() - t0)
     return lm
 
 
@@ -317,7 +318,8 @@ def encode_batch(s: AtlasSAE, batch: ActivationBatch) -> SparseCodes:
     counted positions are encoded (padding and sinks never count)."""
     acts = batch.acts[s.hook.name]
     rows = batch.masks[s.hook.name].reshape(-1).nonzero().squeeze(1)
-    flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1])[rows].to(s.sae.W_dec.device))
+    flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1])[rows].to(s.sae.W_dec.device,
+                                                                        s.sae.W_dec.dtype))
     codes = encode_sparse(s.sae, flat)
     return SparseCodes(rows.to(codes.rows.device)[codes.rows], codes.features, codes.values)
 
@@ -417,7 +419,9 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
                                           .encode()).hexdigest()[:16],
                "corpus": blocks.corpus_id, "n_tokens": stats.n_tokens,
                "n_blocks": blocks.n_blocks, "block_size": blocks.block_size,
-               "threshold": config.threshold, "config": _config_json(config),
+               "threshold": config.threshold,
+               "config": {**_config_json(config),
+                          "model_dtype": str(lm.dtype).removeprefix("torch.")},
                "build_key": build_key(config),
                "decoder_checksum": store.checksum(unit), "cooccurrence_storage": storage,
                "block_firings_kept": ("all" if stats.firings_top is None

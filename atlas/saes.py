@@ -324,9 +324,10 @@ class QualityPartial:
     def update(self, sae: SAE, x: Float[torch.Tensor, "n d"]) -> None:
         if not len(x):
             return
-        x = sae_input(sae, x.to(sae.W_dec.device, torch.float32))
+        x = sae_input(sae, x.to(sae.W_dec.device, sae.W_dec.dtype))
         feats = sae.encode(x)
-        self.sse += float((x - sae.decode(feats)).pow(2).sum())
+        x = x.float()
+        self.sse += float((x - sae.decode(feats).float()).pow(2).sum())
         active = feats != 0  # AbsTopK SAEs code with signed activations
         self.active += float(active.sum())
         self.ever |= active.any(0).cpu().numpy()

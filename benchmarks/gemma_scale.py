@@ -68,7 +68,7 @@ def gemma_model(n_layers: int, device: torch.device, dtype: torch.dtype, tokeniz
         model = Gemma2ForCausalLM(cfg).to(dtype).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, model_id="gemma-2-2b-random",
                        source="random", n_layers=n_layers, d_model=cfg.hidden_size,
-                       device=device, spec="")
+                       device=device, spec="", dtype=dtype)
 
 
 def zipf_rates(d_sae: int, l0: float, exponent: float, rng: np.random.Generator) -> np.ndarray:
