@@ -71,8 +71,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type = BuildConfig, *
     for name, default, doc in config_fields(cls):
         opts = _flag_options(hints[name])
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        # argparse %-formats help text: a docstring's '99%' must reach it as '99%%'
+        text = f"{doc} (default: {shown})".replace("%", "%%")
         parser.add_argument("--" + (prefix + name).replace("_", "-"), dest=prefix + name,
-                            default=default, help=f"{doc} (default: {shown})", **opts)
+                            default=default, help=text, **opts)
 
 
 def config_from_args(args: argparse.Namespace, cls: type = BuildConfig, *, prefix: str = ""):

@@ -140,3 +140,14 @@ def test_word_analogies_read_the_table_the_build_stored(atlas_copy, tiny_atlas, 
     assert main(["analogy", "--db", str(db), "--words", "--layer", "3", words[0], words[1],
                  "zebrafishes"]) == 2
     assert "/nowhere/model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["build", "info", "sql", "neighbors", "analogy", "export",
+                                     "features", "analyze", "compare", "absorption", "app",
+                                     "index"])
+def test_every_command_s_help_renders(command, capsys):
+    """Help text comes from settings' docstrings; a '%' in one must not break argparse."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert "usage: atlas" in capsys.readouterr().out
