@@ -6,6 +6,8 @@ sequence with each step wrapped as a Prefect task (the `step` argument).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +32,27 @@ class BuildResult:
     sae_ids: tuple[str, ...]
     n_tokens: int
     seconds: float
+    stages: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Wall seconds per step (summed over its calls: `train` over every SAE), in order."""
+
+
+class StageTimes(dict):
+    """Wall seconds of each step of a build, summed over the step's calls."""
+
+    def timed(self, fn: Callable) -> Callable:
+        name = getattr(fn, "__name__", str(fn))
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self[name] = self.get(name, 0.0) + time.perf_counter() - t0
+        return run
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.items())
 
 
 def _plain(fn: Callable) -> Callable:
@@ -49,6 +72,12 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
             task per shard to its task runner); by default the shards run here in order.
     """
     t0 = time.perf_counter()
+    times = StageTimes()
+    outer = step
+
+    def step(fn: Callable) -> Callable:  # noqa: F811  (each step also timed)
+        return outer(times.timed(fn))
+
     con = pipeline.open_store(config)
     try:
         lm = step(pipeline.load)(config)
@@ -99,6 +128,6 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
     finally:
         con.close()
     seconds = time.perf_counter() - t0
-    log.info("atlas %s built in %.0fs", config.db, seconds)
+    log.info("atlas %s built in %.0fs (%s)", config.db, seconds, times.describe())
     return BuildResult(str(config.db), lm.model_id, blocks.corpus_id,
-                       tuple(p.sae_id for p in planned), blocks.n_tokens, seconds)
+                       tuple(p.sae_id for p in planned), blocks.n_tokens, seconds, dict(times))

@@ -47,6 +47,19 @@ def test_harvest_benchmark_prints_its_ratio():
     ratios(out, r"bare forward to layer 3:\s+([\d.]+) tok/s")
 
 
+def test_build_benchmark_prints_stage_times_memory_and_quality():
+    out = run("build.py", "--", "--model", str(tiny_model_dir()), "--layers", "1,3",
+              "--tokens", str(64 * 64), "--block-size", "64", "--d-sae", "64", "--k", "4",
+              "--epochs", "1", "--threshold", "0.5", "--analyses", "galaxy")
+    for stage in ("load", "cache_activations", "train", "harvest", "store_harvest",
+                  "analyze"):
+        ratios(out, rf"\n  {stage}\s+([\d.]+) s")
+    ratios(out, r"analysis galaxy\s+([\d.]+) s")
+    ratios(out, r"x the build's own forward pass \(([\d.]+) s\)")
+    ratios(out, r"peak RSS ([\d.]+) GiB")
+    assert len(ratios(out, r"held-out EV ([\d.-]+)")) == 2
+
+
 def test_query_benchmark_prints_its_ratios():
     out = run("query.py", "--sizes", "3000", "--d", "32", "--queries", "20", "--data", "random")
     ratios(out, r"= ([\d.]+)x BLAS pass")
