@@ -14,12 +14,12 @@ feature's pre-activation) so that firing rates follow a Zipf law summing to --l0
 Scope's L0 is ~70).
 
 Prints, in one run: bare forward tokens/s to the deepest layer, harvest tokens/s and their
-ratio (goal >= 0.7 on a GPU); time per stage (forward, encode, statistics, co-occurrence,
+ratio (goal >= 0.6 on a GPU); time per stage (forward, encode, statistics, co-occurrence,
 result to host, DuckDB write, index); statistics + co-occurrence against the forward time
 (goal <= 20% on the CPU at reduced size); peak host and GPU memory; DuckDB bytes per SAE;
 partner-query latency; a whole 16k build against a --compare-d-sae one over the same blocks
 (goal <= 1.5x); and the projection to --project-tokens (12.8M: 50k documents of 256 tokens;
-goal <= 15 min for 26 x 16k on one H100).
+goal <= 15 min for 26 x 16k on one H100 or H200).
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def main() -> None:
     print(f"harvest (forward + encode + statistics + co-occurrence): "
           f"{n_tok / s['harvest']:10.0f} tok/s")
     print(f"ratio harvest / bare forward: {s['bare forward'] / s['harvest']:.3f}  "
-          f"(goal >= 0.7 on a GPU)")
+          f"(goal >= 0.6 on a GPU)")
     print("stages (instrumented pass, device synchronised):")
     for stage in ("forward", "encode", "statistics", "co-occurrence", "result to host",
                   "DuckDB write", "index"):
@@ -323,7 +323,7 @@ def main() -> None:
     print(f"projection to {args.project_tokens / 1e6:.1f}M tokens: harvest "
           f"{per_token * args.project_tokens / 60:.1f} min + write and index {fixed / 60:.1f} min"
           f" = {projected / 60:.1f} min for {len(saes)} layers (goal <= 15 min for 26 x 16k on "
-          "one H100)")
+          "one H100 or H200)")
     if compare is not None:
         ratio = built["seconds"] / compare["seconds"]
         print(f"build (harvest + write + index) with {args.d_sae} features: "
@@ -331,7 +331,7 @@ def main() -> None:
               f" ratio {ratio:.2f}x  (goal <= 1.5)")
     if args.json:
         args.json.write_text(json.dumps({
-            "seconds": s, "tokens": n_tok, "l0": l0, "bytes_per_sae": built["bytes_per_sae"],
+            "stage_seconds": s, "tokens": n_tok, "l0": l0, "bytes_per_sae": built["bytes_per_sae"],
             "partner_latency_s": latency, "peak_host_gib": peak_host, "peak_gpu_gib": peak_gpu,
             "compare_seconds": compare and compare["seconds"], "build_seconds": built["seconds"],
             "projected_seconds": projected}, indent=1))

@@ -74,6 +74,18 @@ def hidden_state(hook: HookPoint) -> int:
     return hook.layer + (1 if hook.where == "post" else 0)
 
 
+def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings
+            ) -> dict[str, dict[str, object]]:
+    """The task words at every subject's hook, one model pass per word representation:
+    {representation: {hook name: WordVectors}}."""
+    from atlas.words import REPRESENTATIONS, word_vectors_at
+
+    words = cr.task_words(cr.word_pair_tasks())
+    hooks = list({s.hook.name: s.hook for s in subjects}.values())
+    return {r: word_vectors_at(inputs.lm, hooks, words, representation=r)
+            for r in REPRESENTATIONS}
+
+
 def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -> Output:
     """Crystals at one residual point: the paper's LDA experiment, the choice of word
     representation, and analogies, distractors and crystals in the residual stream and in the
@@ -85,7 +97,8 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     train, test = cr.split_pairs(tasks, seed=settings.seed)
     words = cr.task_words(tasks)
     base = {"model_id": lm.model_id, "layer": hook.layer, "hook": hook.name}
-    readings = {r: word_vectors(lm, hook, words, representation=r) for r in REPRESENTATIONS}
+    readings = {r: shared[r][hook.name] if shared else
+                word_vectors(lm, hook, words, representation=r) for r in REPRESENTATIONS}
     as_dict = {r: dict(zip(words, wv.vectors.astype(np.float64))) for r, wv in readings.items()}
 
     lda_rows, diff_rows = _paper_experiment(as_dict["li2024"], tasks, test, base,

@@ -131,14 +131,21 @@ def knn_entropy_li2024(x: Float[np.ndarray, "n d"], *, k: int = 1,
                        offset: float = 1e-2) -> float:
     """The paper's nearest-neighbour entropy: d * mean log(rho_k + offset) + mean log of the
     covariance eigenvalues (clipped at 1e-10) + log(n - 1) - psi(k), where rho_k is the
-    distance to the k-th neighbour (self excluded; duplicates count, at distance 0)."""
-    n, d = x.shape
-    eig = np.sort(np.maximum(np.linalg.eigvalsh(np.cov(x, rowvar=False)), 1e-10))[::-1]
-    psi = -0.577216 + np.sum(1.0 / np.arange(1, k + 1))
-    from scipy.spatial.distance import cdist
+    distance to the k-th neighbour (self excluded).
 
-    rho = np.sort(cdist(x, x), axis=1)[:, k] + offset
-    return float(d * np.mean(np.log(rho)) + np.mean(np.log(eig[:d])) + np.log(n - 1) - psi)
+    As the paper's notebook computes it: the points in float32, distances by `torch.cdist`
+    (a matrix product, so a bootstrap duplicate sits at its rounding error, ~0.02 on
+    standardised 100-component clouds, not at 0), the distance term's mean in float32."""
+    import torch
+
+    x32 = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    n, d = x32.shape
+    eig = np.sort(np.maximum(np.linalg.eigvalsh(np.cov(x32.numpy(), rowvar=False)), 1e-10))[::-1]
+    psi = -0.577216 + np.sum(1.0 / np.arange(1, k + 1))
+    dist = torch.cdist(x32, x32, p=2)
+    rho = torch.topk(dist, k + 1, dim=1, largest=False).values[:, k] + offset
+    h_rho = d * torch.mean(torch.log(rho))
+    return float(h_rho + (np.mean(np.log(eig[:d])) + np.log(n - 1) - psi))
 
 
 def clustering_entropy_li2024(points: Float[np.ndarray, "n d"], *, n_sample: int = 5000,

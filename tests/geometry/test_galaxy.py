@@ -58,18 +58,21 @@ def test_cosine_tails_of_planted_clusters_exceed_the_sphere():
 
 def _li2024_transcribed(points, *, n_sample, dims, n_boot, seed):
     """The galaxy notebook's clustering entropy (get_entropy_revised with k = 1, th = 1e-2,
-    calculate_gaussian_entropy, 30 bootstraps and a t interval), written out in numpy."""
-    from scipy.spatial.distance import cdist
+    calculate_gaussian_entropy, 30 bootstraps and a t interval), with its float32 torch
+    arithmetic for the distances."""
+    import torch
     from scipy.stats import t
 
     def eigenvalues(x):
         return np.sort(np.maximum(np.linalg.eigvalsh(np.cov(x, rowvar=False)), 1e-10))[::-1]
 
     def entropy(x):
+        x = torch.tensor(x, dtype=torch.float32)
         n, d = x.shape
-        h_const = np.mean(np.log(eigenvalues(x)[:d])) + np.log(n - 1) - (-0.577216 + 1.0)
-        rho = np.sort(cdist(x, x), axis=1)[:, 1] + 1e-2
-        return d * np.mean(np.log(rho)) + h_const
+        h_const = np.mean(np.log(eigenvalues(x.numpy())[:d])) + np.log(n - 1) - (-0.577216 + 1.0)
+        dist = torch.cdist(x, x, p=2)
+        rho = torch.sort(dist, dim=1).values[:, 1] + 1e-2
+        return (d * torch.mean(torch.log(rho)) + h_const).item()
 
     rng = np.random.default_rng(seed)
     if len(points) > n_sample:

@@ -3,7 +3,7 @@ import pytest
 
 from atlas.geometry.lobes import (METRICS, affinity, affinity_matrix, ami_test,
                                   cooccurrence_counts, cooccurrence_lobes, geometric_clusters,
-                                  lobe_predictability)
+                                  lobe_predictability, random_draw_generator)
 
 
 def planted_lobes(n_per=40, d=32, n_blocks=400, seed=0):
@@ -77,13 +77,19 @@ def test_lobe_predictability_is_the_papers_test_transcribed():
         pred = LogisticRegression(max_iter=1000).fit(x[tr], labels[tr]).predict(x[te])
         return np.mean(pred == labels[te])
 
-    rng = np.random.default_rng(2)
     draws = []
-    for _ in range(7):
-        r = rng.standard_normal(vectors.shape)
+    for i in range(7):
+        r = random_draw_generator(2, i).standard_normal(vectors.shape)
         draws.append(acc(r / np.linalg.norm(r, axis=1, keepdims=True)))
     mean, std = np.mean(draws), np.std(draws, ddof=1)
     assert got.accuracy == pytest.approx(acc(vectors), abs=1e-6)
     assert got.random_mean == pytest.approx(mean, abs=1e-6)
     assert got.random_std == pytest.approx(std, abs=1e-6)
     assert got.z == pytest.approx((acc(vectors) - mean) / std, rel=1e-6)
+
+
+def test_lobe_predictability_does_not_depend_on_how_draws_are_spread_over_processes():
+    labels, vectors, _ = planted_lobes(n_per=40)
+    one = lobe_predictability(vectors, labels, n_draws=6, seed=1, n_jobs=1)
+    two = lobe_predictability(vectors, labels, n_draws=6, seed=1, n_jobs=2)
+    assert one == two
