@@ -57,7 +57,8 @@ class BuildConfig:
     """Where the model and SAEs run: 'auto' picks CUDA when present, else CPU."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """The model's weights and activations: 'auto' is bfloat16 on CUDA and float32 on the CPU.
+    """The model's weights and activations: 'auto' is bfloat16 on CUDA and on CPUs with
+    bfloat16 instructions (AVX512-BF16, AMX), float32 on other CPUs.
     Residuals reach each SAE in the SAE's own dtype; the dtype used is recorded with every
     harvest (harvests.config.model_dtype)."""
 

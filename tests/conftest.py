@@ -21,14 +21,16 @@ def tiny_config(db: Path, **overrides) -> BuildConfig:
     """A build of the tiny model on a small slice of the shipped corpus (seconds on CPU)."""
     base = dict(db=db, model=str(tiny_model_dir()), layers=(1, 3), tokens=64 * 96, d_sae=96, k=6,
                 block_size=64, epochs=2, train_batch=256, n_examples=5, batch_blocks=16,
-                threshold=0.5)
+                threshold=0.5, dtype="float32")
     base.update(overrides)
     return BuildConfig(**base)
 
 
 @pytest.fixture(scope="session")
 def tiny_lm():
-    return load_model(str(tiny_model_dir()), device="cpu")
+    # float32: the tests compare against float32 recomputations ('auto' is bfloat16 on CPUs
+    # with bfloat16 instructions; test_models covers that choice).
+    return load_model(str(tiny_model_dir()), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")

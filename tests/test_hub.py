@@ -105,7 +105,7 @@ def hub_atlas(hub_cache, tmp_path_factory) -> Path:
                   "--sae-release", RELEASE, "--sae-id", "blocks.{layer}.hook_resid_pre",
                   "--layers", "1-2", "--tokens", str(BLOCK * 24), "--block-size", str(BLOCK),
                   "--batch-blocks", "8", "--shard-blocks", "8", "--n-examples", "4",
-                  "--analyses", "galaxy")
+                  "--analyses", "galaxy", "--dtype", "float32")
     return db
 
 
@@ -155,7 +155,7 @@ def test_examples_equal_the_published_encoder_on_centred_residuals(hub_atlas, hu
     over d_model. Here the standard SAE's encoder, written out:
     f = relu((x - mean(x) - b_dec) @ W_enc + b_enc)."""
     _, weights = hub_cache
-    lm = load_model(str(tiny_smollm2), device="cpu")
+    lm = load_model(str(tiny_smollm2), device="cpu", dtype="float32")
     for layer in LAYERS:
         w = weights[layer]
         ex = q(hub_atlas, "SELECT e.feature, e.block_id, e.position, e.act, b.token_ids "

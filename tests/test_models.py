@@ -54,3 +54,25 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path):
 def test_unknown_model_without_network_is_a_clear_error():
     with pytest.raises(AtlasError, match="could not be loaded"):
         load_model("no-such-org/no-such-model", device="cpu")
+
+
+def test_auto_dtype_is_bfloat16_exactly_where_the_cpu_has_bfloat16_instructions():
+    from atlas.models import cpu_has_bf16, resolve_dtype
+
+    want = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == want
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float32", torch.device("cuda")) == torch.float32
+
+
+def test_a_bfloat16_model_reads_the_residuals_of_the_float32_one(tiny_lm):
+    from tests.tiny import tiny_model_dir
+
+    half = load_model(str(tiny_model_dir()), device="cpu", dtype="bfloat16")
+    assert half.dtype == torch.bfloat16
+    ids = torch.randint(5, 200, (3, 24), generator=torch.Generator().manual_seed(0))
+    hook = HookPoint(2)
+    a = capture_residuals(tiny_lm, ids, [hook])[hook.name].float()
+    b = capture_residuals(half, ids, [hook])[hook.name].float()
+    assert b.dtype == torch.float32 and a.shape == b.shape
+    assert float((a - b).norm() / a.norm()) < 0.05
