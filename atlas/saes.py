@@ -153,6 +153,18 @@ def sae_input(sae: SAE, x: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, 
     return x - x.mean(-1, keepdim=True) if reads_centered(sae) else x
 
 
+def pre_topk_codes(sae: SAE, x: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... f"]:
+    """A TopK SAE's activations before the top-k selection, ReLU(encoder pre-activation) (what
+    EleutherAI's `Sae.pre_acts` returns and Lan et al. correlate); any other SAE's codes.
+    `x` as `encode` takes it."""
+    if not isinstance(sae, TopKSAE):
+        return sae.encode(x)
+    hidden_pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        hidden_pre = hidden_pre * sae.W_dec.norm(dim=-1)
+    return hidden_pre.relu()
+
+
 def hook_of(sae: SAE) -> HookPoint:
     """The residual hook point an SAE reads, from its metadata."""
     name = sae.cfg.metadata.hook_name

@@ -61,14 +61,19 @@ def main() -> None:
                                    "GROUP BY analysis ORDER BY min(created_at)").fetchall()
             saes = con.execute("SELECT sae_id, explained_variance, dead_fraction FROM saes "
                                "ORDER BY layer").fetchall()
-            tokens = con.execute("SELECT max(n_tokens) FROM harvests").fetchone()[0]
+            tokens, dtype = con.execute("SELECT max(n_tokens), max(config->>'model_dtype') "
+                                        "FROM harvests").fetchone()
 
     print(f"atlas build {' '.join(args.flags) or '(defaults)'}: {tokens} tokens, "
-          f"{len(saes)} SAEs, {os.cpu_count()} cores")
+          f"{len(saes)} SAEs, {os.cpu_count()} cores, model in {dtype}")
     for name, seconds in stages.items():
         print(f"  {name:<20} {seconds:8.1f} s")
     for name, seconds, runs in analyses:
         print(f"    analysis {name:<14} {seconds:8.1f} s  ({runs} runs)")
+    if analyses and "analyze" in stages:
+        rest = stages["analyze"] - sum(seconds for _, seconds, _ in analyses)
+        print(f"    shared passes, writes {rest:8.1f} s  (each analysis's one-off work before its "
+              "runs: model passes, probes, correlations; storing results)")
     forward = stages.get("cache_activations") or stages.get("harvest") or float("nan")
     print(f"wall {wall:.1f} s (goal <= {GOAL_SECONDS} s): {wall / forward:.2f}x the build's "
           f"own forward pass ({forward:.1f} s)")

@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=defaults.block_size)
     parser.add_argument("--block-rule", choices=["document", "packed"],
                         default=defaults.block_rule)
+    parser.add_argument("--dtype", default=defaults.dtype,
+                        choices=["auto", "float32", "bfloat16", "float16"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -92,7 +94,7 @@ def main() -> None:
     config = BuildConfig(model=args.model, tokens=args.blocks * args.block_size,
                          layers=tuple(int(x) for x in args.layers.split(",")),
                          d_sae=args.d_sae, k=args.k, block_size=args.block_size,
-                         block_rule=args.block_rule)
+                         block_rule=args.block_rule, dtype=args.dtype)
     lm = pipeline.load(config)
     saes = atlas_saes(args.db) if args.db else random_saes(config, lm.d_model)
     hooks = [s.hook for s in saes]
@@ -122,7 +124,8 @@ def main() -> None:
     print(f"model {lm.model_id}, {len(saes)} SAEs (d_sae {saes[0].sae.cfg.d_sae}) at layers "
           f"{[h.layer for h in hooks]}, {n_tok} corpus tokens in {blocks.n_blocks} {blocks.rule} "
           f"blocks, median of {args.repeats}, "
-          f"{torch.get_num_threads()} threads on {lm.device}")
+          f"{torch.get_num_threads()} threads on {lm.device}, model in "
+          f"{str(lm.dtype).removeprefix('torch.')}")
     print(f"bare forward to layer {deepest}: {n_tok / t_bare:8.0f} tok/s")
     print(f"harvest (forward + SAE encode + statistics): {n_tok / t_harv:8.0f} tok/s")
     print(f"ratio harvest / bare forward: {t_bare / t_harv:.3f}  (goal >= 0.85)")

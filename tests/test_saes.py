@@ -111,3 +111,27 @@ def test_held_out_blocks_are_spread_over_the_corpus():
     assert held_out_blocks(BuildConfig(holdout=0.1), 3).tolist() == [False, False, True]
     tiny = held_out_blocks(BuildConfig(holdout=0.3), 2)
     assert tiny.sum() == 1
+
+
+def test_pre_topk_codes_are_the_encoder_before_its_top_k_selection():
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    from atlas.saes import pre_topk_codes
+
+    torch.manual_seed(0)
+    topk = TopKSAE(TopKSAEConfig(d_in=16, d_sae=64, k=4, dtype="float32", device="cpu"))
+    for p in topk.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(50, 16)
+    with torch.no_grad():
+        pre, post = pre_topk_codes(topk, x), topk.encode(x)
+        # written out: ReLU((x - b_dec) @ W_enc + b_enc), SAELens's TopK input
+        want = torch.relu((x - topk.b_dec) @ topk.W_enc + topk.b_enc)
+    torch.testing.assert_close(pre, want)
+    assert ((pre > 0).sum(1) > 4).all() and ((post > 0).sum(1) <= 4).all()
+    # the TopK codes are the pre-activations' k largest, the rest zero
+    top = pre.topk(4, dim=1)
+    torch.testing.assert_close(post.gather(1, top.indices), top.values)
+    standard = StandardSAE(StandardSAEConfig(d_in=16, d_sae=64, dtype="float32", device="cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(pre_topk_codes(standard, x), standard.encode(x))

@@ -31,7 +31,7 @@ from atlas.errors import AtlasError
 from atlas.geometry import universality as un
 from atlas.harvest import sink_free
 from atlas.models import capture_residuals
-from atlas.saes import check_width, hook_of, sae_input
+from atlas.saes import check_width, hook_of, pre_topk_codes, sae_input
 
 NAME = "universality"
 DEFINITION = "lan2024"
@@ -67,6 +67,19 @@ class Settings:
     permutations: int = 100
     """Shuffled pairings behind the null distributions of SVCCA and RSA."""
 
+    codes: Literal["pre", "post"] = "pre"
+    """What is correlated for a TopK SAE: its activations before the top-k selection, as Lan et
+    al. correlate EleutherAI's `pre_acts` ('pre'), or its TopK codes ('post', atlas). Other
+    architectures' codes either way."""
+
+    junk: Literal["lan2024", "atlas"] = "lan2024"
+    """The concept filter's junk tokens: the reference's exact list of strings, or every
+    whitespace-only, punctuation-only or special token (atlas)."""
+
+    p_rule: Literal["lan2024", "atlas"] = "lan2024"
+    """p-values against the shuffles: mean(null >= score) as the reference takes it, or
+    (1 + count) / (1 + shuffles) (atlas)."""
+
     rsa_max: int = 0
     """Kept pairs (a random subset) the RSA matrices are built from (0: all, as Lan et al.)."""
 
@@ -84,7 +97,8 @@ def definition(settings: Settings) -> str:
     """`lan2024` with the paper's choices; `atlas` when a setting departs from them."""
     published = (settings.svcca_rule == "lan2024" and not settings.one_to_one
                  and settings.rsa_max == 0 and settings.min_corr == 0.1
-                 and settings.top_tokens == 5)
+                 and settings.top_tokens == 5 and settings.codes == "pre"
+                 and settings.junk == "lan2024" and settings.p_rule == "lan2024")
     return "lan2024" if published else "atlas"
 
 
@@ -122,21 +136,23 @@ def same_tokenizer(models: dict[str, object]) -> None:
                              "Gemma-1 and Gemma-2)")
 
 
-def junk_ids(tokenizer) -> set[int]:
-    """Token ids Lan et al.'s filter drops (special, whitespace-only, punctuation-only)."""
+def junk_ids(tokenizer, rule: str = "lan2024") -> set[int]:
+    """Token ids Lan et al.'s filter drops, by `un.junk_token`'s rule."""
     special = set(tokenizer.all_special_ids)
     return {t for t in range(len(tokenizer))
-            if un.junk_token(tokenizer.decode([t]), t in special)}
+            if un.junk_token(tokenizer.decode([t]), t in special, rule)}
 
 
 @torch.no_grad()
 def activation_correlations(con: duckdb.DuckDBPyConnection, models: dict[str, tuple],
                             pairs: list[tuple[str, str]], *, n_blocks: int, top_k: int = 5,
-                            batch_blocks: int = 8) -> Correlations:
+                            batch_blocks: int = 8, codes: str = "pre",
+                            junk: str = "lan2024") -> Correlations:
     """Correlations of each pair's activations over `n_blocks` blocks of the first SAE's corpus
     (spread evenly), from one forward pass of each model per batch for every hook it serves:
     each SAE encodes a batch once, each pair correlates the tokens both hooks keep, and each SAE
-    keeps its features' top activating tokens. `models` maps a model id to (model, SAEs)."""
+    keeps its features' top activating tokens. `models` maps a model id to (model, SAEs).
+    `codes` 'pre' reads TopK SAEs before their top-k selection (`pre_topk_codes`)."""
     lms = {m: lm for m, (lm, _) in models.items()}
     same_tokenizer(lms)
     saes = {sid: sae for _, found in models.values() for sid, sae in found.items()}
@@ -159,7 +175,7 @@ def activation_correlations(con: duckdb.DuckDBPyConnection, models: dict[str, tu
         batch = tokens[start:start + batch_blocks]
         base = ~torch.isin(batch, special)
         base[:, 0] = False
-        keep, codes = {}, {}
+        keep, acts_of = {}, {}
         for m, lm in lms.items():
             mine = [s for s in used if owner[s] == m]
             if not mine:
@@ -170,16 +186,18 @@ def activation_correlations(con: duckdb.DuckDBPyConnection, models: dict[str, tu
             for s in mine:
                 name = hook_of(saes[s]).name
                 keep[s] = sink_free(acts[name], on_dev).cpu()[base]
-                codes[s] = saes[s].encode(sae_input(saes[s], acts[name][on_dev])).float().cpu()
+                x = sae_input(saes[s], acts[name][on_dev])
+                out = pre_topk_codes(saes[s], x) if codes == "pre" else saes[s].encode(x)
+                acts_of[s] = out.float().cpu()
         flat = batch[base].numpy()
         for s in used:
-            tops[s].update(codes[s][keep[s]].numpy(), flat[keep[s].numpy()])
+            tops[s].update(acts_of[s][keep[s]].numpy(), flat[keep[s].numpy()])
         for a, b in pairs:
             both = keep[a] & keep[b]
-            accs[a, b].update(codes[a][both].numpy(), codes[b][both].numpy())
+            accs[a, b].update(acts_of[a][both].numpy(), acts_of[b][both].numpy())
             n_tok[a, b] += int(both.sum())
     return Correlations({p: acc.result() for p, acc in accs.items()}, n_tok,
-                        {s: t.top_tokens() for s, t in tops.items()}, junk_ids(tok), owner)
+                        {s: t.top_tokens() for s, t in tops.items()}, junk_ids(tok, junk), owner)
 
 
 def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings) -> Correlations:
@@ -190,7 +208,8 @@ def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings) -> Corr
         for sid, sae in found.items():
             check_width(sae, lm.d_model, sid)
     return activation_correlations(inputs.con, models, [s.sae_ids for s in subjects],
-                                   n_blocks=settings.blocks, top_k=settings.top_tokens)
+                                   n_blocks=settings.blocks, top_k=settings.top_tokens,
+                                   codes=settings.codes, junk=settings.junk)
 
 
 def compute(inputs: Inputs, subject: Subject, settings: Settings,
@@ -243,7 +262,8 @@ def _scores(x: np.ndarray, y: np.ndarray, settings: Settings) -> dict:
     else:  # canonical correlations need many more pairs than directions, or any pairing ~1
         dims = max(2, min(50, len(x) // 10))
     sv = un.svcca_against_shuffles(x, y, max_dims=dims, n_permutations=settings.permutations,
-                                   seed=settings.seed, rule=settings.svcca_rule)
+                                   seed=settings.seed, rule=settings.svcca_rule,
+                                   p_rule=settings.p_rule)
     used = min(un.svcca_directions(x, settings.svcca_rule, max_dims=dims).shape[1],
                un.svcca_directions(y, settings.svcca_rule, max_dims=dims).shape[1])
     if settings.rsa_max and len(x) > settings.rsa_max:
@@ -251,7 +271,7 @@ def _scores(x: np.ndarray, y: np.ndarray, settings: Settings) -> dict:
                                                           replace=False)
         x, y = x[sub], y[sub]
     rs = un.rsa_against_shuffles(x, y, n_permutations=settings.permutations,
-                                 seed=settings.seed)
+                                 seed=settings.seed, p_rule=settings.p_rule)
     return {"svcca": sv.score, "svcca_null": sv.null_mean, "svcca_null_std": sv.null_std,
             "svcca_p": sv.p, "svcca_dims": used, "rsa": rs.score, "rsa_null": rs.null_mean,
             "rsa_null_std": rs.null_std, "rsa_p": rs.p}

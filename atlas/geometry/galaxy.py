@@ -11,8 +11,9 @@ from scipy.special import digamma, gammaln
 
 from atlas.geometry.vectors import unit
 
-RANK_RANGE = (10, 150)
-"""Ranks over which the power law is fitted (as for Gemma Scope 65k in the source paper)."""
+RANK_RANGE = (11, 150)
+"""Ranks over which the power law is fitted, both ends included: the paper's galaxy notebook
+fits `log_x[10:150]` with `log_x = log10(arange(1, n + 1))`, ranks 11 to 150."""
 
 
 def unit_rows(x: Float[np.ndarray, "n d"]) -> Float[np.ndarray, "n d"]:

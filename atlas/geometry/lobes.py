@@ -168,55 +168,76 @@ def ami_test(a: Int[np.ndarray, " n"], b: Int[np.ndarray, " n"], *, n_permutatio
 @dataclass(frozen=True)
 class Predictability:
     """How well an unweighted logistic regression predicts the lobe from the decoder vector
-    (held-out accuracy), against the same classifier on random unit vectors (li2024)."""
+    (held-out score), against the same classifier on random unit vectors (li2024)."""
 
     accuracy: float
+    """Held-out score on the decoders: balanced accuracy (li2024) or accuracy (atlas)."""
     random_mean: float
-    """Mean held-out accuracy over the draws of random unit vectors."""
+    """Mean held-out score over the draws of random unit vectors."""
     random_std: float
-    """Their standard deviation."""
+    """Their standard deviation (population, li2024; sample, atlas)."""
     z: float
     """(accuracy - random_mean) / random_std."""
     n_draws: int
-    majority: float
-    """Accuracy of always guessing the largest lobe (held-out split)."""
+    chance: float
+    """Score of always guessing the largest lobe on the held-out split: 1 / lobes present
+    (balanced accuracy) or the largest lobe's share (accuracy)."""
+    definition: str = "li2024"
+
+
+CLASSIFIERS = ("li2024", "atlas")
+"""`lobe_predictability` definitions. li2024: the geometry paper's comparison notebook
+(clusters3, cells 13, 16, 17): features in their order, the first 80% fit and the last 20%
+scored by balanced accuracy, population std of the random draws. atlas: a stratified random
+30% held out, plain accuracy, sample std."""
 
 
 def lobe_predictability(vectors: Float[np.ndarray, "n d"], labels: Int[np.ndarray, " n"], *,
-                        n_draws: int = 100, test_size: float = 0.3, seed: int = 0,
+                        n_draws: int = 100, definition: str = "li2024", seed: int = 0,
                         n_jobs: int | None = None) -> Predictability:
-    """Held-out accuracy of an unweighted logistic regression from decoder direction to lobe,
-    against `n_draws` draws of random unit vectors put through the same split and classifier
-    (the geometry paper's test: mean and standard deviation of the random draws).
+    """Held-out score of an unweighted logistic regression (scikit-learn's default, max_iter
+    1000) from decoder direction to lobe, against `n_draws` draws of random unit vectors put
+    through the same split and classifier (the geometry paper's test), by `definition`
+    (`CLASSIFIERS`).
 
     Draw i is `unit(standard_normal)` from `random_draw_generator(seed, i)`, so the draws do
     not depend on how they are spread over `n_jobs` processes (default: one per core, at most
     8)."""
     import os
 
-    from sklearn.model_selection import train_test_split
+    if definition not in CLASSIFIERS:
+        raise ValueError(f"classifier {definition!r} is not one of {CLASSIFIERS}")
+    paper = definition == "li2024"
+    n = len(labels)
+    if paper:
+        cut = int(n * 0.8)
+        train, test = np.arange(cut), np.arange(cut, n)
+    else:
+        from sklearn.model_selection import train_test_split
 
-    counts = np.bincount(labels)
-    strat = labels if counts[counts > 0].min() >= 2 else None
-    train, test = train_test_split(np.arange(len(labels)), test_size=test_size,
-                                   random_state=seed, stratify=strat)
-    accuracy = _logreg_accuracy(np.asarray(vectors, dtype=np.float64), labels, train, test)
+        counts = np.bincount(labels)
+        strat = labels if counts[counts > 0].min() >= 2 else None
+        train, test = train_test_split(np.arange(n), test_size=0.3, random_state=seed,
+                                       stratify=strat)
+    accuracy = _logreg_score(np.asarray(vectors, dtype=np.float64), labels, train, test, paper)
     jobs = max(1, min(n_jobs or os.cpu_count() or 1, 8, n_draws))
     parts = [list(range(n_draws))[j::jobs] for j in range(jobs)]
-    args = [(vectors.shape, labels, train, test, seed, part) for part in parts if part]
+    args = [(vectors.shape, labels, train, test, paper, seed, part) for part in parts if part]
     if len(args) > 1:
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=len(args))(delayed(_random_accuracies)(*a) for a in args)
+        results = Parallel(n_jobs=len(args))(delayed(_random_scores)(*a) for a in args)
     else:
-        results = [_random_accuracies(*a) for a in args]
+        results = [_random_scores(*a) for a in args]
     by_draw = dict(pair for result in results for pair in result)
     draws = np.array([by_draw[i] for i in range(n_draws)])
-    std = float(draws.std(ddof=1)) if n_draws > 1 else float("nan")
-    majority = float(np.bincount(labels[test]).max() / len(test))
+    ddof = 0 if paper else 1
+    std = float(draws.std(ddof=ddof)) if n_draws > ddof else float("nan")
+    present = np.bincount(labels[test])
+    chance = 1 / np.count_nonzero(present) if paper else present.max() / len(test)
     return Predictability(accuracy, float(draws.mean()), std,
                           (accuracy - float(draws.mean())) / std if std > 0 else float("nan"),
-                          n_draws, majority)
+                          n_draws, float(chance), definition)
 
 
 def random_draw_generator(seed: int, draw: int) -> np.random.Generator:
@@ -224,22 +245,26 @@ def random_draw_generator(seed: int, draw: int) -> np.random.Generator:
     return np.random.default_rng([seed, draw])
 
 
-def _logreg_accuracy(x: np.ndarray, labels: np.ndarray, train: np.ndarray,
-                     test: np.ndarray) -> float:
+def _logreg_score(x: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
+                  balanced: bool) -> float:
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
     from threadpoolctl import threadpool_limits
 
     # One fit's products are small (features x model width): one BLAS thread runs them several
     # times faster than a pool that synchronizes at every L-BFGS step.
     with threadpool_limits(1):
-        clf = LogisticRegression(max_iter=1000).fit(x[train], labels[train])
-        return float(np.mean(clf.predict(x[test]) == labels[test]))
+        pred = LogisticRegression(max_iter=1000).fit(x[train], labels[train]).predict(x[test])
+    if balanced:
+        return float(balanced_accuracy_score(labels[test], pred))
+    return float(np.mean(pred == labels[test]))
 
 
-def _random_accuracies(shape: tuple[int, int], labels: np.ndarray, train: np.ndarray,
-                       test: np.ndarray, seed: int, draws: list[int]) -> list[tuple[int, float]]:
-    return [(i, _logreg_accuracy(unit(random_draw_generator(seed, i).standard_normal(shape)),
-                                 labels, train, test)) for i in draws]
+def _random_scores(shape: tuple[int, int], labels: np.ndarray, train: np.ndarray,
+                   test: np.ndarray, balanced: bool, seed: int,
+                   draws: list[int]) -> list[tuple[int, float]]:
+    return [(i, _logreg_score(unit(random_draw_generator(seed, i).standard_normal(shape)),
+                              labels, train, test, balanced)) for i in draws]
 
 
 def feature_map(vectors: Float[np.ndarray, "n d"], *, seed: int = 0,

@@ -112,11 +112,18 @@ class TopActivations:
 
 JUNK = frozenset(string.punctuation)
 
+LAN2024_JUNK = frozenset(['.', '\\n', '\n', '', ' ', '-', '<bos>', ',', '!', '?',
+                          '<|endoftext|>', '|bos|'])
+"""The reference's `junk_words` (getScores_* notebooks, run_expm), matched exactly against
+each top token's decoded text."""
 
-def junk_token(text: str, special: bool = False) -> bool:
-    """Lan et al.'s non-concept token, generalised from the reference's list ('.', ',', '!',
-    '?', '-', newline, space, '' and BOS/EOS): a special token, or text that is only
-    whitespace, or only punctuation."""
+
+def junk_token(text: str, special: bool = False, rule: str = "lan2024") -> bool:
+    """Lan et al.'s non-concept token. 'lan2024': the decoded text is one of the reference's
+    `LAN2024_JUNK` strings. 'atlas': a special token, or text that is only whitespace or only
+    punctuation (' .', '...', '),' too)."""
+    if rule == "lan2024":
+        return text in LAN2024_JUNK
     stripped = text.strip()
     return special or not stripped or all(c in JUNK for c in stripped)
 
@@ -206,28 +213,34 @@ class NullTest:
     null_mean: float
     null_std: float
     p: float
-    """Share of shuffles scoring at least as high (with the +1 correction)."""
+    """Share of shuffles scoring at least as high: mean(null >= score) as the reference takes
+    it ('lan2024'), or (1 + count) / (1 + shuffles) ('atlas')."""
     n_permutations: int
 
 
 def against_shuffles(x: np.ndarray, y: np.ndarray, score: Callable[[np.ndarray, np.ndarray], float],
-                     *, n_permutations: int = 100, seed: int = 0) -> NullTest:
+                     *, n_permutations: int = 100, seed: int = 0,
+                     p_rule: str = "lan2024") -> NullTest:
     """Score the matched pairing and `n_permutations` random pairings."""
     rng = np.random.default_rng(seed)
     real = score(x, y)
     null = np.array([score(x, y[rng.permutation(len(y))]) for _ in range(n_permutations)])
-    return _null(real, null, n_permutations)
+    return _null(real, null, n_permutations, p_rule)
 
 
-def _null(real: float, null: np.ndarray, n_permutations: int) -> NullTest:
-    p = (1 + np.sum(null >= real)) / (1 + n_permutations)
+def _null(real: float, null: np.ndarray, n_permutations: int,
+          p_rule: str = "lan2024") -> NullTest:
+    if p_rule == "lan2024":
+        p = np.mean(null >= real)
+    else:
+        p = (1 + np.sum(null >= real)) / (1 + n_permutations)
     return NullTest(real, float(null.mean()), float(null.std()), float(p), n_permutations)
 
 
 def svcca_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"], *,
                            keep: float = 0.99, max_dims: int | None = None,
                            n_permutations: int = 100, seed: int = 0,
-                           rule: str = "variance") -> NullTest:
+                           rule: str = "variance", p_rule: str = "lan2024") -> NullTest:
     """`against_shuffles(x, y, svcca)` computed once: shuffling y's rows permutes the rows of
     its SVD directions and of their orthonormal basis, so each shuffle is one small SVD."""
     xs = svcca_directions(x, rule, keep, max_dims)
@@ -241,12 +254,12 @@ def svcca_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m
 
     rng = np.random.default_rng(seed)
     null = np.array([score(qy[rng.permutation(len(y))]) for _ in range(n_permutations)])
-    return _null(score(qy), null, n_permutations)
+    return _null(score(qy), null, n_permutations, p_rule)
 
 
 def rsa_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d2"], *,
                          n_permutations: int = 100, seed: int = 0,
-                         inner: str = "correlation") -> NullTest:
+                         inner: str = "correlation", p_rule: str = "lan2024") -> NullTest:
     """`against_shuffles(x, y, rsa)` computed once: Spearman's rho is Pearson's on average
     ranks, and shuffling y's rows permutes its similarity matrix's ranks."""
     from scipy.stats import rankdata
@@ -266,4 +279,4 @@ def rsa_against_shuffles(x: Float[np.ndarray, "m d1"], y: Float[np.ndarray, "m d
 
     rng = np.random.default_rng(seed)
     null = np.array([score(rng.permutation(len(y))) for _ in range(n_permutations)])
-    return _null(score(np.arange(len(y))), null, n_permutations)
+    return _null(score(np.arange(len(y))), null, n_permutations, p_rule)

@@ -19,6 +19,20 @@ def test_planted_power_law_gives_its_slope():
     assert fit.slope == pytest.approx(-0.5, abs=0.06) and fit.r2 > 0.98
 
 
+def test_default_power_law_fit_is_the_notebooks_linregress_transcribed():
+    """The galaxy notebook: log_x = log10(arange(1, n + 1)), log_y = log10(eigenvalues),
+    linregress(log_x[10:150], log_y[10:150])."""
+    from scipy.stats import linregress
+
+    eig = eigen_spectrum(power_law_cloud(alpha=0.7, n=3000, d=300))
+    log_x, log_y = np.log10(np.arange(1, len(eig) + 1)), np.log10(eig)
+    want = linregress(log_x[10:150], log_y[10:150])
+    fit = power_law_fit(eig)
+    assert fit.slope == pytest.approx(want.slope, abs=1e-9)
+    assert fit.r2 == pytest.approx(want.rvalue ** 2, abs=1e-9)
+    assert (fit.rank_lo, fit.rank_hi) == (11, 150)
+
+
 def test_spectrum_equals_numpy_covariance_eigenvalues():
     x = power_law_cloud(n=400, d=30)
     want = np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1]

@@ -57,19 +57,54 @@ def test_planted_lobes_are_found_and_match_geometry():
 
 def test_lobe_is_predictable_from_planted_geometry_not_from_random_vectors():
     labels, vectors, _ = planted_lobes(n_per=100)
-    result = lobe_predictability(vectors, labels, n_draws=20)
-    assert result.accuracy > 0.9 and result.majority == 0.5
-    assert abs(result.random_mean - 0.5) < 0.2 and result.z > 3
+    order = np.random.default_rng(5).permutation(len(labels))   # mix the lobes over the split
+    for definition in ("li2024", "atlas"):
+        result = lobe_predictability(vectors[order], labels[order], n_draws=20,
+                                     definition=definition)
+        assert result.accuracy > 0.9 and result.chance == 0.5 and result.z > 3
+        assert abs(result.random_mean - 0.5) < 0.2 and result.definition == definition
 
 
-def test_lobe_predictability_is_the_papers_test_transcribed():
-    """li2024: an unweighted logistic regression's held-out accuracy on the decoders, and the
-    mean and standard deviation of the same on draws of random unit vectors."""
+def test_lobe_predictability_is_the_papers_notebook_transcribed():
+    """clusters3 (comparison), cells 13, 16 and 17: fit_model splits the features in order,
+    first 80% / last 20%, fits LogisticRegression(max_iter=1000) and returns the balanced
+    accuracy; 100 random unit-vector draws; z = (true - mean) / np.std (population)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    labels, vectors, _ = planted_lobes(n_per=60)
+    order = np.random.default_rng(1).permutation(len(labels))
+    labels, vectors = labels[order], vectors[order]
+
+    def fit_model(X, labels, split=0.8):
+        train_labels, test_labels = labels[:int(len(labels)*split)], labels[int(len(labels)*split):]
+        train_X, test_X = X[:int(len(labels)*split)], X[int(len(labels)*split):]
+        clf = LogisticRegression(max_iter=1000).fit(train_X, train_labels)
+        preds = clf.predict(test_X)
+        return balanced_accuracy_score(test_labels, preds)
+
+    fit_results_random = []
+    for i in range(7):
+        random_features = random_draw_generator(2, i).standard_normal(vectors.shape)
+        random_features /= np.linalg.norm(random_features, axis=1)[:, None]
+        fit_results_random.append(fit_model(random_features, labels))
+    std_dev, mean = np.std(fit_results_random), np.mean(fit_results_random)
+    true = fit_model(vectors, labels)
+
+    got = lobe_predictability(vectors, labels, n_draws=7, seed=2)
+    assert got.definition == "li2024"
+    assert got.accuracy == pytest.approx(true, abs=1e-6)
+    assert got.random_mean == pytest.approx(mean, abs=1e-6)
+    assert got.random_std == pytest.approx(std_dev, abs=1e-6)
+    assert got.z == pytest.approx((true - mean) / std_dev, rel=1e-6)
+
+
+def test_the_atlas_classifier_is_a_stratified_split_with_plain_accuracy():
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
     labels, vectors, _ = planted_lobes(n_per=60)
-    got = lobe_predictability(vectors, labels, n_draws=7, seed=2)
+    got = lobe_predictability(vectors, labels, n_draws=7, seed=2, definition="atlas")
     tr, te = train_test_split(np.arange(len(labels)), test_size=0.3, random_state=2,
                               stratify=labels)
 
@@ -85,7 +120,7 @@ def test_lobe_predictability_is_the_papers_test_transcribed():
     assert got.accuracy == pytest.approx(acc(vectors), abs=1e-6)
     assert got.random_mean == pytest.approx(mean, abs=1e-6)
     assert got.random_std == pytest.approx(std, abs=1e-6)
-    assert got.z == pytest.approx((acc(vectors) - mean) / std, rel=1e-6)
+    assert got.chance == pytest.approx(np.bincount(labels[te]).max() / len(te))
 
 
 def test_lobe_predictability_does_not_depend_on_how_draws_are_spread_over_processes():

@@ -1,5 +1,3 @@
-import string
-
 import numpy as np
 import pytest
 
@@ -91,13 +89,18 @@ def _reference_pairs(acts_a, acts_b, tokens, texts, special, k=5):
         order = np.argsort(-acts[:, f], kind="stable")[:k]
         return [texts[tokens[i]] for i in order if acts[i, f] > 0]
 
-    def junk(t):
-        return t in special or t.strip() == "" or all(c in string.punctuation for c in t.strip())
+    junk_words = ['.', '\\n', '\n', '', ' ', '-', '<bos>', ',', '!', '?', '<|endoftext|>',
+                  '|bos|']
 
     kept = []
     for fb, fa in enumerate(best_a):
         ta, tb = top(acts_a, fa), top(acts_b, fb)
-        if any(junk(t) for t in ta + tb) or not set(ta) & set(tb) or best_val[fb] <= 0.1:
+        flag = True
+        for junk in junk_words:
+            if junk in ta or junk in tb:
+                flag = False
+                break
+        if not flag or not set(ta) & set(tb) or best_val[fb] <= 0.1:
             continue
         kept.append((fa, fb, best_val[fb]))
     return best_a, best_val, kept
@@ -106,7 +109,8 @@ def _reference_pairs(acts_a, acts_b, tokens, texts, special, k=5):
 def test_lan2024_matching_and_filter_equal_the_reference_transcription():
     rng = np.random.default_rng(3)
     n, d_a, d_b, vocab = 600, 40, 30, 50
-    texts = [f" w{i}" for i in range(vocab - 6)] + [".", " ", ",", "\n", "<bos>", "?"]
+    texts = [f" w{i}" for i in range(vocab - 8)] + [".", " ", ",", "\n", "<bos>", "?", " .",
+                                                    "..."]
     special = {"<bos>"}
     tokens = rng.integers(0, vocab, n)
     base = rng.normal(size=(n, 12))
@@ -125,10 +129,10 @@ def test_lan2024_matching_and_filter_equal_the_reference_transcription():
     np.testing.assert_array_equal(b, np.arange(d_b))
     np.testing.assert_array_equal(a[1:], best_a[1:])  # the dead feature has no best partner
     np.testing.assert_allclose(c, np.where(np.arange(d_b) == 0, 0, best_val), atol=1e-6)
-    junk = {t for t, s in enumerate(texts) if un.junk_token(s, s in special)}
+    junk = {t for t, s in enumerate(texts) if un.junk_token(s, s in special, "lan2024")}
     keep = un.lan2024_keep(a, b, c, top_a.top_tokens(), top_b.top_tokens(), junk)
     got = [(int(x), int(y), float(v)) for x, y, v, k in zip(a, b, c, keep) if k]
-    assert len(kept) >= 3 and len(kept) < d_b  # the filter keeps some and drops some
+    assert 2 <= len(kept) < d_b  # the filter keeps some and drops some
     assert [(x, y) for x, y, _ in got] == [(int(x), int(y)) for x, y, _ in kept]
     np.testing.assert_allclose([v for *_, v in got], [v for *_, v in kept], atol=1e-6)
 
@@ -195,3 +199,18 @@ def test_svcca_and_rsa_equal_the_reference_transcriptions():
         _reference_rsa(x, y), abs=1e-6)
     assert un.svcca_against_shuffles(x, y, n_permutations=3, rule="lan2024").score == \
         pytest.approx(_reference_svcca(x, y), abs=1e-6)
+
+
+def test_junk_rules_the_reference_list_against_the_atlas_s_broader_one():
+    for text in (".", "\n", " ", "", ",", "<|endoftext|>", "<bos>"):
+        special = text.startswith("<")
+        assert un.junk_token(text, rule="lan2024") and un.junk_token(text, special, "atlas")
+    for text in (" .", "...", "),", "  "):
+        assert not un.junk_token(text, rule="lan2024") and un.junk_token(text, rule="atlas")
+    assert not un.junk_token(" the", rule="lan2024") and not un.junk_token(" the", rule="atlas")
+
+
+def test_p_value_rules():
+    null = np.array([0.1, 0.2, 0.3, 0.5])
+    assert un._null(0.3, null, 4).p == np.mean(null >= 0.3) == 0.5
+    assert un._null(0.3, null, 4, "atlas").p == (1 + 2) / (1 + 4)
