@@ -52,7 +52,7 @@ class StageTimes(dict):
         return run
 
     def describe(self) -> str:
-        return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.items())
+        return ", ".join(f"{name} {seconds:.2f}s" for name, seconds in self.items())
 
 
 def _plain(fn: Callable) -> Callable:

@@ -38,7 +38,15 @@ SELECT p.sae_id, s.layer, r.definition, p.letters_scored,
            THEN p.mean_full_absorption_rate END AS mean_full_absorption_rate,
        CASE WHEN p.letters_scored >= coalesce(t.min_letters, 1) THEN p.mean_split_features END
            AS mean_split_features,
-       p.mean_n_split, p.run_id
+       p.mean_n_split,
+       -- which vocabulary the run measured: every token (SAEBench) or a random draw, and
+       -- whether words shared their prompts' in-context examples (`atlas build`'s choice)
+       CASE WHEN coalesce(TRY_CAST(r.params->>'words' AS INTEGER), 0) = 0 THEN 'all'
+            ELSE (r.params->>'words') || ' drawn' END
+         || CASE WHEN coalesce(TRY_CAST(r.params->>'shared_examples' AS INTEGER), 1) > 1
+                 THEN ', examples shared by ' || (r.params->>'shared_examples')
+                 ELSE '' END AS vocabulary,
+       p.run_id
 FROM per p
 JOIN analysis_runs r USING (run_id)
 JOIN saes s USING (sae_id)

@@ -144,9 +144,12 @@ def test_absorption_command_stores_both_definitions_side_by_side(atlas_copy, cap
                              f"= ? {where}", [defn]).fetchone()
             assert n_words == (tp[0] or 0)
         by_sae = con.execute("SELECT definition, evaluated, letters_scored, "
-                             "mean_absorption_rate FROM absorption_by_sae").fetchall()
+                             "mean_absorption_rate, vocabulary FROM absorption_by_sae").fetchall()
         assert sorted(r[0] for r in by_sae) == ["atlas"] * len(ids) + ["saebench"] * len(ids)
-        for defn, evaluated, scored, rate in by_sae:
+        # the SAEBench run drew 300 words, the atlas run took them all
+        assert {r[4] for r in by_sae} == {"300 drawn", "all"}
+        assert all(r[4] == ("300 drawn" if r[0] == "saebench" else "all") for r in by_sae)
+        for defn, evaluated, scored, rate, _ in by_sae:
             # SAEBench evaluates an SAE only with 20 letters its probe reads (F1 > 0.6)
             assert evaluated == (scored >= (20 if defn == "saebench" else 1))
             assert (rate is None) == (not evaluated or scored == 0)

@@ -62,11 +62,14 @@ def test_cosine_tails_and_entropy_views(con, tiny_atlas):
 
 def test_lobes_and_modularity(con, tiny_atlas):
     tests = con.execute("SELECT sae_id, k, ami, ami_null_std, ami_z, logreg_accuracy, chance, "
-                        "logreg_random_std, logreg_draws FROM lobe_modularity").fetchall()
+                        "logreg_random_std, logreg_draws, logreg_definition "
+                        "FROM lobe_modularity").fetchall()
     assert {t[1] for t in tests} == {2, 4, 8}
-    for _, k, ami, std, z, acc, chance, rstd, draws in tests:
+    for _, k, ami, std, z, acc, chance, rstd, draws, definition in tests:
         assert -1 <= ami <= 1 and std > 0 and 1 / k <= chance <= 1 and 0 <= acc <= 1
-        assert draws == 20 and rstd > 0     # the build's setting (lobes.BUILD)
+        # the paper's test in the build too: 100 draws, balanced accuracy (chance 1 / lobes)
+        assert draws == 100 and rstd > 0 and definition == "li2024"
+        assert chance in {1 / n for n in range(1, k + 1)}
     sizes = con.execute("SELECT sae_id, k, sum(n_features) FROM lobes GROUP BY 1, 2").fetchall()
     for sae_id, k, total in sizes:
         n = con.execute("SELECT count(*) FROM clusters WHERE sae_id = ? AND k = ? AND "

@@ -30,7 +30,7 @@ def build_args(db, *extra) -> list[str]:
     return ["build", "--db", str(db), "--model", str(tiny_model_dir()), "--tokens",
             str(BLOCK * 40), "--block-size", str(BLOCK), "--batch-blocks", "8",
             "--shard-blocks", "16", "--n-examples", "4", "--threshold", str(THRESHOLD),
-            "--analyses", "galaxy,lobes,crystals", *map(str, extra)]
+            "--analyses", "galaxy,lobes,crystals", "--dtype", "float32", *map(str, extra)]
 
 
 def residual_norm(lm, hook: str) -> float:
@@ -134,7 +134,7 @@ def test_a_saved_atlas_sae_gives_the_quality_and_counts_of_its_training_build(ti
     argv = ["build", "--db", db, "--model", config.model, "--sae-path", path,
             "--tokens", config.tokens, "--block-size", config.block_size,
             "--batch-blocks", config.batch_blocks, "--n-examples", config.n_examples,
-            "--threshold", config.threshold, "--analyses", ""]
+            "--threshold", config.threshold, "--analyses", "", "--dtype", config.dtype]
     assert main([str(a) for a in argv]) == 0
     cols = "l0, explained_variance, dead_fraction, quality_tokens"
     trained = q(config.db, f"SELECT {cols} FROM saes WHERE sae_id = ?", [sid])[0]
