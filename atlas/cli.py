@@ -480,8 +480,6 @@ def app_file() -> Iterator[Path]:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    import subprocess
-
     from atlas.readonly import open_readonly
 
     open_readonly(args.db).close()  # a clear error now rather than in the browser
@@ -491,7 +489,35 @@ def cmd_app(args: argparse.Namespace) -> int:
                "--browser.gatherUsageStats", "false", "--", "--db", str(args.db.resolve())]
         print(f"Feature Atlas on http://{args.address}:{args.port}  (Ctrl+C stops it)",
               flush=True)
-        return subprocess.call(cmd)
+        return run_forwarding_signals(cmd)
+
+
+def run_forwarding_signals(cmd: list[str]) -> int:
+    """Run `cmd` as a child and wait for it, passing SIGTERM, SIGINT and SIGHUP on to it, so a
+    supervisor that stops this process stops the server too (no orphan holding the port);
+    if this process leaves for any other reason, the child is terminated."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd)
+
+    def forward(signum, _frame) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = {sig: signal.signal(sig, forward) for sig in caught}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def cmd_index(args: argparse.Namespace) -> int:

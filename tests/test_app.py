@@ -293,3 +293,34 @@ def test_analogy_page_answers_words_from_the_stored_table(app, tiny_atlas):
     assert set(words["word"]) <= set(vocab)
     next(r for r in at.radio if r.label == "ask").set_value("neighbours").run()
     assert not at.exception and len(at.dataframe[0].value) == 10
+
+
+def test_sigterm_to_atlas_app_stops_the_server_and_frees_its_port(tiny_atlas):
+    """A supervisor stops `atlas app` with SIGTERM (to that process alone): the Streamlit
+    server it started stops too, and the port is free again."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.appdriver import free_port, wait_healthy
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "app", "--db",
+                             str(tiny_atlas[0].db), "--port", str(port), "--address",
+                             "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=90)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) is not None
+        deadline = time.time() + 15
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) != 0:
+                    break           # nothing listens: the server went with `atlas app`
+            assert time.time() < deadline, "the Streamlit server outlived `atlas app`"
+            time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
