@@ -86,19 +86,17 @@ def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings
             for r in REPRESENTATIONS}
 
 
-def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -> Output:
+def compute(inputs: Inputs, subject: Subject, settings: Settings,
+            shared: dict[str, dict[str, object]]) -> Output:
     """Crystals at one residual point: the paper's LDA experiment, the choice of word
     representation, and analogies, distractors and crystals in the residual stream and in the
     SAE's code space when it can be loaded."""
-    from atlas.words import REPRESENTATIONS, word_vectors
-
     lm, hook = inputs.lm, subject.hook
     tasks = cr.word_pair_tasks()
     train, test = cr.split_pairs(tasks, seed=settings.seed)
     words = cr.task_words(tasks)
     base = {"model_id": lm.model_id, "layer": hook.layer, "hook": hook.name}
-    readings = {r: shared[r][hook.name] if shared else
-                word_vectors(lm, hook, words, representation=r) for r in REPRESENTATIONS}
+    readings = {r: by_hook[hook.name] for r, by_hook in shared.items()}
     as_dict = {r: dict(zip(words, wv.vectors.astype(np.float64))) for r, wv in readings.items()}
 
     lda_rows, diff_rows = _paper_experiment(as_dict["li2024"], tasks, test, base,
