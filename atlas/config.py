@@ -48,10 +48,13 @@ class BuildConfig:
     block_size: int = 256
     """Tokens per block; co-occurrence is counted over blocks."""
 
-    block_rule: Literal["document", "packed"] = "document"
+    block_rule: Literal["document", "packed", "li2024"] = "document"
     """How the corpus is cut into blocks: 'document' (the geometry paper's rule: a block never
-    spans two documents; a document's last block is shorter) or 'packed' (documents joined by
-    the end-of-text token and cut into full blocks, which may span two documents)."""
+    spans two documents; a document's last block is shorter), 'packed' (documents joined by
+    the end-of-text token and cut into full blocks, which may span two documents) or 'li2024'
+    (the co-occurrence windows of Li et al.'s reference code: each document run once as one
+    context of at most 1,024 tokens, its start token left out, blocks = the full
+    --block-size windows inside it; shorter documents and remainders count nowhere)."""
 
     device: Device = "auto"
     """Where the model and SAEs run: 'auto' picks CUDA when present, else CPU."""
@@ -59,8 +62,13 @@ class BuildConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """The model's weights and activations: 'auto' is bfloat16 on CUDA and on CPUs with
     bfloat16 instructions (AVX512-BF16, AMX), float32 on other CPUs.
-    Residuals reach each SAE in the SAE's own dtype; the dtype used is recorded with every
-    harvest (harvests.config.model_dtype)."""
+    The dtype used is recorded with every harvest (harvests.config.model_dtype)."""
+
+    sae_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The dtype the harvest encodes in: 'auto' is bfloat16 where the model runs in bfloat16
+    (a bfloat16 copy of each encoder; products accumulate in float32) and each SAE's own dtype
+    otherwise; 'float32' keeps every encoder in float32. Statistics are always summed in
+    float32 or wider. Recorded with every harvest (harvests.config.encode_dtype)."""
 
     corpus: str = "default"
     """'default' (Wikipedia summaries + Python standard library), 'wiki', 'code', or a path
@@ -137,8 +145,11 @@ class BuildConfig:
         _check(self.tokens >= self.block_size, f"--tokens {self.tokens} is smaller than one block "
                f"(--block-size {self.block_size}); raise --tokens or lower --block-size")
         _check(self.block_size >= 2, "--block-size must be at least 2 tokens")
-        _check(self.block_rule in ("document", "packed"),
-               f"--block-rule {self.block_rule!r}: choose document or packed")
+        _check(self.block_rule in ("document", "packed", "li2024"),
+               f"--block-rule {self.block_rule!r}: choose document, packed or li2024")
+        _check(self.block_rule != "li2024" or self.block_size < 1024,
+               f"--block-size {self.block_size} must be below the li2024 rule's context of "
+               "1,024 tokens")
         _check(self.d_sae > 0 and 0 < self.k <= self.d_sae,
                f"--k {self.k} must be between 1 and --d-sae {self.d_sae}")
         _check(self.threshold >= 0, f"--threshold {self.threshold} must be >= 0")
@@ -160,6 +171,8 @@ class BuildConfig:
         _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"),
                "--dtype must be auto, float32, bfloat16 or float16")
+        _check(self.sae_dtype in ("auto", "float32", "bfloat16"),
+               "--sae-dtype must be auto, float32 or bfloat16")
         _check(self.shard_blocks > 0 and self.shard_blocks % self.batch_blocks == 0,
                f"--shard-blocks {self.shard_blocks} must be a positive multiple of "
                f"--batch-blocks {self.batch_blocks}")

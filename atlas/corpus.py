@@ -55,9 +55,12 @@ class Blocks:
     """Positions that count: not a block's first position, not a special token, not padding.
     The first position is an attention sink whose residual norm is ~100x the rest."""
     rule: str = "packed"
-    """How blocks were cut: 'document' (never across two documents) or 'packed'."""
+    """How blocks were cut: 'document' (never across two documents), 'packed', or 'li2024'
+    (each block one full window of a document, its row holding the document before it)."""
     lengths: Int[np.ndarray, " n_blocks"] | None = None
     """Positions of each block before its padding (default: all of them)."""
+    window: int | None = None
+    """'li2024': the window each row ends with (its last `window` positions before padding)."""
 
     @property
     def block_lengths(self) -> np.ndarray:
@@ -68,6 +71,8 @@ class Blocks:
     @property
     def n_tokens(self) -> int:
         """Corpus tokens in the blocks: padding and document blocks' start tokens left out."""
+        if self.rule == "li2024":
+            return int(self.mask.sum())
         starts = self.n_blocks if self.rule == "document" else 0
         return int(self.block_lengths.sum()) - starts
 
@@ -219,7 +224,15 @@ def token_quotas(groups: dict[str, list[Document]], *, tokens: int, block_size: 
     return {n: share for n in names}
 
 
-BLOCK_RULES = ("document", "packed")
+BLOCK_RULES = ("document", "packed", "li2024")
+LI2024_CONTEXT = 1024
+"""The geometry paper's context: each document is run once, truncated to this many tokens with
+its start token, and its co-occurrence windows are the full windows inside it."""
+
+
+def row_width(rule: str, block_size: int) -> int:
+    """Positions per stored block row: the context for 'li2024', else the block itself."""
+    return LI2024_CONTEXT if rule == "li2024" else block_size
 
 
 def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int,
@@ -233,7 +246,13 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
     is shorter and padded. 'packed': documents joined with the end-of-text token and cut into
     full blocks, so a block may hold the end of one document and the start of the next.
     Either way a long document gives at most `max_doc_blocks` blocks, so one big source file
-    cannot fill the code quota alone.
+    cannot fill the code quota alone. 'li2024' (the co-occurrence rule of Li et al.'s
+    reference code): each document is one context, its start token and at most
+    `LI2024_CONTEXT - 1` tokens; its blocks are the full `block_size` windows inside it (a
+    shorter document, and the remainder after the last full window, count nowhere). A block's
+    row holds its context (the start token, the windows before it, the window itself, then
+    padding) and its mask only the window, so each window's residuals see the document before
+    it, as in one pass over the document.
     """
     if rule not in BLOCK_RULES:
         raise AtlasError(f"block rule '{rule}': choose from {', '.join(BLOCK_RULES)}")
@@ -245,6 +264,16 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
     sep = tokenizer.eos_token_id
     rows, doc_rows, source_rows, used, lengths = [], [], [], [], []
     for source, docs in groups.items():
+        if rule == "li2024":
+            got, owners, sizes = _li2024_blocks(docs, tokenizer, quotas[source],
+                                                start_token(tokenizer), window=block_size,
+                                                used=used)
+            if got:
+                rows.append(np.asarray(got))
+                doc_rows.append(np.asarray(owners))
+                lengths += sizes
+                source_rows += [source] * len(got)
+            continue
         if rule == "document":
             start = start_token(tokenizer)
             got, owners, sizes = _document_blocks(docs, tokenizer, quotas[source], start,
@@ -265,16 +294,23 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
             source_rows += [source] * n
             lengths += [block_size] * n
     if not source_rows:
-        raise AtlasError(f"corpus '{name}' has fewer tokens than one block of {block_size}; "
-                         "add text or lower --block-size")
+        longer = (f" (the li2024 rule counts only documents of at least {block_size} tokens)"
+                  if rule == "li2024" else "")
+        raise AtlasError(f"corpus '{name}' has fewer tokens than one block of {block_size}"
+                         f"{longer}; add text or lower --block-size")
     ids = np.concatenate(rows).astype(np.int64)
     lengths_arr = np.asarray(lengths, dtype=np.int64)
     special = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
-    mask = ~np.isin(ids, special) & (np.arange(block_size)[None, :] < lengths_arr[:, None])
+    width = ids.shape[1]
+    at = np.arange(width)[None, :]
+    mask = ~np.isin(ids, special) & (at < lengths_arr[:, None])
+    if rule == "li2024":
+        mask &= at >= (lengths_arr - block_size)[:, None]
     mask[:, 0] = False
     corpus_id = hashlib.sha1(ids.tobytes()).hexdigest()[:16]
     blocks = Blocks(corpus_id, name, ids, np.concatenate(doc_rows).astype(np.int64),
-                    source_rows, used, mask, rule, lengths_arr)
+                    source_rows, used, mask, rule, lengths_arr,
+                    block_size if rule == "li2024" else None)
     log.info("corpus %s: %d blocks of up to %d tokens, %d tokens, cut by %s (%s)", corpus_id,
              len(ids), block_size, blocks.n_tokens, rule,
              ", ".join(f"{s}: {source_rows.count(s)}" for s in dict.fromkeys(source_rows)))
@@ -313,6 +349,31 @@ def _document_blocks(docs: list[Document], tokenizer, quota: int, start: int, *,
                 owners.append(doc_id)
                 lengths.append(1 + len(piece))
             total += len(ids)
+    return rows, owners, lengths
+
+
+def _li2024_blocks(docs: list[Document], tokenizer, quota: int, start: int, *, window: int,
+                   used: list[Document]) -> tuple[list[list[int]], list[int], list[int]]:
+    """The full windows of each document's one context until `quota` window tokens are taken:
+    rows (start token, the document up to the window's end, padding to `LI2024_CONTEXT`),
+    their documents, and their lengths."""
+    rows, owners, lengths, total = [], [], [], 0
+    for chunk in _chunks(docs, 64):
+        if total >= quota:
+            break
+        encoded = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
+        for doc, ids in zip(chunk, encoded):
+            n = min(len(ids[:LI2024_CONTEXT - 1]) // window, (quota - total) // window)
+            if n <= 0:
+                continue
+            doc_id = len(used)
+            used.append(Document(doc_id, doc.source, doc.title, doc.text))
+            for j in range(1, n + 1):
+                row = [start, *ids[:j * window]]
+                rows.append(row + [start] * (LI2024_CONTEXT - len(row)))
+                owners.append(doc_id)
+                lengths.append(len(row))
+            total += n * window
     return rows, owners, lengths
 
 

@@ -18,22 +18,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+from jaxtyping import Bool, Float
 from sae_lens import SAE
 
 from atlas import faults, shards, store
 from atlas.artifacts import sae_path
 from atlas.blockgram import BlockGram, storage_for, top_partners
 from atlas.config import BuildConfig
-from atlas.corpus import Blocks, documents_for, tokenize_blocks
+from atlas.corpus import Blocks, documents_for, row_width, tokenize_blocks
 from atlas.errors import AtlasError
 from atlas.progress import Progress
 from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, SparseCodes,
                            bin_edges, decile_examples, encode_sparse, firings_kept,
                            forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, load_model
-from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, evaluate,
-                        expand_sae_ids, hook_of, load_published, load_saved, merge_quality,
-                        neuronpedia_id, sae_input, train_topk)
+from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, encode_dtype,
+                        encoding_copy, evaluate, expand_sae_ids, hook_of, load_published,
+                        load_saved, merge_quality, neuronpedia_id, sae_input, train_topk)
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,13 @@ def store_model(con, lm: LoadedModel) -> None:
 
 def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
     """Write the corpus's documents and blocks (replacing the same corpus)."""
-    # Padding is left out of the text; a document block's start token too.
-    first = 1 if blocks.rule == "document" else 0
-    texts = lm.tokenizer.batch_decode([ids[first:n].tolist() for ids, n
-                                       in zip(blocks.token_ids, blocks.block_lengths)])
+    # Padding is left out of the text; a document block's start token too, and an li2024
+    # block's context before its window.
+    first = {"document": np.ones(blocks.n_blocks, np.int64),
+             "li2024": blocks.block_lengths - (blocks.window or 0)}.get(
+                 blocks.rule, np.zeros(blocks.n_blocks, np.int64))
+    texts = lm.tokenizer.batch_decode([ids[a:n].tolist() for ids, a, n
+                                       in zip(blocks.token_ids, first, blocks.block_lengths)])
     cid = blocks.corpus_id
     docs = pa.table({"corpus_id": [cid] * len(blocks.documents),
                      "doc_id": [d.doc_id for d in blocks.documents],
@@ -293,34 +297,53 @@ def accumulators(config: BuildConfig, saes: Sequence[AtlasSAE], n_blocks: int, *
                  shard_blocks: int | None = None) -> dict[str, FeatureAccumulator]:
     """One accumulator per SAE (`block_firings` in full or per feature by `firings_kept`)."""
     return {s.sae_id: FeatureAccumulator(
-        s.sae.cfg.d_sae, n_blocks, block_size=config.block_size, threshold=config.threshold,
+        s.sae.cfg.d_sae, n_blocks, block_size=row_width(config.block_rule, config.block_size),
+        threshold=config.threshold,
         n_examples=config.n_examples, firings_top=firings_kept(s.sae.cfg.d_sae, n_blocks),
         shard_blocks=shard_blocks, per_bin=config.decile_examples) for s in saes}
 
 
+class Encoders:
+    """Each SAE as the harvest encodes with it (`BuildConfig.sae_dtype`), made once on the first
+    batch, when the residuals' dtype is known."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+        self.saes: dict[str, SAE] = {}
+
+    def __call__(self, s: AtlasSAE, residuals: torch.dtype) -> SAE:
+        if s.sae_id not in self.saes:
+            dtype = encode_dtype(self.setting, residuals, s.sae.W_dec.dtype)
+            self.saes[s.sae_id] = encoding_copy(s.sae, dtype)
+        return self.saes[s.sae_id]
+
+
 def harvest_batch(saes: Sequence[AtlasSAE], accs: dict[str, FeatureAccumulator],
                   quality: dict[str, QualityPartial], batch: ActivationBatch,
-                  held: np.ndarray) -> None:
+                  held: np.ndarray, encoders: Encoders) -> None:
     """Encode one batch with every SAE and add it to their accumulators (and to the held-out
-    quality sums of the SAEs in `quality`; `held` marks the corpus's held-out blocks)."""
+    quality sums of the SAEs in `quality`, measured with the SAE's own weights; `held` marks
+    the corpus's held-out blocks)."""
     rows = held[batch.start:batch.start + len(batch.token_ids)]
     for s in saes:
-        accs[s.sae_id].update(batch.start, encode_batch(s, batch), batch.token_ids,
-                              batch.masks[s.hook.name])
+        acts = batch.acts[s.hook.name]
+        accs[s.sae_id].update(batch.start, encode_batch(encoders(s, acts.dtype), acts,
+                                                        batch.masks[s.hook.name]),
+                              batch.token_ids, batch.masks[s.hook.name])
         if s.sae_id in quality and rows.any():
             keep = batch.masks[s.hook.name].clone()
             keep[torch.from_numpy(~rows).to(keep.device)] = False
-            quality[s.sae_id].update(s.sae, batch.acts[s.hook.name][keep])
+            quality[s.sae_id].update(s.sae, acts[keep])
 
 
-def encode_batch(s: AtlasSAE, batch: ActivationBatch) -> SparseCodes:
-    """One SAE's sparse codes of a batch; rows index the batch's flattened tokens. Only
-    counted positions are encoded (padding and sinks never count)."""
-    acts = batch.acts[s.hook.name]
-    rows = batch.masks[s.hook.name].reshape(-1).nonzero().squeeze(1)
-    flat = sae_input(s.sae, acts.reshape(-1, acts.shape[-1])[rows].to(s.sae.W_dec.device,
-                                                                        s.sae.W_dec.dtype))
-    codes = encode_sparse(s.sae, flat)
+def encode_batch(sae: SAE, acts: Float[torch.Tensor, "b t d"],
+                 mask: Bool[torch.Tensor, "b t"]) -> SparseCodes:
+    """An SAE's sparse codes of a batch of residuals; rows index the batch's flattened tokens.
+    Only the positions in `mask` are encoded (padding and sinks never count)."""
+    rows = mask.reshape(-1).nonzero().squeeze(1)
+    flat = sae_input(sae, acts.reshape(-1, acts.shape[-1])[rows].to(sae.W_dec.device,
+                                                                    sae.W_dec.dtype))
+    codes = encode_sparse(sae, flat)
     return SparseCodes(rows.to(codes.rows.device)[codes.rows], codes.features, codes.values)
 
 
@@ -338,12 +361,13 @@ def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[Act
     measure = [s for s in saes if s.quality is None]
     parts: dict[str, list[QualityPartial]] = {s.sae_id: [] for s in measure}
     held = held_out_blocks(config, n_blocks)
+    encoders = Encoders(config.sae_dtype)
     bar = Progress("harvest", total=total_tokens, unit="tok")
     for _, shard in itertools.groupby(batches, key=lambda b: b.start // config.shard_blocks):
         quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
                    for s in measure}
         for batch in shard:
-            harvest_batch(saes, accs, quality, batch, held)
+            harvest_batch(saes, accs, quality, batch, held, encoders)
             bar.update(batch.token_ids.numel())
         for sid, q in quality.items():
             parts[sid].append(q)
@@ -367,8 +391,9 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
     quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
                for s in saes if s.sae_id in measure}
     held = held_out_blocks(config, n_blocks)
+    encoders = Encoders(config.sae_dtype)
     for batch in batches:
-        harvest_batch(saes, accs, quality, batch, held)
+        harvest_batch(saes, accs, quality, batch, held, encoders)
         if on_batch is not None:
             on_batch(batch.token_ids.numel())
     return {sid: shards.partial_of(acc, sid, start, stop, quality.get(sid))
@@ -383,7 +408,8 @@ def merge_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
     stats, quality = {}, {}
     for s in saes:
         merger = shards.Merger(d_sae=s.sae.cfg.d_sae, n_blocks=n_blocks,
-                               block_size=config.block_size, n_examples=config.n_examples)
+                               block_size=row_width(config.block_rule, config.block_size),
+                               n_examples=config.n_examples)
         qualities = []
         for p in parts[s.sae_id]:
             merger.add(p)
@@ -421,7 +447,10 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
                "n_blocks": blocks.n_blocks, "block_size": blocks.block_size,
                "threshold": config.threshold,
                "config": {**_config_json(config),
-                          "model_dtype": str(lm.dtype).removeprefix("torch.")},
+                          "model_dtype": str(lm.dtype).removeprefix("torch."),
+                          "encode_dtype": str(encode_dtype(
+                              config.sae_dtype, lm.dtype, planned.sae.W_dec.dtype,
+                          )).removeprefix("torch.")},
                "build_key": build_key(config),
                "decoder_checksum": store.checksum(unit), "cooccurrence_storage": storage,
                "block_firings_kept": ("all" if stats.firings_top is None
@@ -578,7 +607,7 @@ def _decile_examples(lm: LoadedModel, sae_id: str, blocks: Blocks, config: Build
     if stats.histogram is None or stats.samples is None:
         return None
     ex = decile_examples(stats.histogram, stats.samples, per_decile=config.decile_examples)
-    blk, pos = ex.position // config.block_size, ex.position % config.block_size
+    blk, pos = ex.position // blocks.block_size, ex.position % blocks.block_size
     token, context, start = _contexts(lm, blocks, blk, pos)
     return pa.table({
         "sae_id": [sae_id] * len(blk), "feature": ex.feature.astype(np.int32),

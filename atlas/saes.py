@@ -9,6 +9,7 @@ threshold assumes.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import logging
 import math
@@ -151,6 +152,22 @@ def reads_centered(sae: SAE) -> bool:
 def sae_input(sae: SAE, x: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... d"]:
     """Residuals of the Hugging Face model as the SAE expects them (see `reads_centered`)."""
     return x - x.mean(-1, keepdim=True) if reads_centered(sae) else x
+
+
+def encode_dtype(setting: str, residuals: torch.dtype, own: torch.dtype) -> torch.dtype:
+    """The dtype a harvest encodes in (`BuildConfig.sae_dtype`): 'auto' is bfloat16 where the
+    residuals are bfloat16 and the SAE's own dtype otherwise."""
+    if setting == "auto":
+        return torch.bfloat16 if residuals == torch.bfloat16 else own
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+
+
+def encoding_copy(sae: SAE, dtype: torch.dtype) -> SAE:
+    """The SAE itself when it already is in `dtype`, else a copy cast to it (the original
+    keeps its weights: quality and decoder geometry read those)."""
+    if sae.W_dec.dtype == dtype:
+        return sae
+    return copy.deepcopy(sae).to(dtype=dtype)
 
 
 def pre_topk_codes(sae: SAE, x: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... f"]:

@@ -158,12 +158,15 @@ def instrumented_harvest(config: BuildConfig, lm: LoadedModel, saes: list[AtlasS
 
     batches = forward_batches(lm, blocks, [s.hook for s in saes],
                               batch_blocks=config.batch_blocks)
+    encoders = pipeline.Encoders(config.sae_dtype)
     while True:
         batch = stages.time("forward", next, batches, None)
         if batch is None:
             break
         for s in saes:
-            codes = stages.time("encode", pipeline.encode_batch, s, batch)
+            acts, mask = batch.acts[s.hook.name], batch.masks[s.hook.name]
+            codes = stages.time("encode", pipeline.encode_batch, encoders(s, acts.dtype), acts,
+                                mask)
             acc = accs[s.sae_id]
             before = stages.seconds.get("co-occurrence", 0.0)
             stages.time("statistics", acc.update, batch.start, codes, batch.token_ids,

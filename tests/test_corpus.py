@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -111,3 +112,79 @@ def test_a_packed_build_records_its_rule_and_full_blocks(tmp_path):
         lengths = {r[0] for r in con.execute("SELECT DISTINCT n_tokens FROM blocks").fetchall()}
         runs = con.execute("SELECT count(*) FROM analysis_runs").fetchone()[0]
     assert (rule, n_blocks, n_tokens, lengths) == ("packed", 96, 96 * 64, {64}) and runs == 0
+
+
+def _words(n: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    vocab = ["river", "sea", "king", "queen", "stone", "bridge", "def", "return", "import",
+             "light", "cloud", "north", "value", "table", "green", "old", "walks", "flows"]
+    return " ".join(rng.choice(vocab, n))
+
+
+def test_li2024_blocks_are_the_full_windows_of_one_context_per_document(tiny_lm):
+    """Each document is one context (start token + at most 1,023 tokens); its blocks are the
+    full windows inside it, each row holding the document up to the window's end."""
+    from atlas.corpus import LI2024_CONTEXT
+
+    tok = tiny_lm.tokenizer
+    texts = [_words(40, 0), _words(600, 1), _words(3000, 2)]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    w = 128
+    blocks = tokenize_blocks(documents_for(texts), tok, tokens=10 ** 6, block_size=w,
+                             rule="li2024")
+    want = [(d, j) for d, x in enumerate(ids) for j in range(min(len(x), 1023) // w)]
+    assert len(ids[0]) < w and len(ids[2]) > 1023            # one too short, one truncated
+    assert blocks.n_blocks == len(want) and blocks.token_ids.shape[1] == LI2024_CONTEXT
+    start = start_token(tok)
+    kept = [d for d in range(3) if any(x == d for x, _ in want)]
+    for b, (d, j) in enumerate(want):
+        row, mask = blocks.token_ids[b], blocks.mask[b]
+        assert row[0] == start and list(row[1:1 + (j + 1) * w]) == ids[d][:(j + 1) * w]
+        assert list(np.flatnonzero(mask)) == list(range(1 + j * w, 1 + (j + 1) * w))
+        assert blocks.documents[blocks.doc_ids[b]].text == texts[d]
+    assert blocks.n_tokens == len(want) * w and len(blocks.documents) == len(kept)
+
+
+def test_li2024_cooccurrence_equals_the_reference_loop(tiny_lm):
+    """Transcribed from the geometry paper's counting script (feature_cooccurrences_pile_all):
+    tokenize with truncation to 1,024, one forward pass, acts = encode(resid) > threshold,
+    drop position 0, for j in range(0, len, k): only if j + k <= len, any() over the chunk,
+    histogram += outer(chunk_features, chunk_features)."""
+    import torch
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    from atlas import pipeline
+    from atlas.harvest import forward_batches
+    from atlas.models import HookPoint, capture_residuals
+    from tests.conftest import tiny_config
+    from tests.test_harvest import QUALITY
+
+    tok, hook, k, threshold = tiny_lm.tokenizer, HookPoint(2), 64, 0.5
+    texts = [_words(n, s) for s, n in enumerate((30, 150, 260, 900, 2000, 70, 400))]
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=tiny_lm.d_model, d_sae=48, k=5,
+                                metadata=SAEMetadata(hook_name=hook.name))).eval()
+    # The reference loop.
+    hist, n_chunks = np.zeros((48, 48), np.int64), 0
+    for text in texts:
+        ids = [start_token(tok), *tok(text, add_special_tokens=False)["input_ids"]][:1024]
+        resid = capture_residuals(tiny_lm, torch.tensor([ids]), [hook])[hook.name]
+        acts = (sae.encode(resid) > threshold).float()[0, 1:]
+        for j in range(0, acts.shape[0], k):
+            if j + k <= acts.shape[0]:
+                chunk = acts[j:j + k].any(0)
+                hist += torch.outer(chunk, chunk).long().numpy()
+                n_chunks += 1
+    # The atlas under the li2024 rule.
+    blocks = tokenize_blocks(documents_for(texts), tok, tokens=10 ** 6, block_size=k,
+                             rule="li2024")
+    config = tiny_config(Path("unused.duckdb"), block_rule="li2024", block_size=k, threshold=threshold)
+    planned = pipeline.AtlasSAE("random/L2", hook, "random", sae, quality=QUALITY)
+    stats, _ = pipeline.harvest(config, [planned], forward_batches(tiny_lm, blocks, [hook],
+                                                                   batch_blocks=4),
+                                n_blocks=blocks.n_blocks)
+    got = stats[planned.sae_id]
+    assert blocks.n_blocks == n_chunks and got.n_blocks == n_chunks
+    assert np.array_equal(got.cooccurrence.dense(), hist)
+    assert np.array_equal(got.block_count, np.diag(hist))

@@ -1,4 +1,6 @@
+import dataclasses
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,8 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atlas.saes import SAEQuality
 from atlas.harvest import (FeatureAccumulator, SparseCodes, cooccurrence, encode_sparse,
                            sink_free, top_tokens)
+
+QUALITY = SAEQuality(l0=0.0, explained_variance=0.0, dead_fraction=0.0, n_tokens=0)
 
 
 def planted_batches(n_blocks=12, t=16, f=10, seed=0):
@@ -336,3 +341,54 @@ def test_blocks_run_in_groups_of_similar_length_and_come_back_in_order(tiny_lm):
                 blocks.token_ids[i:i + 1]), [h])[h.name] for i in range(rows.start, rows.stop)])
             np.testing.assert_allclose(b.acts[h.name][mask].numpy(), alone[mask].numpy(),
                                        rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_residuals_are_encoded_by_a_bfloat16_copy_and_counted_exactly():
+    """`sae_dtype` auto: a bfloat16 model's residuals are encoded by a bfloat16 copy of each
+    encoder; the counts equal a recount with that copy (and with float32 when asked), the
+    SAE keeps its float32 weights, and the two encodings fire on nearly the same tokens."""
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    from atlas import pipeline
+    from atlas.corpus import documents_for, tokenize_blocks
+    from atlas.harvest import forward_batches
+    from atlas.models import HookPoint, load_model
+    from atlas.saes import encode_dtype, encoding_copy, sae_input
+    from tests.conftest import tiny_config
+    from tests.tiny import tiny_model_dir
+
+    lm = load_model(str(tiny_model_dir()), device="cpu", dtype="bfloat16")
+    hook = HookPoint(2)
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=lm.d_model, d_sae=96, k=6,
+                                metadata=SAEMetadata(hook_name=hook.name))).eval()
+    planned = pipeline.AtlasSAE("random/L2", hook, "random", sae)
+    text = "The river flows to the sea and a king walks by the old stone bridge. " * 6
+    blocks = tokenize_blocks(documents_for([text, text.upper()]), lm.tokenizer, tokens=2000,
+                             block_size=32)
+    batches = list(forward_batches(lm, blocks, [hook], batch_blocks=4))
+    assert batches[0].acts[hook.name].dtype == torch.bfloat16
+    fired, top = {}, {}
+    for setting, dtype in (("auto", torch.bfloat16), ("float32", torch.float32)):
+        assert encode_dtype(setting, torch.bfloat16, torch.float32) == dtype
+        config = tiny_config(Path("unused.duckdb"), sae_dtype=setting, threshold=0.5,
+                             block_size=32)
+        stats, _ = pipeline.harvest(config, [dataclasses.replace(planned, quality=QUALITY)],
+                                    iter(batches), n_blocks=blocks.n_blocks)
+        copy = encoding_copy(sae, dtype)
+        counts = np.zeros(96, np.int64)
+        hits = []
+        for b in batches:
+            x = b.acts[hook.name][b.masks[hook.name]]
+            codes = copy.encode(sae_input(copy, x.to(dtype))).float()
+            counts += (codes > 0.5).sum(0).numpy()
+            hits.append((codes > 0.5).numpy())
+        assert np.array_equal(stats[planned.sae_id].firing_count, counts)
+        fired[setting] = np.concatenate(hits)
+        top[setting] = stats[planned.sae_id].max_act
+    assert sae.W_dec.dtype == torch.float32
+    agree = (fired["auto"] == fired["float32"]).mean()
+    assert agree > 0.99, agree
+    assert not np.array_equal(top["auto"], top["float32"])  # two encodings, not one
+    np.testing.assert_allclose(top["auto"], top["float32"], rtol=0.05)

@@ -75,7 +75,10 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     """Co-occurrence lobes and geometric clusters for each k, and their modularity tests."""
     con = inputs.con
     (sae_id,) = subject.sae_ids
-    n_blocks = con.execute("SELECT n_blocks FROM harvests WHERE sae_id = ?", [sae_id]).fetchone()[0]
+    n_blocks, rule, size = con.execute(
+        "SELECT h.n_blocks, c.block_rule, c.block_size FROM harvests h "
+        "JOIN corpora c ON c.corpus_id = h.corpus WHERE h.sae_id = ?", [sae_id]).fetchone()
+    window = window_rule(rule, size, n_blocks)
     counts = con.execute("SELECT block_count FROM features WHERE sae_id = ? ORDER BY feature",
                          [sae_id]).fetchnumpy()["block_count"].astype(np.float64)
     # Phi is undefined for features that fire in no block or in every block.
@@ -114,7 +117,7 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
                           "logreg_random_std": pred.random_std, "logreg_z": pred.z,
                           "logreg_draws": pred.n_draws, "chance": pred.chance,
                           "logreg_definition": pred.definition,
-                          "graph": graph})
+                          "graph": graph, "window_rule": window})
     n = len(keep)
     clusters = pa.table({
         "sae_id": [sae_id] * n * len(cluster_rows),
@@ -130,6 +133,16 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
                        "y": xy[:, 1]})
     return Output({"clusters": clusters, "lobe_tests": pa.Table.from_pylist(tests),
                    "feature_maps": layout}, {"sae_id": sae_id, "tests": tests})
+
+
+def window_rule(rule: str, row_width: int, n_blocks: int) -> str:
+    """What one co-occurrence window of the harvest was, as `lobe_tests.window_rule` names it."""
+    if rule == "li2024":
+        return f"li2024: full windows inside one context per document ({n_blocks} windows)"
+    if rule == "document":
+        return (f"document: each block its own context (start token + up to {row_width - 1} "
+                f"tokens of one document, short last blocks counted; {n_blocks} blocks)")
+    return f"packed: full blocks of {row_width} tokens across documents ({n_blocks} blocks)"
 
 
 def load_cooccurrence(con, sae_id: str, keep: np.ndarray):
