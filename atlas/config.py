@@ -49,9 +49,10 @@ class BuildConfig:
     """Tokens per block; co-occurrence is counted over blocks."""
 
     block_rule: Literal["document", "packed", "li2024"] = "document"
-    """How the corpus is cut into blocks: 'document' (the geometry paper's rule: a block never
-    spans two documents; a document's last block is shorter), 'packed' (documents joined by
-    the end-of-text token and cut into full blocks, which may span two documents) or 'li2024'
+    """How the corpus is cut into blocks: 'document' (a block never spans two documents, as in
+    the geometry paper, and runs as its own context; a document's last block is shorter),
+    'packed' (documents joined by the end-of-text token and cut into full blocks, which may
+    span two documents) or 'li2024'
     (the co-occurrence windows of Li et al.'s reference code: each document run once as one
     context of at most 1,024 tokens, its start token left out, blocks = the full
     --block-size windows inside it; shorter documents and remainders count nowhere)."""

@@ -153,6 +153,22 @@ def test_absorption_command_stores_both_definitions_side_by_side(atlas_copy, cap
             # SAEBench evaluates an SAE only with 20 letters its probe reads (F1 > 0.6)
             assert evaluated == (scored >= (20 if defn == "saebench" else 1))
             assert (rate is None) == (not evaluated or scored == 0)
+        # The stored probe directions and decoders give the stored decoder cosines of the
+        # main latents and of each absorbing latent.
+        from atlas import store
+
+        for sid in ids:
+            unit = store.load_decoders(con, sid).astype(np.float64)
+            for main_latents, main_cos, direction in con.execute(
+                    "SELECT main_latents, main_cos, probe_direction FROM absorption_letters "
+                    "l JOIN analysis_runs USING (run_id) WHERE l.sae_id = ?", [sid]).fetchall():
+                assert abs(np.linalg.norm(direction) - 1) < 1e-9
+                np.testing.assert_allclose(unit[main_latents] @ direction, main_cos, atol=1e-5)
+            for absorber, cos, direction in con.execute(
+                    "SELECT w.absorber, w.absorber_cos, l.probe_direction FROM absorbed_words w "
+                    "JOIN absorption_letters l USING (run_id, letter) WHERE w.sae_id = ?",
+                    [sid]).fetchall():
+                assert abs(unit[absorber] @ direction - cos) < 1e-5
     # a second run of one SAE replaces its rows under that definition and keeps the others
     before = _counts(db)
     assert main(["absorption", "--db", str(db), "--sae", "L1", "--max-k", "4",

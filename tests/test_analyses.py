@@ -70,6 +70,11 @@ def test_lobes_and_modularity(con, tiny_atlas):
         # the paper's test in the build too: 100 draws, balanced accuracy (chance 1 / lobes)
         assert draws == 100 and rstd > 0 and definition == "li2024"
         assert chance in {1 / n for n in range(1, k + 1)}
+    # every result names the co-occurrence windows it counted: the build's document blocks
+    n_blocks = con.execute("SELECT n_blocks FROM corpora").fetchone()[0]
+    rules = con.execute("SELECT DISTINCT window_rule FROM lobe_modularity").fetchall()
+    assert rules == [(f"document: each block its own context (start token + up to 63 tokens "
+                      f"of one document, short last blocks counted; {n_blocks} blocks)",)]
     sizes = con.execute("SELECT sae_id, k, sum(n_features) FROM lobes GROUP BY 1, 2").fetchall()
     for sae_id, k, total in sizes:
         n = con.execute("SELECT count(*) FROM clusters WHERE sae_id = ? AND k = ? AND "
@@ -120,6 +125,26 @@ def test_crystal_lda_and_word_representations(con):
         assert len(chosen) == 1 and chosen[0][3] == max(r[3] for r in mine)
     used = con.execute("SELECT DISTINCT hook, representation FROM crystal_tasks").fetchall()
     assert {(h, r) for h, r in used} == {(r[0], r[1]) for r in reps if r[2]}
+
+
+def test_crystal_silhouettes_recompute_from_the_stored_difference_vectors(con):
+    """The stored pair differences alone give the stored silhouettes: raw (Euclidean, classes =
+    tasks) and after the paper's LDA fitted on every pair."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.metrics import silhouette_score
+
+    for hook, want0, want_top, top in con.execute(
+            "SELECT hook, max(silhouette) FILTER (WHERE n_components = 0), "
+            "arg_max(silhouette, n_components), max(n_components) "
+            "FROM crystal_separation GROUP BY hook").fetchall():
+        rows = con.execute("SELECT task, vector FROM crystal_differences WHERE hook = ? "
+                           "ORDER BY rowid", [hook]).fetchall()
+        labels = np.array([t for t, _ in rows])
+        diffs = np.array([v for _, v in rows], dtype=np.float64)
+        assert diffs.shape[1] == con.execute("SELECT d_model FROM models").fetchone()[0]
+        assert abs(silhouette_score(diffs, labels) - want0) < 1e-9
+        lda = LinearDiscriminantAnalysis(n_components=top).fit_transform(diffs, labels)
+        assert abs(silhouette_score(lda, labels) - want_top) < 1e-6
 
 
 def test_rerunning_analyses_replaces_results(tiny_atlas, tmp_path):

@@ -39,6 +39,18 @@ def test_compare_all_pairs_fills_the_universality_view(atlas_copy, capsys):
         assert [(r[0], r[1]) for r in rows] == [(1, 3)]
         n = con.execute("SELECT count(*) FROM matched_pairs WHERE kept").fetchone()[0]
         assert n == rows[0][2] and np.isfinite(rows[0][3])
+        # The scores are recomputable from what the atlas stores: the kept pairs and the
+        # stored decoder rows give the stored SVCCA and RSA.
+        from atlas import store
+        from atlas.geometry import universality as un
+
+        sae_a, sae_b = con.execute("SELECT sae_a, sae_b FROM universality_scores").fetchone()
+        fa, fb = con.execute("SELECT list(feature_a ORDER BY feature_b), list(feature_b ORDER "
+                             "BY feature_b) FROM matched_pairs WHERE kept").fetchone()
+        x = store.load_decoders(con, sae_a)[fa].astype(np.float64)
+        y = store.load_decoders(con, sae_b)[fb].astype(np.float64)
+        assert abs(un.svcca(x, y, rule="lan2024") - rows[0][3]) < 1e-9
+        assert abs(un.rsa(x, y) - rows[0][5]) < 1e-9
     # A re-run replaces the pair's results.
     assert main(["compare", "--db", str(db), "--sae", "L1,L3", "--blocks", "16",
                  "--permutations", "20"]) == 0

@@ -303,7 +303,8 @@ def run_tables(sae_id: str, vocab: Vocabulary,
                 "main_latents": r.main_latents, "main_cos": r.main_cos, "n_split": r.n_split,
                 "n_true_positives": r.n_true_positives, "scored": r.scored,
                 "absorption_rate": r.absorption_rate,
-                "full_absorption_rate": r.full_absorption_rate, "n_full": r.n_full}
+                "full_absorption_rate": r.full_absorption_rate, "n_full": r.n_full,
+                "probe_direction": np.asarray(r.probe, np.float64).tolist()}
                for r in result.letters]
     words = [{"sae_id": sae_id, "letter": w.letter,
               "token_id": int(vocab.token_ids[w.word]), "word": vocab.words[w.word],
@@ -321,7 +322,8 @@ def run_tables(sae_id: str, vocab: Vocabulary,
                           ("main_cos", pa.list_(pa.float64())), ("n_split", pa.int32()),
                           ("n_true_positives", pa.int32()), ("scored", pa.bool_()),
                           ("absorption_rate", pa.float64()),
-                          ("full_absorption_rate", pa.float64()), ("n_full", pa.int32())])
+                          ("full_absorption_rate", pa.float64()), ("n_full", pa.int32()),
+                          ("probe_direction", pa.list_(pa.float64()))])
     schema_w = pa.schema([("sae_id", pa.string()),
                           ("letter", pa.string()), ("token_id", pa.int32()),
                           ("word", pa.string()), ("probe_projection", pa.float64()),

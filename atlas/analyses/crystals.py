@@ -209,7 +209,7 @@ def _paper_experiment(vectors, tasks, test, base, hidden) -> tuple[list[dict], l
     pca, lda = cr.lda_layout(diffs, labels)
     diff_rows = [{**row, "task": task, "subject": s, "object": o, "heldout": bool(h),
                   "x_pca": pca[n, 0], "y_pca": pca[n, 1], "x_lda": lda[n, 0],
-                  "y_lda": lda[n, 1]}
+                  "y_lda": lda[n, 1], "vector": diffs[n].tolist()}
                  for n, ((task, s, o), h) in enumerate(zip(names, heldout))]
     return lda_rows, diff_rows
 
