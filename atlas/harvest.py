@@ -104,12 +104,27 @@ def length_groups(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
     return groups
 
 
+def prefix_roots(ids: Int[torch.Tensor, "b t"], lengths: np.ndarray) -> np.ndarray:
+    """For each row, the row whose pass also gives its residuals: itself, or a later row that
+    starts with it (an li2024 window's row is a prefix of the next window's row of the same
+    document; causal attention makes a prefix's residuals those of the longer pass)."""
+    roots = np.arange(len(lengths))
+    for i in range(len(lengths) - 2, -1, -1):
+        n = int(lengths[i])
+        if n <= lengths[i + 1] and torch.equal(ids[i, :n], ids[i + 1, :n]):
+            roots[i] = roots[i + 1]
+    return roots
+
+
 def _window_residuals(lm: LoadedModel, ids: Int[torch.Tensor, "b t"],
                       mask: Bool[torch.Tensor, "b t"], hooks: Sequence[HookPoint],
                       budget: int) -> dict[str, Float[torch.Tensor, "b t d"]]:
     lengths = block_lengths(mask).numpy()
+    roots = prefix_roots(ids, lengths)
+    run = np.flatnonzero(roots == np.arange(len(roots)))
     out: dict[str, torch.Tensor] = {}
-    for group in length_groups(lengths, budget):
+    for group in length_groups(lengths[run], budget):
+        group = run[group]
         cut = int(lengths[group].max())
         acts = capture_residuals(lm, ids[group, :cut], hooks)
         rows = torch.from_numpy(group).to(lm.device)
@@ -118,6 +133,10 @@ def _window_residuals(lm: LoadedModel, ids: Int[torch.Tensor, "b t"],
                 out[name] = torch.zeros(ids.shape + (a.shape[-1],), dtype=a.dtype,
                                         device=a.device)
             out[name][rows, :cut] = a
+    for i in np.flatnonzero(roots != np.arange(len(roots))):
+        n = int(lengths[i])
+        for a in out.values():
+            a[i, :n] = a[roots[i], :n]
     return out
 
 

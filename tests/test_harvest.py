@@ -392,3 +392,26 @@ def test_bfloat16_residuals_are_encoded_by_a_bfloat16_copy_and_counted_exactly()
     assert agree > 0.99, agree
     assert not np.array_equal(top["auto"], top["float32"])  # two encodings, not one
     np.testing.assert_allclose(top["auto"], top["float32"], rtol=0.05)
+
+
+def test_a_row_that_is_a_prefix_of_the_next_is_read_from_the_longer_pass(tiny_lm):
+    """li2024 rows of one document are prefixes of each other: only the longest runs, and
+    every row's counted residuals equal a pass over that row alone."""
+    from atlas.corpus import documents_for, tokenize_blocks
+    from atlas.harvest import forward_range, prefix_roots
+    from atlas.models import HookPoint, capture_residuals
+
+    text = " ".join(["the river flows past the old stone bridge to the sea"] * 40)
+    blocks = tokenize_blocks(documents_for([text, text.upper()]), tiny_lm.tokenizer,
+                             tokens=10 ** 5, block_size=64, rule="li2024")
+    ids = torch.from_numpy(blocks.token_ids)
+    roots = prefix_roots(ids, blocks.block_lengths)
+    assert len(set(roots.tolist())) == 2 < blocks.n_blocks      # one pass per document
+    hook = HookPoint(2)
+    got = torch.cat([b.acts[hook.name] for b in forward_range(
+        tiny_lm, blocks.token_ids, blocks.mask, [hook], batch_blocks=4)])
+    for i in range(blocks.n_blocks):
+        n = int(blocks.block_lengths[i])
+        alone = capture_residuals(tiny_lm, ids[i:i + 1, :n], [hook])[hook.name][0]
+        m = torch.from_numpy(blocks.mask[i, :n])
+        np.testing.assert_allclose(got[i, :n][m].numpy(), alone[m].numpy(), atol=1e-4)
