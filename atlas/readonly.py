@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from atlas.errors import AtlasError
-from atlas.store import MIGRATIONS_TABLE
+from atlas.store import MIGRATIONS_TABLE, check_version
 
 SAFE_CONFIG = {
     "enable_external_access": False,
@@ -115,6 +115,7 @@ def open_readonly(path: Path | str, limits: Limits | None = None) -> duckdb.Duck
     if MIGRATIONS_TABLE not in names:
         con.close()
         raise AtlasError(f"{path} holds no atlas; build one with `atlas build --db {path}`")
+    check_version(con, path)
     return con
 
 

@@ -26,6 +26,11 @@ from atlas.geometry.vectors import unit
 log = logging.getLogger(__name__)
 
 MIGRATIONS_TABLE = "atlas_migrations"
+SCHEMA_VERSION = 1
+"""000_core.sql and each analysis's file (010-050) are version 1's tables in their current
+shape; later changes go in new numbered files (060-099), views in 100+."""
+BEFORE_V1 = "001_schema.sql"
+"""The first migration of the atlases written before version 1 (they hold it applied)."""
 
 
 def sql_files() -> list[tuple[str, str]]:
@@ -57,6 +62,9 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     if read_only:
         _check_schema(con, path)
     else:
+        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                       [MIGRATIONS_TABLE]).fetchone()[0]:
+            check_version(con, path)
         migrate(con)
     return con
 
@@ -66,6 +74,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     con.execute(f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (name VARCHAR PRIMARY KEY, "
                 "checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
     done = dict(con.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}").fetchall())
+    _refuse_before_v1(done, con)
     _refuse_newer(done)
     applied = []
     for name, text in sql_files():
@@ -90,12 +99,36 @@ def _check_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     if MIGRATIONS_TABLE not in tables:
         raise AtlasError(f"{path} is a DuckDB file but holds no atlas; build one with "
                          f"`atlas build --db {path}`")
-    newer = _newer(dict(con.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}")
-                        .fetchall()))
+    done = dict(con.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}").fetchall())
+    _refuse_before_v1(done, con, path)
+    newer = _newer(done)
     if newer:
         log.warning("%s was written by a newer version of the atlas (schema %s); reading it "
                     "may miss what that version added: upgrade the atlas package", path,
                     ", ".join(newer))
+
+
+def _refuse_before_v1(done: dict[str, str], con: duckdb.DuckDBPyConnection,
+                      path: Path | None = None) -> None:
+    if BEFORE_V1 not in done:
+        return
+    if path is None:
+        row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = "
+                          "current_database()").fetchone()
+        path = Path(row[0]) if row and row[0] else Path("atlas.duckdb")
+    con.close()
+    raise AtlasError(
+        f"{path} was written by an earlier version of the atlas (before schema version "
+        f"{SCHEMA_VERSION}), which this version neither reads nor extends; nothing was changed. "
+        f"Move it aside and rebuild it: `atlas build --db {path}` with the settings it was "
+        "built with (its harvests.config); its trained SAEs in "
+        f"{path}.saes/ load back with --sae-path")
+
+
+def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse (closing `con`) an atlas written before schema version 1."""
+    done = dict(con.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}").fetchall())
+    _refuse_before_v1(done, con, path)
 
 
 def _newer(done: dict[str, str]) -> list[str]:

@@ -217,35 +217,3 @@ def test_every_run_is_recorded_with_its_definition_and_settings(con, tiny_atlas)
             orphans = con.execute(f"SELECT count(*) FROM {table} WHERE run_id NOT IN "
                                   "(SELECT run_id FROM analysis_runs)").fetchone()[0]
             assert orphans == 0, table
-
-
-def test_an_atlas_of_the_earlier_schema_keeps_its_runs(tmp_path):
-    """Migration 008 moves universality's and absorption's run tables into analysis_runs."""
-    from atlas import store
-
-    db = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE atlas_migrations (name VARCHAR PRIMARY KEY, checksum VARCHAR "
-                "NOT NULL, applied_at TIMESTAMP NOT NULL)")
-    import hashlib
-
-    for name, text in store.sql_files():
-        if name < "008":
-            con.execute(text)
-            con.execute("INSERT INTO atlas_migrations VALUES (?, ?, now())",
-                        [name, hashlib.sha256(text.encode()).hexdigest()])
-    con.execute("INSERT INTO analysis_runs VALUES ('g1', 'S', 'galaxy', '{}', 1.0, now())")
-    con.execute("INSERT INTO universality_runs VALUES ('u1', 'A', 'B', 10, false, 5, 0.5, 0.2, "
-                "0.1, 0.01, 0.05, 0.3, 0.0, 0.02, 0.01, 100, '{\"svcca_max_dims\": 7}', now())")
-    con.execute("INSERT INTO absorption_runs VALUES ('a1', 'S', 100, 80, 20, 'p', '{}', 2.0, "
-                "3.0, now())")
-    con.close()
-    con = store.connect(db)
-    runs = con.execute("SELECT run_id, analysis, subject, definition FROM analysis_runs "
-                       "ORDER BY run_id").fetchall()
-    assert runs == [("a1", "absorption", "S", "atlas"), ("g1", "galaxy", "S", "atlas"),
-                    ("u1", "universality", "A ~ B", "atlas")]
-    assert con.execute("SELECT svcca, svcca_dims FROM universality_scores").fetchone() == (0.2, 7)
-    assert con.execute("SELECT n_words, setup_seconds FROM absorption_tasks").fetchone() == (
-        100, 2.0)
-    con.close()

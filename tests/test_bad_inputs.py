@@ -149,3 +149,26 @@ def test_a_disk_that_fills_during_a_write_loses_nothing(tiny_atlas, tmp_path):
     finally:
         if mounted:
             subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_an_atlas_written_before_schema_version_1_is_refused_with_the_rebuild(atlas_copy,
+                                                                              tiny_atlas,
+                                                                              capsys):
+    """Atlases of the migrations that version 1 squashed hold '001_schema.sql' applied: every
+    command refuses them in one line naming the rebuild, and changes nothing."""
+    from atlas.cli import main
+
+    db, _ = atlas_copy
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO atlas_migrations VALUES ('001_schema.sql', 'x', "
+                    "now()::TIMESTAMP)")
+    before = content(db)
+    proc = build(db, tiny_atlas[0].model)
+    one_line_error(proc, "before schema version 1", f"atlas build --db {db}", "--sae-path")
+    for args in (["analyze", "--db", str(db), "--analyses", "galaxy"],
+                 ["sql", "--db", str(db), "SELECT count(*) FROM saes"],
+                 ["info", "--db", str(db)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "before schema version 1" in err and f"atlas build --db {db}" in err
+    assert content(db) == before

@@ -78,7 +78,7 @@ def run(env: dict, *args: str, timeout: float = 600) -> str:
 
 def test_the_wheel_holds_the_sql_app_and_flows(wheel_env):
     names = zipfile.ZipFile(wheel_env["wheel"]).namelist()
-    for want in ("atlas/sql/001_schema.sql", "atlas/app/streamlit_app.py",
+    for want in ("atlas/sql/000_core.sql", "atlas/app/streamlit_app.py",
                  "atlas/flows/build.py", "atlas/analyses/runner.py", "atlas/data/"):
         assert any(n.startswith(want) for n in names), want
     assert not any(n.startswith(("flows/", "app/", "sql/", "tests/")) for n in names)
