@@ -6,12 +6,13 @@ module-level default connection.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def _refuse_newer(done: dict[str, str]) -> None:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -282,10 +283,9 @@ def insert_table(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> 
         con.execute(f"INSERT INTO {quote_identifier(table)} ({cols}) "
                     f"SELECT {cols} FROM _atlas_rows")
     finally:
-        try:
+        # an aborted transaction refuses even this; the rollback cleans up
+        with contextlib.suppress(duckdb.Error):
             con.unregister("_atlas_rows")
-        except duckdb.Error:
-            pass    # an aborted transaction refuses even this; the rollback cleans up
 
 
 def unit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

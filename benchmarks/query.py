@@ -74,7 +74,7 @@ def bench(kind: str, n: int, d: int, n_queries: int, approx: list[str], seed: in
         t0 = time.perf_counter()
         index = FeatureIndex.build(vectors, kind=approx_kind, seed=seed)
         t_build = time.perf_counter() - t0
-        t_q = p50(lambda q: index.index.search(q, 10), queries)
+        t_q = p50(lambda q, index=index: index.index.search(q, 10), queries)
         _, got = index.index.search(queries, 10)
         recall = np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got.tolist(),
                                                                      truth.tolist())])

@@ -68,16 +68,15 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"size": args.size, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "steps": []}
-    log = open(args.out / "gpu_check.log", "a")
-    for name, limit, what in STEPS:
-        if args.only and name not in args.only:
-            continue
-        result = run_step(name, limit * args.limit_scale, args, log)
-        result["checks"] = what
-        report["steps"].append(result)
-        write_json(args.out / "gpu_check.json", report)
-        print(f"{name}: {result['status']} ({result['seconds']:.1f}s)", flush=True)
-    log.close()
+    with open(args.out / "gpu_check.log", "a") as log:
+        for name, limit, what in STEPS:
+            if args.only and name not in args.only:
+                continue
+            result = run_step(name, limit * args.limit_scale, args, log)
+            result["checks"] = what
+            report["steps"].append(result)
+            write_json(args.out / "gpu_check.json", report)
+            print(f"{name}: {result['status']} ({result['seconds']:.1f}s)", flush=True)
     return 0 if all(s["status"].startswith("ok") for s in report["steps"]) else 1
 
 

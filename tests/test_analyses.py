@@ -65,7 +65,7 @@ def test_lobes_and_modularity(con, tiny_atlas):
                         "logreg_random_std, logreg_draws, logreg_definition "
                         "FROM lobe_modularity").fetchall()
     assert {t[1] for t in tests} == {2, 4, 8}
-    for _, k, ami, std, z, acc, chance, rstd, draws, definition in tests:
+    for _, k, ami, std, _z, acc, chance, rstd, draws, definition in tests:
         assert -1 <= ami <= 1 and std > 0 and 1 / k <= chance <= 1 and 0 <= acc <= 1
         # the paper's test in the build too: 100 draws, balanced accuracy (chance 1 / lobes)
         assert draws == 100 and rstd > 0 and definition == "li2024"

@@ -5,6 +5,7 @@ the library's import graph."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -37,10 +38,8 @@ def saved_once(final: Path, make) -> Path:
         model, tok = make()
         model.save_pretrained(partial)
         tok.save_pretrained(partial)
-        try:
+        with contextlib.suppress(OSError):  # another process saved it first
             partial.rename(final)
-        except OSError:  # another process saved it first
-            pass
         shutil.rmtree(partial.parent, ignore_errors=True)
     return final
 

@@ -400,7 +400,7 @@ def saebench_task(lm: LoadedModel, hooks: list[HookPoint], settings: Settings) -
         resid = grouped_residuals(lm, groups, vocab.token_ids, n, hooks)
     else:
         prompts = [None] * n
-        for side, pool in pools.items():
+        for pool in pools.values():
             made = icl_prompts([vocab.words[i] for i in pool], pool, settings.icl_examples,
                                rng, vocab.words)
             for i, p in zip(pool, made):

@@ -368,7 +368,7 @@ def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 10, max_w
     used: set[tuple[int, int]] = set()
     seen: set[frozenset[int]] = set()
     out: list[Crystal] = []
-    for err, *quad in table:
+    for _err, *quad in table:
         a, b, c, d = (int(x) for x in quad)
         sides = {tuple(sorted((a, b))), tuple(sorted((c, d)))}
         if sides & used or frozenset(quad) in seen:
