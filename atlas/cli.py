@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import sys
 import types
 import typing
@@ -546,6 +547,35 @@ COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": c
             "export": cmd_export,
             "analyze": cmd_analyze, "app": cmd_app, "compare": cmd_shortcut,
             "absorption": cmd_shortcut}
+
+
+def reference() -> str:
+    """The CLI reference in Markdown, from the parser itself: every command, and every flag
+    with its default and help (the README's "Command reference" is this text)."""
+    out = []
+    for name in COMMANDS:
+        parser = _parser(name)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[name]
+        about = next((c.help for c in sub._choices_actions if c.dest == name), "") or ""
+        out += [f"**`atlas {name}`**: {about.replace('%%', '%')}", "",
+                "| flag | default | what |", "|---|---|---|"]
+        for action in command._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            flag = ", ".join(action.option_strings)
+            if action.nargs != 0:
+                flag += f" {action.metavar or action.dest.upper()}" if not action.choices else (
+                    " {" + ",".join(map(str, action.choices)) + "}")
+            default = action.default
+            shown = ("" if default in (None, False, argparse.SUPPRESS, [], ()) else
+                     ",".join(map(str, default)) if isinstance(default, (list, tuple))
+                     else str(default))
+            text = " ".join((action.help or "").replace("%%", "%").split())
+            text = re.sub(r"\s*\(default: [^()]*\)$", "", text).replace("|", "\\|")
+            out.append(f"| `{flag}` | {shown and f'`{shown}`'} | {text} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,3 +36,25 @@ def test_ci_runs_the_readme_test_command():
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     assert "bash scripts/test.sh" in ci and "bash scripts/test.sh" in README
     assert "bash scripts/build.sh" in README
+
+
+def test_the_readme_command_reference_is_the_parser_s():
+    """The README's command reference is written from the parser (scripts/cli_reference.py):
+    every command and flag with its default, and nothing the parser does not have."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "cli_reference", Path(__file__).parent.parent / "scripts" / "cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.with_reference(README) == README, (
+        "README.md's command reference differs from the parser; run "
+        "`python scripts/cli_reference.py`")
+    from atlas.cli import _parser
+
+    for name in COMMANDS:
+        sub = _parser(name)._subparsers._group_actions[0].choices[name]
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert f"`{flag}" in README or f", {flag}" in README, (name, flag)
