@@ -89,7 +89,8 @@ class ActivationCache:
             acts = {}
             for name, mask in self.masks.items():
                 m = mask[start:end]
-                full = torch.zeros(m.shape + (self.rows[name].shape[1],))
+                full = torch.zeros(m.shape + (self.rows[name].shape[1],),
+                                   dtype=self.rows[name].dtype)
                 full[m] = self.residuals(name, start, end)
                 acts[name] = full
             yield ActivationBatch(start, self.token_ids[start:end], acts,
@@ -212,10 +213,15 @@ def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
 def cache_activations(lm: LoadedModel, blocks: Blocks, hooks: Sequence[HookPoint], *,
                       batch_blocks: int) -> ActivationCache:
     """One forward pass over the corpus, keeping the counted residuals at every hook on the
-    CPU (only the positions that count: about half of a document corpus's padded blocks)."""
+    CPU in the model's dtype (only the positions that count: about half of a document corpus's
+    padded blocks)."""
     # Filled in place: at most the corpus's counted positions per hook (fewer where sinks
     # are left out), so the cache never exists twice.
-    rows = {h.name: torch.empty(int(blocks.mask.sum()), lm.d_model) for h in hooks}
+    # In the model's dtype: a bfloat16 model's residuals are bfloat16 values, which float32
+    # would only widen (training reads them as float32); the harvest from the cache then sees
+    # the residuals a live pass gives, and encodes them the same way (`sae_dtype`).
+    rows = {h.name: torch.empty(int(blocks.mask.sum()), lm.d_model, dtype=lm.dtype)
+            for h in hooks}
     filled = dict.fromkeys(rows, 0)
     masks = {h.name: torch.zeros(blocks.token_ids.shape, dtype=torch.bool) for h in hooks}
     progress = Progress("forward", total=blocks.n_tokens, unit="tok")
@@ -223,7 +229,7 @@ def cache_activations(lm: LoadedModel, blocks: Blocks, hooks: Sequence[HookPoint
         sl = slice(batch.start, batch.start + len(batch.token_ids))
         for name in rows:
             mask = batch.masks[name]
-            got = batch.acts[name][mask].float().cpu()
+            got = batch.acts[name][mask].cpu()
             rows[name][filled[name]:filled[name] + len(got)] = got
             filled[name] += len(got)
             masks[name][sl] = mask.cpu()

@@ -415,3 +415,37 @@ def test_a_row_that_is_a_prefix_of_the_next_is_read_from_the_longer_pass(tiny_lm
         alone = capture_residuals(tiny_lm, ids[i:i + 1, :n], [hook])[hook.name][0]
         m = torch.from_numpy(blocks.mask[i, :n])
         np.testing.assert_allclose(got[i, :n][m].numpy(), alone[m].numpy(), atol=1e-4)
+
+
+def test_a_bfloat16_harvest_from_the_cache_equals_one_from_a_live_pass():
+    """The activation cache keeps the model's dtype: harvesting its batches (a trained build)
+    and harvesting a live pass (a resumed or loaded build) encode the same residuals the same
+    way, so the counts are equal."""
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    from atlas import pipeline
+    from atlas.corpus import documents_for, tokenize_blocks
+    from atlas.harvest import forward_batches
+    from atlas.models import HookPoint, load_model
+    from tests.conftest import tiny_config
+    from tests.tiny import tiny_model_dir
+
+    lm = load_model(str(tiny_model_dir()), device="cpu", dtype="bfloat16")
+    hook = HookPoint(2)
+    torch.manual_seed(1)
+    sae = TopKSAE(TopKSAEConfig(d_in=lm.d_model, d_sae=64, k=4,
+                                metadata=SAEMetadata(hook_name=hook.name))).eval()
+    planned = pipeline.AtlasSAE("random/L2", hook, "random", sae, quality=QUALITY)
+    text = "A king and a queen walk by the river to the old stone bridge. " * 5
+    blocks = tokenize_blocks(documents_for([text, text.lower(), text.upper()]), lm.tokenizer,
+                             tokens=2000, block_size=32)
+    config = tiny_config(Path("unused.duckdb"), block_size=32, threshold=0.5)
+    cache = pipeline.cache_activations(lm, blocks, [hook], batch_blocks=4)
+    assert cache.rows[hook.name].dtype == torch.bfloat16
+    runs = [cache.batches(4), forward_batches(lm, blocks, [hook], batch_blocks=4)]
+    cached, live = (pipeline.harvest(config, [planned], b, n_blocks=blocks.n_blocks)[0]
+                    [planned.sae_id] for b in runs)
+    assert np.array_equal(cached.firing_count, live.firing_count)
+    assert np.array_equal(cached.histogram, live.histogram)
+    np.testing.assert_array_equal(cached.max_act, live.max_act)
