@@ -264,21 +264,13 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
     sep = tokenizer.eos_token_id
     rows, doc_rows, source_rows, used, lengths = [], [], [], [], []
     for source, docs in groups.items():
-        if rule == "li2024":
-            got, owners, sizes = _li2024_blocks(docs, tokenizer, quotas[source],
-                                                start_token(tokenizer), window=block_size,
-                                                used=used)
-            if got:
-                rows.append(np.asarray(got))
-                doc_rows.append(np.asarray(owners))
-                lengths += sizes
-                source_rows += [source] * len(got)
-            continue
-        if rule == "document":
+        if rule in ("li2024", "document"):
             start = start_token(tokenizer)
-            got, owners, sizes = _document_blocks(docs, tokenizer, quotas[source], start,
-                                                  block_size=block_size,
-                                                  max_doc_blocks=max_doc_blocks, used=used)
+            got, owners, sizes = (
+                _li2024_blocks(docs, tokenizer, quotas[source], start, window=block_size,
+                               used=used) if rule == "li2024" else
+                _document_blocks(docs, tokenizer, quotas[source], start, block_size=block_size,
+                                 max_doc_blocks=max_doc_blocks, used=used))
             if got:
                 rows.append(np.asarray(got))
                 doc_rows.append(np.asarray(owners))
@@ -333,22 +325,20 @@ def _document_blocks(docs: list[Document], tokenizer, quota: int, start: int, *,
     text, padding), their documents, and their lengths."""
     step = block_size - 1
     rows, owners, lengths, total = [], [], [], 0
-    for chunk in _chunks(docs, 64):
+    for doc, ids in _encoded(docs, tokenizer):
         if total >= quota:
             break
-        encoded = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
-        for doc, ids in zip(chunk, encoded):
-            if total >= quota or not ids:
-                continue
-            doc_id = len(used)
-            used.append(Document(doc_id, doc.source, doc.title, doc.text))
-            ids = ids[:max_doc_blocks * step][:quota - total]
-            for s in range(0, len(ids), step):
-                piece = ids[s:s + step]
-                rows.append([start, *piece] + [start] * (step - len(piece)))
-                owners.append(doc_id)
-                lengths.append(1 + len(piece))
-            total += len(ids)
+        if not ids:
+            continue
+        doc_id = len(used)
+        used.append(Document(doc_id, doc.source, doc.title, doc.text))
+        ids = ids[:max_doc_blocks * step][:quota - total]
+        for s in range(0, len(ids), step):
+            piece = ids[s:s + step]
+            rows.append([start, *piece] + [start] * (step - len(piece)))
+            owners.append(doc_id)
+            lengths.append(1 + len(piece))
+        total += len(ids)
     return rows, owners, lengths
 
 
@@ -358,22 +348,20 @@ def _li2024_blocks(docs: list[Document], tokenizer, quota: int, start: int, *, w
     rows (start token, the document up to the window's end, padding to `LI2024_CONTEXT`),
     their documents, and their lengths."""
     rows, owners, lengths, total = [], [], [], 0
-    for chunk in _chunks(docs, 64):
-        if total >= quota:
+    for doc, ids in _encoded(docs, tokenizer):
+        if quota - total < window:
             break
-        encoded = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
-        for doc, ids in zip(chunk, encoded):
-            n = min(len(ids[:LI2024_CONTEXT - 1]) // window, (quota - total) // window)
-            if n <= 0:
-                continue
-            doc_id = len(used)
-            used.append(Document(doc_id, doc.source, doc.title, doc.text))
-            for j in range(1, n + 1):
-                row = [start, *ids[:j * window]]
-                rows.append(row + [start] * (LI2024_CONTEXT - len(row)))
-                owners.append(doc_id)
-                lengths.append(len(row))
-            total += n * window
+        n = min(len(ids[:LI2024_CONTEXT - 1]) // window, (quota - total) // window)
+        if n <= 0:
+            continue
+        doc_id = len(used)
+        used.append(Document(doc_id, doc.source, doc.title, doc.text))
+        for j in range(1, n + 1):
+            row = [start, *ids[:j * window]]
+            rows.append(row + [start] * (LI2024_CONTEXT - len(row)))
+            owners.append(doc_id)
+            lengths.append(len(row))
+        total += n * window
     return rows, owners, lengths
 
 
@@ -382,21 +370,24 @@ def _fill(docs: list[Document], tokenizer, quota: int, sep: int | None, *,
           ) -> tuple[list[int], list[int]]:
     stream: list[int] = []
     owners: list[int] = []
-    for chunk in _chunks(docs, 64):
+    for doc, ids in _encoded(docs, tokenizer):
         if len(stream) >= quota:
             break
-        encoded = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
-        for doc, ids in zip(chunk, encoded):
-            if len(stream) >= quota or not ids:
-                continue
-            doc_id = len(used)
-            used.append(Document(doc_id, doc.source, doc.title, doc.text))
-            piece = ids[:max_doc_tokens] + ([sep] if sep is not None else [])
-            stream += piece
-            owners += [doc_id] * len(piece)
+        if not ids:
+            continue
+        doc_id = len(used)
+        used.append(Document(doc_id, doc.source, doc.title, doc.text))
+        piece = ids[:max_doc_tokens] + ([sep] if sep is not None else [])
+        stream += piece
+        owners += [doc_id] * len(piece)
     return stream[:quota], owners[:quota]
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _encoded(docs: list[Document], tokenizer, chunk: int = 64
+             ) -> Iterator[tuple[Document, list[int]]]:
+    """Each document with its token ids (no special tokens), tokenised `chunk` at a time and
+    only as far as they are read."""
+    for i in range(0, len(docs), chunk):
+        part = docs[i:i + chunk]
+        yield from zip(part, tokenizer([d.text for d in part],
+                                       add_special_tokens=False)["input_ids"])

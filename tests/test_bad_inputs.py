@@ -94,14 +94,18 @@ def test_an_sae_with_truncated_weights(atlas_copy, tiny_atlas, tmp_path):
     assert content(db) == before
 
 
+def mark_applied(db: Path, name: str):
+    """Record schema file `name` as applied to the atlas; its content afterwards."""
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO atlas_migrations VALUES (?, 'x', now()::TIMESTAMP)", [name])
+    return content(db)
+
+
 def test_an_atlas_from_a_newer_schema_is_not_written(atlas_copy, tiny_atlas, capsys):
     from atlas.cli import main
 
     db, _ = atlas_copy
-    with duckdb.connect(str(db)) as con:
-        con.execute("INSERT INTO atlas_migrations VALUES ('900_from_the_future.sql', 'x', "
-                    "now()::TIMESTAMP)")
-    before = content(db)
+    before = mark_applied(db, "900_from_the_future.sql")
     proc = build(db, tiny_atlas[0].model)
     one_line_error(proc, "newer version", "900_from_the_future.sql", "upgrade")
     assert main(["analyze", "--db", str(db), "--analyses", "galaxy"]) == 2
@@ -159,10 +163,7 @@ def test_an_atlas_written_before_schema_version_1_is_refused_with_the_rebuild(at
     from atlas.cli import main
 
     db, _ = atlas_copy
-    with duckdb.connect(str(db)) as con:
-        con.execute("INSERT INTO atlas_migrations VALUES ('001_schema.sql', 'x', "
-                    "now()::TIMESTAMP)")
-    before = content(db)
+    before = mark_applied(db, "001_schema.sql")
     proc = build(db, tiny_atlas[0].model)
     one_line_error(proc, "before schema version 1", f"atlas build --db {db}", "--sae-path")
     for args in (["analyze", "--db", str(db), "--analyses", "galaxy"],
