@@ -52,10 +52,10 @@ class BuildConfig:
     """How the corpus is cut into blocks: 'document' (a block never spans two documents, as in
     the geometry paper, and runs as its own context; a document's last block is shorter),
     'packed' (documents joined by the end-of-text token and cut into full blocks, which may
-    span two documents) or 'li2024'
-    (the co-occurrence windows of Li et al.'s reference code: each document run once as one
-    context of at most 1,024 tokens, its start token left out, blocks = the full
-    --block-size windows inside it; shorter documents and remainders count nowhere)."""
+    span two documents) or 'li2024' (the co-occurrence windows of Li et al.'s reference code:
+    each document run once as one context of at most 1,024 tokens, its start token left out,
+    blocks = the full --block-size windows inside it; shorter documents and remainders count
+    nowhere)."""
 
     device: Device = "auto"
     """Where the model and SAEs run: 'auto' picks CUDA when present, else CPU."""

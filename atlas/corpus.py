@@ -242,8 +242,8 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
 
     'document': blocks never span two documents (as in the geometry paper), each run as its
     own context. Each block is a start token (`start_token`: BOS where the tokenizer adds
-    one, else end-of-text; left out of every count) and up to `block_size - 1` tokens of one document; a document's last block
-    is shorter and padded. 'packed': documents joined with the end-of-text token and cut into
+    one, else end-of-text; left out of every count) and up to `block_size - 1` tokens of one
+    document; a document's last block is shorter and padded. 'packed': documents joined with the end-of-text token and cut into
     full blocks, so a block may hold the end of one document and the start of the next.
     Either way a long document gives at most `max_doc_blocks` blocks, so one big source file
     cannot fill the code quota alone. 'li2024' (the co-occurrence rule of Li et al.'s

@@ -63,19 +63,17 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     if read_only:
         _check_schema(con, path)
     else:
-        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                       [MIGRATIONS_TABLE]).fetchone()[0]:
-            check_version(con, path)
-        migrate(con)
+        migrate(con, path)
     return con
 
 
-def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Apply the .sql files not yet applied (views re-apply when their text changed)."""
+def migrate(con: duckdb.DuckDBPyConnection, path: Path | None = None) -> list[str]:
+    """Apply the .sql files not yet applied (views re-apply when their text changed); an atlas
+    written before schema version 1 (`path`, named in the error) is refused unchanged."""
     con.execute(f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (name VARCHAR PRIMARY KEY, "
                 "checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
     done = dict(con.execute(f"SELECT name, checksum FROM {MIGRATIONS_TABLE}").fetchall())
-    _refuse_before_v1(done, con)
+    _refuse_before_v1(done, con, path)
     _refuse_newer(done)
     applied = []
     for name, text in sql_files():
