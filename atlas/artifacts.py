@@ -41,6 +41,12 @@ def word_table_path(db: Path, model_id: str, hook: str, representation: str) -> 
             / f"{safe_name(model_id)}.{hook}.{representation}.npy")
 
 
+def cooccurrence_dir(db: Path) -> Path:
+    """Folder beside the database that holds the co-occurrence matrices of SAEs stored in the
+    'matrix' form (file names in `harvests.cooccurrence_file`)."""
+    return db.with_name(db.name + ".cooccurrence")
+
+
 def shards_dir(db: Path) -> Path:
     """Folder beside the database that holds a sharded build's Parquet partials and corpus."""
     return db.with_name(db.name + ".shards")

@@ -11,9 +11,12 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +25,9 @@ from jaxtyping import Bool, Float
 from sae_lens import SAE
 
 from atlas import faults, shards, store
-from atlas.artifacts import sae_path
-from atlas.blockgram import BlockGram, storage_for, top_partners
+from atlas.artifacts import cooccurrence_dir, safe_name, sae_path
+from atlas.blockgram import (TOP_PARTNERS, BlockGram, MatrixWriter, storage_for,
+                             top_partners)
 from atlas.config import BuildConfig
 from atlas.corpus import Blocks, documents_for, row_width, tokenize_blocks
 from atlas.errors import AtlasError
@@ -31,7 +35,7 @@ from atlas.progress import Progress
 from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, SparseCodes,
                            bin_edges, decile_examples, encode_sparse, firings_kept,
                            forward_batches, top_tokens)
-from atlas.models import HookPoint, LoadedModel, load_model
+from atlas.models import HookPoint, LoadedModel, cpu_has_bf16, load_model
 from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, encode_dtype,
                         encoding_copy, evaluate, expand_sae_ids, hook_of, load_published,
                         load_saved, merge_quality, neuronpedia_id, sae_input, train_topk)
@@ -427,10 +431,21 @@ def merge_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
 
 def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blocks: Blocks,
                    stats: FeatureStats) -> store.HarvestTables:
-    """Turn one SAE's statistics into the rows of the harvest tables."""
+    """Turn one SAE's statistics into the rows of the harvest tables (writing a 'matrix'
+    co-occurrence file beside the atlas). The logit lens (tensor work) runs in a second thread
+    beside the tokenizer's decoding of examples and labels (Python work)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="logit-lens") as pool:
+        lens_job = pool.submit(logit_lens_of, lm, planned.sae)
+        return _harvest_tables(config, lm, planned, blocks, stats, lens_job)
+
+
+def _harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blocks: Blocks,
+                    stats: FeatureStats, lens_job: Future) -> store.HarvestTables:
     sid = planned.sae_id
     d_sae = planned.sae.cfg.d_sae
     labels = _token_labels(lm, stats)
+    examples = _examples(lm, planned.sae_id, blocks, stats)
+    deciles = _decile_examples(lm, sid, blocks, config, stats)
     unit = unit_decoders(planned.sae)
     norms = np.linalg.norm(planned.sae.W_dec.detach().float().cpu().numpy(), axis=1)
     features = pa.table({
@@ -445,8 +460,21 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
     firings = pa.table({"sae_id": [sid] * len(b), "block_id": b.astype(np.int32),
                         "feature": f.astype(np.int32), "max_act": a})
     storage = storage_for(d_sae)
-    cooc, rows = cooccurrence_tables(sid, stats.cooccurrence, stats.block_count,
-                                     stats.n_blocks, storage)
+    matrix_file = None
+    if storage == "matrix":
+        folder = cooccurrence_dir(config.db)
+        folder.mkdir(parents=True, exist_ok=True)
+        # a new name per write: the harvests row names it on commit, so a crash before the
+        # commit leaves the previous harvest and its file as they were
+        matrix_file = f"{safe_name(sid)}.{uuid.uuid4().hex[:12]}.npy"
+        partial = folder / (matrix_file + ".partial")
+        with open(partial, "wb") as out:
+            cooc, rows = cooccurrence_tables(sid, stats.cooccurrence, stats.block_count,
+                                             stats.n_blocks, storage, matrix=out)
+        partial.rename(folder / matrix_file)
+    else:
+        cooc, rows = cooccurrence_tables(sid, stats.cooccurrence, stats.block_count,
+                                         stats.n_blocks, storage)
     harvest = {"harvest_id": hashlib.sha1(f"{sid}|{blocks.corpus_id}|{config.threshold}"
                                           .encode()).hexdigest()[:16],
                "corpus": blocks.corpus_id, "n_tokens": stats.n_tokens,
@@ -459,43 +487,49 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
                           )).removeprefix("torch.")},
                "build_key": build_key(config),
                "decoder_checksum": store.checksum(unit), "cooccurrence_storage": storage,
+               "cooccurrence_file": matrix_file,
                "block_firings_kept": ("all" if stats.firings_top is None
                                       else f"top-{stats.firings_top}")}
-    logit_rows, harvest["logit_lens"] = feature_logits(lm, sid, planned.sae)
-    return store.HarvestTables(harvest, features, decoders, firings, cooc,
-                               _examples(lm, planned.sae_id, blocks, stats), rows,
+    logit_rows, harvest["logit_lens"] = feature_logits(lm, sid, *lens_job.result())
+    return store.HarvestTables(harvest, features, decoders, firings, cooc, examples, rows,
                                feature_logits=logit_rows,
                                activation_histograms=_histogram_table(sid, stats.histogram),
-                               decile_examples=_decile_examples(lm, sid, blocks, config, stats))
+                               decile_examples=deciles)
 
 
 def cooccurrence_tables(sae_id: str, gram: BlockGram, block_count: np.ndarray, n_blocks: int,
-                        storage: str) -> tuple[pa.Table, pa.Table | None]:
-    """The `cooccurrence` rows ('pairs') or the `cooccurrence_rows` rows ('rows', 'top-<m>')
-    of one SAE's counts."""
+                        storage: str, *, matrix: BinaryIO | None = None
+                        ) -> tuple[pa.Table, pa.Table | None]:
+    """The `cooccurrence` rows ('pairs') or the `cooccurrence_rows` rows ('matrix', 'top-<m>':
+    each feature's best partners) of one SAE's counts; 'matrix' also writes the full count
+    matrix to `matrix` (.npy), in the same pass over the rows."""
     if storage == "pairs":
         i, j, n_ij = gram.pairs()
         return pa.table({"sae_id": [sae_id] * len(i), "i": i.astype(np.int32),
                          "j": j.astype(np.int32), "n_ij": n_ij.astype(np.int32)}), None
-    top = None if storage == "rows" else int(storage.split("-")[1])
+    if storage == "matrix":
+        if matrix is None:
+            raise ValueError("the 'matrix' form writes its counts to a file: pass `matrix`")
+        writer, top = MatrixWriter(matrix, gram.d_sae, n_blocks), TOP_PARTNERS
+    else:
+        writer, top = None, int(storage.split("-")[1])
+    n_i = torch.as_tensor(np.asarray(block_count), device=gram.device)
     batches = []
-    for first, counts in gram.row_tiles():
+    for first, counts in gram.full_rows():
+        if writer is not None:
+            writer.write(counts)
+        kept, values = top_partners(counts, first, n_i, n_blocks, top)
         n = len(counts)
-        if top is None:
-            partners = pa.nulls(n, pa.list_(pa.int32()))
-            lists = _list_column(counts.reshape(-1), np.full(n, counts.shape[1]))
-        else:
-            kept, values = top_partners(counts, first, block_count, n_blocks, top)
-            sizes = np.array([len(k) for k in kept])
-            partners = _list_column(np.concatenate(kept), sizes)
-            lists = _list_column(np.concatenate(values), sizes)
+        sizes = np.array([len(k) for k in kept])
         batches.append(pa.table({"sae_id": pa.array([sae_id] * n),
                                  "feature": np.arange(first, first + n, dtype=np.int32),
-                                 "partners": partners, "counts": lists},
+                                 "partners": _list_column(np.concatenate(kept), sizes),
+                                 "counts": _list_column(np.concatenate(values), sizes)},
                                 schema=store.COOCCURRENCE_ROWS_SCHEMA))
     empty = pa.table({"sae_id": pa.array([], pa.string()), "i": pa.array([], pa.int32()),
                       "j": pa.array([], pa.int32()), "n_ij": pa.array([], pa.int32())})
-    return empty, pa.concat_tables(batches)
+    return empty, (pa.concat_tables(batches) if batches
+                   else store.COOCCURRENCE_ROWS_SCHEMA.empty_table())
 
 
 def _list_column(values: np.ndarray, sizes: np.ndarray) -> pa.Array:
@@ -511,6 +545,7 @@ def store_harvest(con, config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, 
     record = dataclasses.replace(sae_record(lm, planned, quality),
                                  decoder_checksum=tables.harvest["decoder_checksum"])
     store.write_harvest(con, record, tables)
+    store.remove_unreferenced_matrices(con, cooccurrence_dir(config.db))
     log.info("stored %s: %d live features, %d co-occurring pairs, %d examples", planned.sae_id,
              int((stats.firing_count > 0).sum()), tables.cooccurrence.num_rows,
              tables.examples.num_rows)
@@ -633,21 +668,32 @@ def _histogram_table(sae_id: str, histogram: np.ndarray | None) -> pa.Table | No
                      "count": histogram[feat, bins].astype(np.int64)})
 
 
-def feature_logits(lm: LoadedModel, sae_id: str, sae: SAE) -> tuple[pa.Table, str]:
-    """`feature_logits` rows of an SAE (its logit lens, atlas.logits) and how they were
-    computed (stored in `harvests.logit_lens`)."""
+def logit_lens_of(lm: LoadedModel, sae: SAE):
+    """(the logit lens of an SAE's features, the unembedding it was read from, seconds): tensor
+    work only (atlas.logits), safe to run beside the tokenizer."""
     from atlas import logits
 
     t0 = time.perf_counter()
     unembed = logits.unembedding(lm)
-    lens = logits.logit_lens(sae.W_dec.detach(), unembed)
+    W_dec = sae.W_dec.detach()
+    lens = logits.logit_lens(W_dec, unembed,
+                             screen=W_dec.device.type == "cpu" and cpu_has_bf16())
+    return lens, unembed, time.perf_counter() - t0
+
+
+def feature_logits(lm: LoadedModel, sae_id: str, lens, unembed, seconds: float
+                   ) -> tuple[pa.Table, str]:
+    """`feature_logits` rows of an SAE from its logit lens (`logit_lens_of`) and how they were
+    computed (stored in `harvests.logit_lens`)."""
+    from atlas import logits
+
     table = logits.logit_table(sae_id, lens, lambda ids: lm.tokenizer.batch_decode(
         [[i] for i in ids]))
     how = (f"{logits.DEFINITION}: W_dec @ W_U, "
            + (f"{unembed.norm} scale folded in" if unembed.norm else "no final norm scale")
            + ", centred over the vocabulary")
     log.info("logit lens of %s: %d features x %d tokens (%.1fs)", sae_id, len(lens.top_ids),
-             unembed.W_U.shape[0], time.perf_counter() - t0)
+             unembed.W_U.shape[0], seconds)
     return table, how
 
 

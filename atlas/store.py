@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas import faults
+from atlas.artifacts import cooccurrence_dir
 from atlas.errors import AtlasError
 from atlas.geometry.vectors import unit
 
@@ -244,12 +245,13 @@ def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: Harves
         h = tables.harvest
         con.execute("INSERT INTO harvests (harvest_id, sae_id, corpus, n_tokens, n_blocks, "
                     "block_size, threshold, config, created_at, build_key, "
-                    "cooccurrence_storage, block_firings_kept, decoder_dtype, logit_lens) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "cooccurrence_storage, block_firings_kept, decoder_dtype, logit_lens, "
+                    "cooccurrence_file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [h["harvest_id"], sae.sae_id, h["corpus"], h["n_tokens"], h["n_blocks"],
                      h["block_size"], h["threshold"], json.dumps(h["config"]), utc_now(),
                      h.get("build_key"), h.get("cooccurrence_storage", "pairs"),
-                     h.get("block_firings_kept", "all"), "float32", h.get("logit_lens")])
+                     h.get("block_firings_kept", "all"), "float32", h.get("logit_lens"),
+                     h.get("cooccurrence_file")])
         for table in HARVEST_TABLES:
             data = getattr(tables, table)
             if data is None:
@@ -258,6 +260,34 @@ def write_harvest(con: duckdb.DuckDBPyConnection, sae: SAERecord, tables: Harves
             if on_table:
                 on_table(table)
         faults.point("store_harvest")
+
+
+def remove_unreferenced_matrices(con: duckdb.DuckDBPyConnection, folder: Path) -> list[str]:
+    """Delete the co-occurrence matrix files in `folder` that no harvest names (replaced by a
+    later harvest, or left by a write that did not commit); returns their names."""
+    if not folder.is_dir():
+        return []
+    named = {r[0] for r in con.execute("SELECT cooccurrence_file FROM harvests WHERE "
+                                       "cooccurrence_file IS NOT NULL").fetchall()}
+    removed = []
+    for path in folder.iterdir():
+        if path.name not in named and path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    if removed:
+        log.debug("removed %d co-occurrence files no harvest names", len(removed))
+    return removed
+
+
+def matrix_path(con: duckdb.DuckDBPyConnection, sae_id: str) -> Path | None:
+    """The co-occurrence matrix file of an SAE stored in the 'matrix' form (None otherwise)."""
+    row = con.execute("SELECT cooccurrence_file FROM harvests WHERE sae_id = ?",
+                      [sae_id]).fetchone()
+    if not row or not row[0]:
+        return None
+    db = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = "
+                     "current_database()").fetchone()[0]
+    return cooccurrence_dir(Path(db)) / row[0]
 
 
 class transaction:

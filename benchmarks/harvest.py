@@ -117,7 +117,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
 
-    config = BuildConfig(model=args.model, tokens=args.blocks * args.block_size,
+    scratch = tempfile.TemporaryDirectory()    # where wide SAEs' matrix files are written
+    config = BuildConfig(db=Path(scratch.name) / "atlas.duckdb",
+                         model=args.model, tokens=args.blocks * args.block_size,
                          layers=tuple(int(x) for x in args.layers.split(",")),
                          d_sae=args.d_sae, k=args.k, block_size=args.block_size,
                          block_rule=args.block_rule, dtype=args.dtype,

@@ -70,12 +70,14 @@ JOIN features fj ON fj.sae_id = c.sae_id AND fj.feature = c.j;
 
 -- One feature's co-occurrence partners with all five affinities, whatever the storage form
 -- (harvests.cooccurrence_storage): SELECT * FROM partners('sae', 42) ORDER BY phi DESC LIMIT 10.
--- Exact for every stored form; under 'top-<m>' only each affinity's m best partners are there.
+-- Exact counts for every stored form; under 'matrix' and 'top-<m>' only each affinity's m best
+-- partners are here (a 'matrix' harvest keeps every count in its file, atlas.blockgram).
 CREATE OR REPLACE MACRO partners(sae, f) AS TABLE
 WITH counted AS (
     SELECT CASE WHEN c.i = f THEN c.j ELSE c.i END AS partner, c.n_ij
     FROM cooccurrence c WHERE c.sae_id = sae AND (c.i = f OR c.j = f)
     UNION ALL
+    -- partners NULL: every feature in order (the 'rows' form of schema version 1)
     SELECT unnest(coalesce(r.partners::BIGINT[], range(len(r.counts)))) AS partner,
            unnest(r.counts) AS n_ij
     FROM cooccurrence_rows r WHERE r.sae_id = sae AND r.feature = f

@@ -47,6 +47,16 @@ def test_harvest_benchmark_prints_its_ratio():
     ratios(out, r"bare forward to layer 3:\s+([\d.]+) tok/s")
 
 
+def test_wide_benchmark_prints_its_ratio_and_memory():
+    out = run("wide.py", "--model", str(tiny_model_dir()), "--layer", "1", "--d-sae", "64",
+              "--baseline", "16", "--k", "4", "--blocks", "4", "--block-size", "64",
+              "--", "--dtype", "float32")
+    ratios(out, r"wall ratio d_sae 64 / 16: ([\d.]+)x")
+    ratios(out, r"peak RSS d_sae 64: ([\d.]+) GB")
+    for stage in ("harvest", "store_harvest"):
+        assert len(ratios(out, rf"\n    {stage}\s+([\d.]+) s")) == 2
+
+
 def test_build_benchmark_prints_stage_times_memory_and_quality():
     out = run("build.py", "--", "--model", str(tiny_model_dir()), "--layers", "1,3",
               "--tokens", str(64 * 64), "--block-size", "64", "--d-sae", "64", "--k", "4",
@@ -98,7 +108,7 @@ def test_gemma_scale_benchmark_prints_its_figures(tmp_path):
               "--tokenizer", str(tiny_model_dir()), "--json", str(tmp_path / "g.json"))
     ratios(out, r"ratio harvest / bare forward: ([\d.]+)")
     ratios(out, r"statistics \+ co-occurrence = ([\d.]+)x the forward time")
-    ratios(out, r"DuckDB bytes per SAE ([\d.]+) MiB")
+    ratios(out, r"stored bytes per SAE \(DuckDB and matrix file\) ([\d.]+) MiB")
     ratios(out, r"median ([\d.]+) ms")
     ratios(out, r"ratio ([\d.]+)x  \(goal <= 1.5\)")
     ratios(out, r"= ([\d.]+) min for 2 layers")

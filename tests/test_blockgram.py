@@ -91,7 +91,7 @@ def test_top_partners_hold_each_affinity_s_best():
 
 def test_storage_form_follows_the_width():
     assert [storage_for(d) for d in (2048, 4096, 4097, 16384, 16385, 65536)] == [
-        "pairs", "pairs", "rows", "rows", "top-64", "top-64"]
+        "pairs", "pairs", "matrix", "matrix", "top-64", "top-64"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

@@ -2,6 +2,8 @@
 the vocabulary), transcribed here and compared; the stored lens of the tiny atlas against the
 model's own lm_head."""
 
+import re
+
 import numpy as np
 import torch
 
@@ -30,6 +32,31 @@ def test_logit_lens_equals_the_formula_in_chunks():
                                atol=1e-5)
     np.testing.assert_allclose(got.bottom_values, np.take_along_axis(effect, bottom, 1),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_the_bfloat16_screen_gives_the_float32_lens(caplog):
+    """The screen's result equals the plain float32 lens, both where its bound proves the
+    candidates hold the answer and where it does not (near-ties among 300 tokens force the
+    fallback for the features pointing at them)."""
+    rng = np.random.default_rng(1)
+    d, vocab = 48, 3000
+    W_U = rng.normal(size=(vocab, d))
+    W_U[:300] = W_U[0] + 1e-4 * rng.normal(size=(300, d))    # 300 near-identical tokens
+    W_U[300:330] *= 3.0                                        # long rows: computed exactly
+    W_dec = rng.normal(size=(200, d))
+    W_dec[:20] = W_U[0] - W_U.mean(0) + 0.01 * rng.normal(size=(20, d))
+    unembed = logits.Unembedding(torch.tensor(W_U, dtype=torch.float32), None, None)
+    dec = torch.tensor(W_dec, dtype=torch.float32)
+    plain = logits.logit_lens(dec, unembed, chunk=64)
+    with caplog.at_level("DEBUG", logger="atlas.logits"):
+        screened = logits.logit_lens(dec, unembed, chunk=64, screen=True)
+    redone = int(re.search(r"(\d+) of 200 features recomputed", caplog.text).group(1))
+    assert 20 <= redone < 200
+    for name in ("top_ids", "bottom_ids"):
+        assert np.array_equal(getattr(screened, name), getattr(plain, name)), name
+    for name in ("top_values", "bottom_values"):
+        np.testing.assert_allclose(getattr(screened, name), getattr(plain, name), rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_final_norm_scale_of_llama_gemma_and_gpt2():

@@ -1,16 +1,21 @@
-"""Wide SAEs: co-occurrence stored one row per feature (in full, or each affinity's top
-partners) answers the same partner queries and lobes as the pair table, and lobes on the
+"""Wide SAEs: co-occurrence stored as a matrix file beside the atlas with each affinity's top
+partners in SQL, as top partners only, or (atlases of schema version 1) one full row per
+feature, answers the same partner queries and lobes as the pair table, and lobes on the
 sparse top-partner graph agree with the dense ones."""
+
+import hashlib
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from sklearn.metrics import adjusted_mutual_info_score
 
 from atlas import store
+from atlas.artifacts import cooccurrence_dir
 from atlas.analyses.lobes import spectral_labels
-from atlas.blockgram import BlockGram, top_partners
+from atlas.blockgram import BlockGram, read_matrix, top_partners
 from atlas.cli import main
 from atlas.geometry import lobes as lb
 from atlas.pipeline import cooccurrence_tables
@@ -59,13 +64,28 @@ def restore(db, sae_id: str, storage: str) -> None:
     block_count = con.execute("SELECT block_count FROM features WHERE sae_id = ? ORDER BY "
                               "feature", [sae_id]).fetchnumpy()["block_count"]
     assert np.array_equal(gram.diagonal(), block_count)
-    pairs, rows = cooccurrence_tables(sae_id, gram, block_count, n_blocks, storage)
+    name = None
+    if storage == "matrix":
+        name = f"{sae_id.replace('/', '_')}.test.npy"
+        cooccurrence_dir(db).mkdir(exist_ok=True)
+        with open(cooccurrence_dir(db) / name, "wb") as out:
+            pairs, rows = cooccurrence_tables(sae_id, gram, block_count, n_blocks, storage,
+                                              matrix=out)
+    elif storage == "rows":   # schema version 1: every count, partners NULL
+        dense = gram.dense()
+        pairs = cooccurrence_tables(sae_id, gram, block_count, n_blocks, "pairs")[0].slice(0, 0)
+        rows = pa.table({"sae_id": [sae_id] * d_sae, "feature": np.arange(d_sae, dtype=np.int32),
+                         "partners": pa.nulls(d_sae, pa.list_(pa.int32())),
+                         "counts": [r.astype(np.int32) for r in dense]},
+                        schema=store.COOCCURRENCE_ROWS_SCHEMA)
+    else:
+        pairs, rows = cooccurrence_tables(sae_id, gram, block_count, n_blocks, storage)
     with store.transaction(con):
         con.execute("DELETE FROM cooccurrence WHERE sae_id = ?", [sae_id])
         store.insert_table(con, "cooccurrence", pairs)
         store.insert_table(con, "cooccurrence_rows", rows)
-        con.execute("UPDATE harvests SET cooccurrence_storage = ? WHERE sae_id = ?",
-                    [storage, sae_id])
+        con.execute("UPDATE harvests SET cooccurrence_storage = ?, cooccurrence_file = ? "
+                    "WHERE sae_id = ?", [storage, name, sae_id])
     con.close()
 
 
@@ -75,7 +95,7 @@ def stored_forms(tiny_atlas, tmp_path):
 
     sae_id = tiny_atlas[1].sae_ids[0]
     out = {}
-    for storage in ("pairs", "rows", "top-8"):
+    for storage in ("pairs", "matrix", "rows", "top-8"):
         db = tmp_path / f"{storage}.duckdb"
         shutil.copy(tiny_atlas[0].db, db)
         if storage != "pairs":
@@ -91,18 +111,30 @@ def test_every_storage_form_answers_partner_queries_alike(stored_forms):
     for feature in (0, 5, 17, 40):
         want = cons["pairs"].execute(full, [sae_id, feature]).fetchall()
         assert want and cons["rows"].execute(full, [sae_id, feature]).fetchall() == want
+        # the 'matrix' form's SQL rows are its top partners: every one exact
+        assert set(cons["matrix"].execute(full, [sae_id, feature]).fetchall()) <= set(want)
         # the pair table recount, for the view the app reads
         for metric in ("phi", "jaccard", "dice", "overlap", "smc"):
             best = (f"SELECT {metric} FROM partners(?, ?) ORDER BY {metric} DESC, partner "
                     "LIMIT 8")
-            top = [r[0] for r in cons["top-8"].execute(best, [sae_id, feature]).fetchall()]
-            assert top == [r[0] for r in cons["pairs"].execute(best, [sae_id, feature])
-                           .fetchall()], metric
+            top = [r[0] for r in cons["pairs"].execute(best, [sae_id, feature]).fetchall()]
+            for form in ("top-8", "matrix"):
+                assert [r[0] for r in cons[form].execute(best, [sae_id, feature])
+                        .fetchall()] == top, (form, metric)
     a = cons["pairs"].execute("SELECT i, j, n_ij FROM affinity WHERE sae_id = ? AND i = 5 "
                               "ORDER BY j", [sae_id]).fetchall()
     b = cons["pairs"].execute("SELECT 5, partner, n_ij FROM partners(?, 5) WHERE partner > 5 "
                               "ORDER BY partner", [sae_id]).fetchall()
     assert a == b
+    # the matrix file holds every count: the pair table's, and block counts on the diagonal
+    pairs = cons["pairs"].execute("SELECT i, j, n_ij FROM cooccurrence WHERE sae_id = ?",
+                                  [sae_id]).fetchnumpy()
+    matrix = read_matrix(store.matrix_path(cons["matrix"], sae_id))
+    n_i = cons["pairs"].execute("SELECT block_count FROM features WHERE sae_id = ? ORDER BY "
+                                "feature", [sae_id]).fetchnumpy()["block_count"]
+    want = lb.cooccurrence_counts(pairs["i"], pairs["j"], pairs["n_ij"], len(n_i))
+    np.fill_diagonal(want, n_i)
+    assert matrix.dtype == np.uint16 and np.array_equal(matrix, want)
     for con in cons.values():
         con.close()
 
@@ -121,4 +153,55 @@ def test_lobes_read_every_storage_form(stored_forms):
             graphs = {r[0] for r in con.execute("SELECT graph FROM lobe_tests WHERE sae_id = ?",
                                                 [sae_id]).fetchall()}
         assert graphs == {"knn-8" if storage == "top-8" else "dense"}
-    assert labels["rows"] == labels["pairs"] and labels["top-8"]
+    assert labels["rows"] == labels["pairs"] == labels["matrix"] and labels["top-8"]
+
+
+def test_a_matrix_harvest_writes_its_file_and_a_failed_rewrite_keeps_it(tiny_atlas, tmp_path,
+                                                                        monkeypatch):
+    """A build whose SAE is stored in the 'matrix' form (the width limits lowered so the tiny
+    SAE takes it) writes the count matrix beside the atlas, equal to a recount of its block
+    firings; a rewrite that fails before its commit leaves the harvest and the file it names
+    as they were, and the next rewrite removes the file the failed one left."""
+    from atlas import blockgram
+
+    monkeypatch.setattr(blockgram, "PAIRS_MAX_FEATURES", 8)
+    config = tiny_atlas[0]
+    saved = next(p for p in (config.db.parent / (config.db.name + ".saes")).iterdir())
+    db = tmp_path / "matrix.duckdb"
+    argv = ["build", "--db", str(db), "--model", config.model, "--sae-path", str(saved),
+            "--tokens", str(config.tokens), "--block-size", str(config.block_size),
+            "--dtype", "float32", "--threshold", str(config.threshold), "--quick"]
+
+    def stored():
+        with duckdb.connect(str(db), read_only=True) as con:
+            sae_id, storage, name, n_blocks = con.execute(
+                "SELECT sae_id, cooccurrence_storage, cooccurrence_file, n_blocks "
+                "FROM harvests").fetchone()
+            fired = con.execute("SELECT block_id, feature FROM block_firings").fetchnumpy()
+            d_sae, = con.execute("SELECT d_sae FROM saes").fetchone()
+            top = con.execute("SELECT count(*) FROM cooccurrence_rows").fetchone()[0]
+        assert storage == "matrix" and top == d_sae
+        fires = np.zeros((n_blocks, d_sae), np.int64)
+        fires[fired["block_id"], fired["feature"]] = 1
+        matrix = read_matrix(cooccurrence_dir(db) / name)
+        assert np.array_equal(matrix, fires.T @ fires)
+        return name, hashlib.sha1(np.ascontiguousarray(matrix)).hexdigest()
+
+    assert main(argv) == 0
+    first = stored()
+
+    def fail(con, table, data, _insert=store.insert_table):
+        if table == "decile_examples":
+            raise RuntimeError("disk full")
+        _insert(con, table, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "insert_table", fail)
+        with pytest.raises(RuntimeError, match="disk full"):
+            main(argv + ["--n-examples", "7"])      # a changed setting: harvested again
+    assert stored() == first
+    assert len(list(cooccurrence_dir(db).iterdir())) == 2    # the failed write's file is left
+    assert main(argv + ["--n-examples", "7"]) == 0
+    second = stored()
+    assert second[0] != first[0] and second[1] == first[1]
+    assert [p.name for p in cooccurrence_dir(db).iterdir()] == [second[0]]

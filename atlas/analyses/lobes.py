@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from atlas import store
 from atlas.analyses.runner import Inputs, Output, Subject
+from atlas.blockgram import read_matrix
 from atlas.errors import AtlasError
 from atlas.geometry import lobes as lb
 
@@ -147,7 +148,7 @@ def window_rule(rule: str, row_width: int, n_blocks: int) -> str:
 
 def load_cooccurrence(con, sae_id: str, keep: np.ndarray):
     """The co-occurrence counts among the features `keep`, renumbered 0..len(keep)-1: a dense
-    symmetric matrix when the harvest stored every pair ('pairs', 'rows'), else (partners,
+    symmetric matrix when the harvest stored every pair ('pairs', 'matrix', 'rows'), else (partners,
     counts, m) per kept feature ('top-<m>': each affinity's m best partners)."""
     storage = con.execute("SELECT cooccurrence_storage FROM harvests WHERE sae_id = ?",
                           [sae_id]).fetchone()[0]
@@ -167,11 +168,18 @@ def load_cooccurrence(con, sae_id: str, keep: np.ndarray):
         i, j = kept(rows["i"]), kept(rows["j"])
         both = (i >= 0) & (j >= 0)
         return lb.cooccurrence_counts(i[both], j[both], rows["n_ij"][both], len(keep))
+    if storage == "matrix":
+        path = store.matrix_path(con, sae_id)
+        if path is None or not path.is_file():
+            raise AtlasError(f"the co-occurrence matrix of {sae_id} ({path}) is missing; "
+                             "harvest that SAE again (`atlas build` with the settings in its "
+                             "harvests.config) to write it")
+        return np.asarray(read_matrix(path)[np.ix_(keep, keep)], dtype=np.float64)
     with con.cursor() as cur:
         table = cur.sql("SELECT feature, partners, counts FROM cooccurrence_rows "
                         "WHERE sae_id = ? ORDER BY feature", params=[sae_id]).to_arrow_table()
     features = table.column("feature").to_numpy()
-    if storage == "rows":
+    if storage == "rows":  # every count, one list per feature (schema version 1)
         flat = table.column("counts").combine_chunks().flatten().to_numpy()
         dense = flat.reshape(len(features), -1)
         return dense[np.ix_(keep, keep)].astype(np.float64)
