@@ -233,7 +233,7 @@ TOKEN_KEYS_PENDING = 1 << 22
 as many as the running counts hold, so that folding costs O(n log n) over the harvest)."""
 
 
-TOP_PENDING = 1 << 20
+TOP_PENDING = 1 << 18
 """Candidate entries a `TopPerFeature` gathers before it sorts them into its lists (or more, up
 to as many as the lists hold, so that sorting costs O(n log n) over the harvest)."""
 
@@ -413,8 +413,10 @@ class FeatureAccumulator:
 
     @torch.no_grad()
     def update(self, start: int, codes: SparseCodes, token_ids: Int[torch.Tensor, "b t"],
-               mask: Bool[torch.Tensor, "b t"]) -> None:
-        """Add the codes of blocks start..start+b (rows index the flattened b*t tokens)."""
+               mask: Bool[torch.Tensor, "b t"], *, masked: bool = False) -> None:
+        """Add the codes of blocks start..start+b (rows index the flattened b*t tokens).
+        `masked`: the codes hold only positions in `mask` already (as `encode_batch` makes
+        them), so they are not filtered again."""
         device = codes.rows.device
         if device != self.device:
             if self.n_tokens:
@@ -425,12 +427,16 @@ class FeatureAccumulator:
             self._end_shard()
             self._shard = shard
         mask = mask.to(device).reshape(-1)
-        keep = mask[codes.rows]
-        rows, feats, vals = codes.rows[keep], codes.features[keep], codes.values.float()[keep]
+        rows, feats, vals = codes.rows, codes.features, codes.values.float()
+        if not masked:
+            keep = mask[rows].nonzero().squeeze(1)
+            rows, feats, vals = rows[keep], feats[keep], vals[keep]
         self.n_tokens += int(mask.sum())
-        fired = vals > self.threshold
-        self.firing_count += torch.bincount(feats[fired], minlength=self.d_sae)
-        self._shard_sum.index_add_(0, feats[fired], vals[fired].double())
+        # the firing entries, gathered once (a boolean index would find them again per use)
+        fired = (vals > self.threshold).nonzero().squeeze(1)
+        f_rows, f_feats, f_vals = rows[fired], feats[fired], vals[fired]
+        self.firing_count += torch.bincount(f_feats, minlength=self.d_sae)
+        self._shard_sum.index_add_(0, f_feats, f_vals.double())
         self.max_act.scatter_reduce_(0, feats, vals, reduce="amax")
         positions = rows + start * self.block_size
         self._top.add(feats, vals, positions)
@@ -438,9 +444,9 @@ class FeatureAccumulator:
         keys = feats * N_BINS + torch.bucketize(vals, self._edges, right=True)
         self.histogram.index_add_(0, keys, torch.ones_like(keys))
         self._samples.add(keys, sample_priority(feats, positions), positions, vals)
-        self._blocks(start, len(token_ids), rows[fired], feats[fired], vals[fired])
-        toks = token_ids.to(device).reshape(-1)[rows[fired]]
-        self._tokens.add(feats[fired], toks)
+        self._blocks(start, len(token_ids), f_rows, f_feats, f_vals)
+        toks = token_ids.to(device).reshape(-1)[f_rows]
+        self._tokens.add(f_feats, toks)
 
     def _end_shard(self) -> None:
         self.act_sum += self._shard_sum

@@ -339,7 +339,7 @@ def harvest_batch(saes: Sequence[AtlasSAE], accs: dict[str, FeatureAccumulator],
         acts = batch.acts[s.hook.name]
         accs[s.sae_id].update(batch.start, encode_batch(encoders(s, acts.dtype), acts,
                                                         batch.masks[s.hook.name]),
-                              batch.token_ids, batch.masks[s.hook.name])
+                              batch.token_ids, batch.masks[s.hook.name], masked=True)
         if s.sae_id in quality and rows.any():
             keep = batch.masks[s.hook.name].clone()
             keep[torch.from_numpy(~rows).to(keep.device)] = False
