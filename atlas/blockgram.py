@@ -71,13 +71,18 @@ class BlockGram:
         self.filled = 0
         self.n_blocks = 0
 
-    def _alloc(self) -> None:
-        if self.tiles is None:
+    def _alloc(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The count tiles and the block buffer, allocated on first use."""
+        if self.tiles is None or self.buffer is None:
             d = self.d_sae
             self.tiles = [torch.zeros((min(self.tile, d - r0), d - r0), device=self.device)
                           for r0 in self.starts]
             self.buffer = torch.zeros((self.flush_blocks, d), dtype=self.dtype,
                                       device=self.device)
+        return self.tiles, self.buffer
+
+    def _tiles(self) -> list[torch.Tensor]:
+        return self._alloc()[0]
 
     @torch.no_grad()
     def add(self, blocks: Int[torch.Tensor, " m"], features: Int[torch.Tensor, " m"],
@@ -88,13 +93,13 @@ class BlockGram:
                 sel = (blocks >= lo) & (blocks < lo + self.flush_blocks)
                 self.add(blocks[sel] - lo, features[sel], min(self.flush_blocks, n_blocks - lo))
             return
-        self._alloc()
+        _, buffer = self._alloc()
         if self.n_blocks + n_blocks >= MAX_BLOCKS:
             raise ValueError(f"co-occurrence counts are exact up to {MAX_BLOCKS} blocks; "
                              "harvest fewer blocks")
         if self.filled + n_blocks > self.flush_blocks:
             self.flush()
-        self.buffer[self.filled + blocks.to(self.device), features.to(self.device)] = 1
+        buffer[self.filled + blocks.to(self.device), features.to(self.device)] = 1
         self.filled += n_blocks
         self.n_blocks += n_blocks
 
@@ -103,8 +108,9 @@ class BlockGram:
         """Fold the buffered blocks into the counts."""
         if not self.filled:
             return
-        f = self.buffer[:self.filled]
-        for r0, tile in zip(self.starts, self.tiles):
+        tiles, buffer = self._alloc()
+        f = buffer[:self.filled]
+        for r0, tile in zip(self.starts, tiles):
             rows = f[:, r0:r0 + len(tile)].T
             if f.dtype == torch.float32:
                 tile.addmm_(rows, f[:, r0:])
@@ -116,20 +122,18 @@ class BlockGram:
     @torch.no_grad()
     def add_pairs(self, i: np.ndarray, j: np.ndarray, n: np.ndarray) -> None:
         """Add counted pairs (i <= j; i == j adds to a feature's block count)."""
-        self._alloc()
-        i, j, n = (torch.from_numpy(np.array(x, dtype=dt)).to(self.device)
-                   for x, dt in ((i, np.int64), (j, np.int64), (n, np.float32)))
-        for r0, tile in zip(self.starts, self.tiles):
-            sel = (i >= r0) & (i < r0 + len(tile))
-            tile.index_put_((i[sel] - r0, j[sel] - r0), n[sel], accumulate=True)
+        ti, tj, tn = (torch.from_numpy(np.array(x, dtype=dt)).to(self.device)
+                      for x, dt in ((i, np.int64), (j, np.int64), (n, np.float32)))
+        for r0, tile in zip(self.starts, self._tiles()):
+            sel = (ti >= r0) & (ti < r0 + len(tile))
+            tile.index_put_((ti[sel] - r0, tj[sel] - r0), tn[sel], accumulate=True)
 
     def merge(self, other: BlockGram) -> None:
         """Add another counter's counts (other blocks of the same SAE)."""
         other.flush()
         if other.tiles is None:
             return
-        self._alloc()
-        for a, b in zip(self.tiles, other.tiles):
+        for a, b in zip(self._tiles(), other.tiles):
             a += b.to(self.device)
         self.n_blocks += other.n_blocks
 
@@ -137,19 +141,19 @@ class BlockGram:
 
     def _ready(self) -> list[torch.Tensor]:
         self.flush()
-        self._alloc()
-        return self.tiles
+        return self._tiles()
 
     def pairs(self) -> tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]:
         """(i, j, n_ij) for every pair i < j with n_ij > 0, sorted by (i, j)."""
-        out = [], [], []
+        out: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = [], [], []
         for r0, tile in zip(self.starts, self._ready()):
             upper = torch.ones(tile.shape, dtype=torch.bool, device=tile.device).triu_(1)
             r, c = ((tile > 0) & upper).nonzero(as_tuple=True)  # row-major: sorted
             out[0].append((r + r0).cpu().numpy())
             out[1].append((c + r0).cpu().numpy())
             out[2].append(tile[r, c].cpu().numpy())
-        return tuple(np.concatenate(x).astype(np.int64) for x in out)
+        i, j, n = (np.concatenate(x).astype(np.int64) for x in out)
+        return i, j, n
 
     def diagonal(self) -> Int[np.ndarray, " f"]:
         """n_ii: the blocks where each feature fires."""
@@ -235,13 +239,15 @@ def top_partners(rows: Int[np.ndarray, "r f"] | torch.Tensor, first: int,
     spread = b * (n - b)
     q = torch.where(spread > 0, spread.clamp(min=1).rsqrt(), torch.zeros((), device=b.device))
     found_r, found_c = [], []
-    for lo in range(0, r, PARTNER_ROWS):
-        c = rows[lo:lo + PARTNER_ROWS].clone()
+    # features that never fire (n_i = 0) have no partners: only live rows are scored
+    live = (n_i[first:first + r] > 0).nonzero().squeeze(1)
+    for lo in range(0, len(live), PARTNER_ROWS):
+        at = live[lo:lo + PARTNER_ROWS]
+        c = rows[at]                               # a copy
         h = len(c)
-        own = torch.arange(h, device=c.device)
-        c[own, own + first + lo] = 0               # a feature is not its own partner
+        c[torch.arange(h, device=c.device), at + first] = 0   # not its own partner
         apart = c <= 0
-        a = n_i[first + lo:first + lo + h, None]
+        a = n_i[at + first, None]
         keep = torch.zeros((h, d), dtype=torch.bool, device=c.device)
         s = torch.empty_like(c)
         if m > 0:
@@ -251,7 +257,7 @@ def top_partners(rows: Int[np.ndarray, "r f"] | torch.Tensor, first: int,
                 keep.scatter_(1, score.topk(m, dim=1).indices, True)
         keep &= ~apart
         rr, cc = keep.nonzero(as_tuple=True)
-        found_r.append(rr + lo)
+        found_r.append(at[rr])
         found_c.append(cc)
     rr, cc = (torch.cat(x) if x else torch.zeros(0, dtype=torch.int64) for x in (found_r, found_c))
     values = rows[rr, cc].to(torch.int64).cpu().numpy()

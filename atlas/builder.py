@@ -75,20 +75,20 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
     times = StageTimes()
     outer = step
 
-    def step(fn: Callable) -> Callable:  # noqa: F811  (each step also timed)
+    def timed_step(fn: Callable) -> Callable:
         return outer(times.timed(fn))
 
     con = pipeline.open_store(config)
     try:
-        lm = step(pipeline.load)(config)
-        planned = step(pipeline.plan_saes)(config, lm)
-        blocks = step(pipeline.corpus)(config, lm, records)
+        lm = timed_step(pipeline.load)(config)
+        planned = timed_step(pipeline.plan_saes)(config, lm)
+        blocks = timed_step(pipeline.corpus)(config, lm, records)
         if pipeline.corpus_stored(con, blocks):
             log.info("corpus %s is stored already; kept", blocks.corpus_id)
             # A second model with the same tokenizer reads the same corpus: record the model.
             pipeline.store_model(con, lm)
         else:
-            step(pipeline.store_corpus)(con, lm, blocks)
+            timed_step(pipeline.store_corpus)(con, lm, blocks)
         # A build run again (after a crash, or unchanged) keeps what it committed: harvests
         # stored under the same build key, trained SAEs saved with it, current indexes and
         # analysis runs.
@@ -102,9 +102,9 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
         untrained = [p for p in planned if p.sae is None]
         cache = None
         if untrained:
-            cache = step(pipeline.cache_activations)(lm, blocks, [p.hook for p in planned],
+            cache = timed_step(pipeline.cache_activations)(lm, blocks, [p.hook for p in planned],
                                                      batch_blocks=config.batch_blocks)
-            trained = {p.sae_id: step(pipeline.train)(config, lm, p, cache) for p in untrained}
+            trained = {p.sae_id: timed_step(pipeline.train)(config, lm, p, cache) for p in untrained}
             planned = [trained.get(p.sae_id, p) for p in planned]
             todo = [trained.get(p.sae_id, p) for p in todo]
         if todo:
@@ -115,16 +115,16 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
                 batches = (cache.batches(config.batch_blocks) if cache is not None else
                            pipeline.forward_batches(lm, blocks, hooks,
                                                     batch_blocks=config.batch_blocks))
-                stats, quality = step(pipeline.harvest)(config, todo, batches,
+                stats, quality = timed_step(pipeline.harvest)(config, todo, batches,
                                                         n_blocks=blocks.n_blocks,
                                                         total_tokens=int(blocks.token_ids.size))
             del cache
             for p in todo:
-                step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
+                timed_step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
                                              quality[p.sae_id])
-        step(pipeline.index_saes)(con, config, [p.sae_id for p in planned])
-        step(pipeline.word_tables)(config, lm, planned)
-        step(pipeline.analyze)(con, config, lm, planned)
+        timed_step(pipeline.index_saes)(con, config, [p.sae_id for p in planned])
+        timed_step(pipeline.word_tables)(config, lm, planned)
+        timed_step(pipeline.analyze)(con, config, lm, planned)
     finally:
         con.close()
     seconds = time.perf_counter() - t0

@@ -64,7 +64,7 @@ def loadable_model(con: duckdb.DuckDBPyConnection,
     row = model_of(con, sae_ids)
     if not row or not row[1]:
         raise AtlasError("the atlas records no loadable model; rebuild it with `atlas build`")
-    return row
+    return row[0], row[1]
 
 
 def load_sae(con: duckdb.DuckDBPyConnection, sae_id: str, *, device: str = "cpu"):

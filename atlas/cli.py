@@ -97,8 +97,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # No abbreviated flags: `--b` must not silently mean `--blocks`.
     sub = parser.add_subparsers(dest="command", required=True,
-                                parser_class=functools.partial(argparse.ArgumentParser,
-                                                               allow_abbrev=False))
+                                parser_class=functools.partial(  # type: ignore[call-overload]
+                                    argparse.ArgumentParser, allow_abbrev=False))
 
     p = sub.add_parser("build", help="harvest a model's SAE features into the atlas")
     add_config_flags(p)

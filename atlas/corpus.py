@@ -262,7 +262,11 @@ def tokenize_blocks(groups: dict[str, list[Document]], tokenizer, *, tokens: int
     quotas = token_quotas(groups, tokens=tokens, block_size=block_size,
                           code_fraction=code_fraction)
     sep = tokenizer.eos_token_id
-    rows, doc_rows, source_rows, used, lengths = [], [], [], [], []
+    rows: list = []
+    doc_rows: list = []
+    source_rows: list = []
+    used: list = []
+    lengths: list = []
     for source, docs in groups.items():
         if rule in ("li2024", "document"):
             start = start_token(tokenizer)

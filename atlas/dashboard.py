@@ -46,9 +46,11 @@ def has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     """Whether a table or view exists and holds rows."""
     with con.cursor() as cur:
         exists = cur.execute("SELECT count(*) FROM information_schema.tables WHERE "
-                             "table_name = ?", [table]).fetchone()[0]
-        return bool(exists) and cur.execute(
-            f"SELECT count(*) > 0 FROM {quote_identifier(table)}").fetchone()[0]
+                             "table_name = ?", [table]).fetchone()
+        if not exists or not exists[0]:
+            return False
+        rows = cur.execute(f"SELECT count(*) > 0 FROM {quote_identifier(table)}").fetchone()
+        return bool(rows and rows[0])
 
 
 def definitions(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:

@@ -138,8 +138,12 @@ def _model(spec: str, device: str, dtype: str = "auto") -> LoadedModel:
 def _sae(spec: SAESpec, device: str):
     from atlas.saes import load_published, load_saved
 
-    sae = (load_saved(Path(spec.path), device=device) if spec.path else
-           load_published(spec.release, spec.published_id, device=device))
+    if spec.path:
+        sae = load_saved(Path(spec.path), device=device)
+    elif spec.release and spec.published_id:
+        sae = load_published(spec.release, spec.published_id, device=device)
+    else:
+        raise AtlasError(f"{spec.sae_id} names neither a folder nor a published SAE")
     if weights_fingerprint(sae) != spec.fingerprint:
         raise AtlasError(f"{spec.sae_id} on this worker differs from the one the build planned "
                          f"({spec.path or spec.release}); workers must see the same files")

@@ -93,7 +93,8 @@ def length_groups(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
     """Block indices grouped by similar length (shortest first), each group's size x its
     longest length at most `budget` positions (a group holds at least one block)."""
     order = np.argsort(lengths, kind="stable")
-    groups, current = [], []
+    groups: list[np.ndarray] = []
+    current: list[int] = []
     for i in order:
         if current and (len(current) + 1) * int(lengths[i]) > budget:
             groups.append(np.asarray(current))
@@ -488,6 +489,7 @@ class FeatureAccumulator:
         """Decile-example candidates: (feature * N_BINS + bin, priority, position, act)."""
         s = self._samples
         s.fold()
+        assert s.x is not None  # made with a payload (the activations)
         return (s.f.cpu().numpy().astype(np.int64), s.v.cpu().numpy().astype(np.float32),
                 s.p.cpu().numpy().astype(np.int64), s.x.cpu().numpy().astype(np.float32))
 

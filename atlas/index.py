@@ -22,10 +22,10 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
-import faiss
+import faiss as _faiss
 import numpy as np
 from jaxtyping import Float, Int
 
@@ -35,6 +35,8 @@ from atlas.errors import AtlasError
 from atlas.geometry.vectors import unit
 
 log = logging.getLogger(__name__)
+faiss: Any = _faiss
+"""FAISS, untyped here: its stubs name only the base `Index` (no `hnsw`, `nprobe`, `id_map`)."""
 
 Kind = Literal["auto", "flat", "hnsw", "ivf"]
 APPROX_ABOVE = 200_000

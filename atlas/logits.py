@@ -73,7 +73,9 @@ def unembedding(lm) -> Unembedding:
     """The unembedding and final norm scale of a loaded model (`atlas.models.LoadedModel`)."""
     W_U = lm.model.get_output_embeddings().weight.detach()
     found = final_norm(lm.model)
-    scale = None if found is None else final_norm_scale(found[1], lm.d_model)
+    if found is None:
+        return Unembedding(W_U, None, None)
+    scale = final_norm_scale(found[1], lm.d_model)
     return Unembedding(W_U, scale, None if scale is None else found[0])
 
 

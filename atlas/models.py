@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -32,7 +33,8 @@ class LoadedModel:
     """A causal LM with its tokenizer and the facts the atlas records about it."""
 
     model: nn.Module
-    tokenizer: object
+    tokenizer: Any
+    """A Hugging Face tokenizer (`PreTrainedTokenizerBase`)."""
     model_id: str
     source: str
     n_layers: int
@@ -204,7 +206,7 @@ def _load_hf(spec: str, dev: torch.device, dtype: torch.dtype = torch.float32) -
 def _wrap(model: nn.Module, tok: object, model_id: str, source: str,
           dev: torch.device, spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     model.eval().to(dev, dtype)
-    cfg = model.config
+    cfg: Any = model.config
     return LoadedModel(model=model, tokenizer=tok, model_id=model_id, source=source,
                        n_layers=int(cfg.num_hidden_layers), d_model=int(cfg.hidden_size),
                        device=dev, spec=spec, dtype=dtype)

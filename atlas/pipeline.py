@@ -60,6 +60,13 @@ class AtlasSAE:
     neuronpedia_id: str | None = None
     """Its Neuronpedia id ('gpt2-small/8-res-jb'), when it has one."""
 
+    @property
+    def loaded(self) -> SAE:
+        """The SAE itself (planned SAEs that a build trains have none until then)."""
+        if self.sae is None:
+            raise ValueError(f"{self.sae_id} has not been trained or loaded yet")
+        return self.sae
+
 
 @dataclass
 class ActivationCache:
@@ -130,9 +137,10 @@ def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
         return [AtlasSAE(f"{lm.model_id}/L{h.layer}/topk{config.d_sae}-k{config.k}{suffix}", h,
                          "trained") for h in hooks]
     planned = []
-    ids = expand_sae_ids(config.sae_release, config.sae_id, config.layers) if config.sae_id else []
+    release = config.sae_release or ""  # BuildConfig requires a release with --sae-id
+    ids = expand_sae_ids(release, config.sae_id, config.layers) if config.sae_id else []
     for sae_id in ids:
-        sae = load_published(config.sae_release, sae_id, device=str(lm.device))
+        sae = load_published(release, sae_id, device=str(lm.device))
         planned.append(AtlasSAE(f"{config.sae_release}/{sae_id}", _hook(sae, sae_id),
                                 f"{config.sae_release}/{sae_id}", sae,
                                 release=config.sae_release, release_sae_id=sae_id,
@@ -165,13 +173,14 @@ def check_planned(planned: Sequence[AtlasSAE], lm: LoadedModel) -> None:
             raise AtlasError(f"SAE {p.sae_id} reads {p.hook.name}, but {lm.model_id} has layers "
                              f"0..{lm.n_layers - 1}; load the model it was trained on (--model) "
                              "or leave this SAE out")
-        trained_on = p.sae.cfg.metadata.model_name
+        trained_on = p.loaded.cfg.metadata.model_name
         if trained_on and trained_on.split("/")[-1].lower() != lm.model_id.split("/")[-1].lower():
             log.warning("%s was trained on %s; this build runs %s", p.sae_id, trained_on,
                         lm.model_id)
 
 
-def corpus(config: BuildConfig, lm: LoadedModel, source: object | None = None) -> Blocks:
+def corpus(config: BuildConfig, lm: LoadedModel, source: Iterable[object] | None = None
+           ) -> Blocks:
     """Tokenise the corpus (config.corpus, or `source` records when given) into blocks."""
     groups = documents_for(config.corpus if source is None else source, seed=config.seed)
     return tokenize_blocks(groups, lm.tokenizer, tokens=config.tokens,
@@ -307,9 +316,9 @@ def accumulators(config: BuildConfig, saes: Sequence[AtlasSAE], n_blocks: int, *
                  shard_blocks: int | None = None) -> dict[str, FeatureAccumulator]:
     """One accumulator per SAE (`block_firings` in full or per feature by `firings_kept`)."""
     return {s.sae_id: FeatureAccumulator(
-        s.sae.cfg.d_sae, n_blocks, block_size=row_width(config.block_rule, config.block_size),
+        s.loaded.cfg.d_sae, n_blocks, block_size=row_width(config.block_rule, config.block_size),
         threshold=config.threshold,
-        n_examples=config.n_examples, firings_top=firings_kept(s.sae.cfg.d_sae, n_blocks),
+        n_examples=config.n_examples, firings_top=firings_kept(s.loaded.cfg.d_sae, n_blocks),
         shard_blocks=shard_blocks, per_bin=config.decile_examples) for s in saes}
 
 
@@ -323,7 +332,7 @@ class Encoders:
 
     def __call__(self, s: AtlasSAE, residuals: torch.dtype) -> SAE:
         if s.sae_id not in self.saes:
-            dtype = encode_dtype(self.setting, residuals, s.sae.W_dec.dtype)
+            dtype = encode_dtype(self.setting, residuals, s.loaded.W_dec.dtype)
             self.saes[s.sae_id] = encoding_copy(s.sae, dtype)
         return self.saes[s.sae_id]
 
@@ -374,7 +383,7 @@ def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[Act
     encoders = Encoders(config.sae_dtype)
     bar = Progress("harvest", total=total_tokens, unit="tok")
     for _, shard in itertools.groupby(batches, key=lambda b: b.start // config.shard_blocks):
-        quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
+        quality = {s.sae_id: QualityPartial.empty(s.loaded.cfg.d_sae, s.loaded.cfg.d_in)
                    for s in measure}
         for batch in shard:
             harvest_batch(saes, accs, quality, batch, held, encoders)
@@ -398,7 +407,7 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
     if measure is None:
         measure = {s.sae_id for s in saes if s.quality is None}
     accs = accumulators(config, saes, n_blocks)
-    quality = {s.sae_id: QualityPartial.empty(s.sae.cfg.d_sae, s.sae.cfg.d_in)
+    quality = {s.sae_id: QualityPartial.empty(s.loaded.cfg.d_sae, s.loaded.cfg.d_in)
                for s in saes if s.sae_id in measure}
     held = held_out_blocks(config, n_blocks)
     encoders = Encoders(config.sae_dtype)
@@ -417,13 +426,14 @@ def merge_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
     block order: an iterable may read them lazily)."""
     stats, quality = {}, {}
     for s in saes:
-        merger = shards.Merger(d_sae=s.sae.cfg.d_sae, n_blocks=n_blocks,
+        merger = shards.Merger(d_sae=s.loaded.cfg.d_sae, n_blocks=n_blocks,
                                block_size=row_width(config.block_rule, config.block_size),
                                n_examples=config.n_examples)
         qualities = []
         for p in parts[s.sae_id]:
             merger.add(p)
-            qualities.append(p.quality)
+            if p.quality is not None:
+                qualities.append(p.quality)
         stats[s.sae_id] = merger.result()
         quality[s.sae_id] = s.quality if s.quality is not None else merge_quality(qualities)
     return stats, quality
@@ -442,12 +452,12 @@ def harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, bloc
 def _harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blocks: Blocks,
                     stats: FeatureStats, lens_job: Future) -> store.HarvestTables:
     sid = planned.sae_id
-    d_sae = planned.sae.cfg.d_sae
+    d_sae = planned.loaded.cfg.d_sae
     labels = _token_labels(lm, stats)
     examples = _examples(lm, planned.sae_id, blocks, stats)
     deciles = _decile_examples(lm, sid, blocks, config, stats)
     unit = unit_decoders(planned.sae)
-    norms = np.linalg.norm(planned.sae.W_dec.detach().float().cpu().numpy(), axis=1)
+    norms = np.linalg.norm(planned.loaded.W_dec.detach().float().cpu().numpy(), axis=1)
     features = pa.table({
         "sae_id": [sid] * d_sae, "feature": np.arange(d_sae, dtype=np.int32),
         "firing_count": stats.firing_count, "block_count": stats.block_count.astype(np.int32),
@@ -483,7 +493,7 @@ def _harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blo
                "config": {**_config_json(config),
                           "model_dtype": str(lm.dtype).removeprefix("torch."),
                           "encode_dtype": str(encode_dtype(
-                              config.sae_dtype, lm.dtype, planned.sae.W_dec.dtype,
+                              config.sae_dtype, lm.dtype, planned.loaded.W_dec.dtype,
                           )).removeprefix("torch.")},
                "build_key": build_key(config),
                "decoder_checksum": store.checksum(unit), "cooccurrence_storage": storage,
@@ -608,7 +618,7 @@ def unit_decoders(sae: SAE) -> np.ndarray:
 
 def sae_record(lm: LoadedModel, planned: AtlasSAE, quality: SAEQuality) -> store.SAERecord:
     """The `saes` row of an SAE."""
-    cfg = planned.sae.cfg
+    cfg = planned.loaded.cfg
     return store.SAERecord(
         sae_id=planned.sae_id, model_id=lm.model_id, layer=planned.hook.layer,
         hook=planned.hook.name, d_in=cfg.d_in, d_sae=cfg.d_sae, architecture=cfg.architecture(),

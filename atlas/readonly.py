@@ -100,7 +100,8 @@ def open_readonly(path: Path | str, limits: Limits | None = None) -> duckdb.Duck
     if not path.exists():
         raise AtlasError(f"{path} does not exist; build an atlas first with "
                          f"`atlas build --db {path}`")
-    config = {**SAFE_CONFIG, "memory_limit": limits.memory_limit, "threads": limits.threads}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        **SAFE_CONFIG, "memory_limit": limits.memory_limit, "threads": limits.threads}
     try:
         con = duckdb.connect(str(path), read_only=True, config=config)
     except duckdb.Error as exc:

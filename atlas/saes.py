@@ -13,7 +13,7 @@ import copy
 import fnmatch
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,7 +233,7 @@ def train_topk(acts: Float[torch.Tensor, "n d"], settings: TrainSettings, *,
             opt.step()
             sched.step()
             with torch.no_grad():
-                params["W_dec"] /= params["W_dec"].norm(dim=1, keepdim=True)
+                params["W_dec"].div_(params["W_dec"].norm(dim=1, keepdim=True))
                 silent += len(idx)
                 silent[fired] = 0
             bar.update(1, fvu=f"{loss.item():.3f}")
@@ -272,13 +272,13 @@ class _Encoder(torch.autograd.Function):
         return None, grad_w, grad_b, -(grad_b @ w_enc.t())
 
 
-def _pre_acts(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+def _pre_acts(x: torch.Tensor, p: Mapping[str, torch.Tensor]) -> torch.Tensor:
     if x.device.type == "cpu":
         return _Encoder.apply(x, p["W_enc"], p["b_enc"], p["b_dec"])
     return (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]  # dense products are cheap on a GPU
 
 
-def _step_loss(x: torch.Tensor, p: dict[str, torch.Tensor], silent: torch.Tensor,
+def _step_loss(x: torch.Tensor, p: Mapping[str, torch.Tensor], silent: torch.Tensor,
                s: TrainSettings, variance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised reconstruction loss (+ AuxK loss on dead latents) and the latents that fired."""
     pre = _pre_acts(x, p)
@@ -312,7 +312,7 @@ def _project_decoder_grad(w_dec: torch.nn.Parameter) -> None:
             w_dec.grad -= along * w_dec
 
 
-def _to_sae_lens(p: dict[str, torch.Tensor], scale: float, k: int, *, hook: HookPoint,
+def _to_sae_lens(p: Mapping[str, torch.Tensor], scale: float, k: int, *, hook: HookPoint,
                  model_name: str) -> TopKSAE:
     d_in, d_sae = p["W_enc"].shape
     cfg = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, dtype="float32", device="cpu",

@@ -152,8 +152,8 @@ class Merger:
             np.add.at(self.histogram, (hf, hb), hc)
         if p.samples is not None:
             self.per_bin = p.per_bin
-            self.samples = select_samples(tuple(np.concatenate([a, b]) for a, b in
-                                                zip(self.samples, p.samples)), p.per_bin)
+            f, v, q, x = (np.concatenate([a, b]) for a, b in zip(self.samples, p.samples))
+            self.samples = select_samples((f, v, q, x), p.per_bin)
 
     def _refuse(self, extra=()) -> None:
         edges = [*self.edges, *extra]
@@ -165,8 +165,10 @@ class Merger:
             self._refuse()
         diag = np.arange(self.d_sae)
         self.gram.add_pairs(diag, diag, self.block_count)
-        firings = (tuple(np.concatenate(x) for x in zip(*self.firings)) if self.firings
-                   else _empty())
+        firings = _empty()
+        if self.firings:
+            b, f, a = (np.concatenate(x) for x in zip(*self.firings))
+            firings = (b, f, a)
         return stats_from(count=self.count, block_count=self.block_count, act_sum=self.act_sum,
                           max_act=self.max_act, top=self.top, firings=firings,
                           firings_top=self.firings_top, tokens=self.tokens,
@@ -181,7 +183,7 @@ def _empty() -> Triple:
 
 
 def _cat(a: Triple, b: Triple) -> Triple:
-    return tuple(np.concatenate([x, y]) for x, y in zip(a, b))
+    return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
 
 
 def merge(parts: list[Partial], *, d_sae: int, n_blocks: int, block_size: int,

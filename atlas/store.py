@@ -285,9 +285,16 @@ def matrix_path(con: duckdb.DuckDBPyConnection, sae_id: str) -> Path | None:
                       [sae_id]).fetchone()
     if not row or not row[0]:
         return None
-    db = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = "
-                     "current_database()").fetchone()[0]
-    return cooccurrence_dir(Path(db)) / row[0]
+    return cooccurrence_dir(database_path(con)) / row[0]
+
+
+def database_path(con: duckdb.DuckDBPyConnection) -> Path:
+    """The file of the database `con` has open."""
+    row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = "
+                      "current_database()").fetchone()
+    if not row or not row[0]:
+        raise AtlasError("this connection has no database file open")
+    return Path(row[0])
 
 
 class transaction:
@@ -357,4 +364,5 @@ def load_decoders(con: duckdb.DuckDBPyConnection, sae_id: str) -> np.ndarray:
             out = np.empty((n, len(flat) // len(chunk)), np.float32)
         out[feats[row:row + len(chunk)]] = flat.reshape(len(chunk), -1)
         row += len(chunk)
+    assert out is not None  # n > 0 rows came in non-empty chunks
     return out

@@ -113,9 +113,9 @@ def word_vectors_at(lm, hooks: list[HookPoint], words: list[str], *,
     for group_all in by_length.values():
         for start in range(0, len(group_all), batch):
             group = group_all[start:start + batch]
-            ids = torch.tensor([fed[i][0] for i in group])
+            batch_ids = torch.tensor([fed[i][0] for i in group])
             with torch.no_grad():
-                acts = capture_residuals(lm, ids, hooks)
+                acts = capture_residuals(lm, batch_ids, hooks)
             for name, x in acts.items():
                 vectors[name][group] = x[:, -1].float().cpu().numpy()
     split = tuple(tuple(lm.tokenizer.batch_decode([[t] for t in ids[len(ids) - n:]]))
@@ -166,6 +166,10 @@ class WordTable:
 
     def row(self, word: str) -> int | None:
         return self._rows.get(word)
+
+    def index(self, word: str) -> int:
+        """The row of a word known to be in the table."""
+        return self._rows[word]
 
     @cached_property
     def _rows(self) -> dict[str, int]:
@@ -272,8 +276,9 @@ def store_tables(db: Path, lm, hooks: list[HookPoint], *,
                  representation: str = DEFAULT_REPRESENTATION) -> list[WordTable]:
     """The vocabulary's word tables at `hooks`, those not stored yet computed in one pass of
     the model and stored (what `atlas build` keeps beside the atlas)."""
-    tables = {h.name: load_table(db, lm.model_id, h.name, representation) for h in hooks}
-    todo = [h for h in hooks if tables[h.name] is None]
+    stored = {h.name: load_table(db, lm.model_id, h.name, representation) for h in hooks}
+    tables = {name: t for name, t in stored.items() if t is not None}
+    todo = [h for h in hooks if h.name not in tables]
     if todo:
         t0 = time.perf_counter()
         for table in compute_tables(lm, todo, vocabulary(lm.tokenizer),
@@ -324,7 +329,7 @@ def _nearest(table: WordTable, query_of, exclude: tuple[str, ...], k: int, con,
         scores, ids = index.search(q[None], k)
         feats = tuple(describe(con, index.meta.sae_id, ids[0], scores[0]))
     notes = tuple(f"'{w}' is {len(p)} tokens {list(p)}; its last token's residual was used"
-                  for w in exclude for p in [table.pieces[table.row(w)]] if len(p) > 1)
+                  for w in exclude for p in [table.pieces[table.index(w)]] if len(p) > 1)
     return WordAnalogy(words, feats, notes)
 
 

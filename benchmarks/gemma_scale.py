@@ -144,11 +144,13 @@ def instrumented_harvest(config: BuildConfig, lm: LoadedModel, saes: list[AtlasS
         gram.flush = lambda: stages.time("co-occurrence", flush)
 
         def timed_alloc():
-            if gram.tiles is None:
-                t0 = time.perf_counter()
-                stages.time("co-occurrence", alloc)
-                stages.seconds["allocation"] = (stages.seconds.get("allocation", 0.0)
-                                                + time.perf_counter() - t0)
+            if gram.tiles is not None:
+                return alloc()
+            t0 = time.perf_counter()
+            out = stages.time("co-occurrence", alloc)
+            stages.seconds["allocation"] = (stages.seconds.get("allocation", 0.0)
+                                            + time.perf_counter() - t0)
+            return out
         gram._alloc = timed_alloc
         wrapped.add(id(gram))
 
@@ -171,7 +173,7 @@ def instrumented_harvest(config: BuildConfig, lm: LoadedModel, saes: list[AtlasS
             acc = accs[s.sae_id]
             before = stages.seconds.get("co-occurrence", 0.0)
             stages.time("statistics", acc.update, batch.start, codes, batch.token_ids,
-                        batch.masks[s.hook.name])
+                        batch.masks[s.hook.name], masked=True)
             wrap(acc.gram)
             stages.seconds["statistics"] -= stages.seconds.get("co-occurrence", 0.0) - before
     out = {}

@@ -30,7 +30,8 @@ IO_STEPS = {"store_corpus", "store_harvest", "index_saes"}
 def as_task(fn: Callable) -> Callable:
     """A Prefect task running one pipeline step; only the I/O steps retry."""
     retries = 2 if fn.__name__ in IO_STEPS else 0
-    return task(fn, name=fn.__name__, cache_policy=NONE, retries=retries, retry_delay_seconds=1)
+    return task(fn, name=fn.__name__, cache_policy=NONE, retries=retries,  # type: ignore[call-overload]
+                retry_delay_seconds=1)
 
 
 @task(name="harvest_shard", cache_policy=NONE, retries=2, retry_delay_seconds=1)

@@ -351,6 +351,12 @@ class Task:
     absorbed_resid: dict[str, np.ndarray] | None = None
     prompt: str = ""
 
+    def saebench(self, hook: str) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+        """(probe, absorbed rows, their residuals) at a hook: SAEBench's inputs."""
+        if self.probes is None or self.absorbed is None or self.absorbed_resid is None:
+            raise ValueError("this task was prepared for the atlas's definition, not SAEBench's")
+        return self.probes[hook], self.absorbed[hook], self.absorbed_resid[hook]
+
 
 def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
     """One run per SAE."""
@@ -399,7 +405,7 @@ def saebench_task(lm: LoadedModel, hooks: list[HookPoint], settings: Settings) -
             pool, pool, settings.icl_examples, shared, rng, vocab.words)]
         resid = grouped_residuals(lm, groups, vocab.token_ids, n, hooks)
     else:
-        prompts = [None] * n
+        prompts: list[str] = [""] * n
         for pool in pools.values():
             made = icl_prompts([vocab.words[i] for i in pool], pool, settings.icl_examples,
                                rng, vocab.words)
@@ -442,9 +448,10 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, task: Task) ->
     x = task.resid[hook]
     decoder = sae.W_dec.detach().float().cpu().numpy()
     if settings.definition == "saebench":
-        result = ab.saebench_absorption(task.probes[hook], x, task.vocab.labels, task.train,
+        probe, absorbed, absorbed_resid = task.saebench(hook)
+        result = ab.saebench_absorption(probe, x, task.vocab.labels, task.train,
                                         lambda r: sae_codes(sae, r), decoder,
-                                        task.absorbed[hook], task.absorbed_resid[hook], settings)
+                                        absorbed, absorbed_resid, settings)
     else:
         result = ab.absorption(x, task.vocab.labels, sae_codes(sae, x), decoder, task.train,
                                settings, offset=sae.b_dec.detach().float().cpu().numpy())

@@ -13,6 +13,7 @@ Views: `crystal_quality`, `word_representation_quality`, `crystal_separation`.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,9 @@ from atlas.analyses.runner import Inputs, Output, Subject
 from atlas.geometry import crystals as cr
 from atlas.models import HookPoint
 from atlas.saes import sae_input
+
+if TYPE_CHECKING:
+    from atlas.words import WordVectors
 
 NAME = "crystals"
 DEFINITION = "li2024"
@@ -75,23 +79,23 @@ def hidden_state(hook: HookPoint) -> int:
 
 
 def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings
-            ) -> dict[str, dict[str, object]]:
+            ) -> dict[str, dict[str, WordVectors]]:
     """The task words at every subject's hook, one model pass per word representation:
     {representation: {hook name: WordVectors}}."""
     from atlas.words import REPRESENTATIONS, word_vectors_at
 
     words = cr.task_words(cr.word_pair_tasks())
-    hooks = list({s.hook.name: s.hook for s in subjects}.values())
+    hooks = list({s.point.name: s.point for s in subjects}.values())
     return {r: word_vectors_at(inputs.lm, hooks, words, representation=r)
             for r in REPRESENTATIONS}
 
 
 def compute(inputs: Inputs, subject: Subject, settings: Settings,
-            shared: dict[str, dict[str, object]]) -> Output:
+            shared: dict[str, dict[str, WordVectors]]) -> Output:
     """Crystals at one residual point: the paper's LDA experiment, the choice of word
     representation, and analogies, distractors and crystals in the residual stream and in the
     SAE's code space when it can be loaded."""
-    lm, hook = inputs.lm, subject.hook
+    lm, hook = inputs.lm, subject.point
     tasks = cr.word_pair_tasks()
     train, test = cr.split_pairs(tasks, seed=settings.seed)
     words = cr.task_words(tasks)

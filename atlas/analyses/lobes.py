@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -76,9 +77,12 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     """Co-occurrence lobes and geometric clusters for each k, and their modularity tests."""
     con = inputs.con
     (sae_id,) = subject.sae_ids
-    n_blocks, rule, size = con.execute(
+    row = con.execute(
         "SELECT h.n_blocks, c.block_rule, c.block_size FROM harvests h "
         "JOIN corpora c ON c.corpus_id = h.corpus WHERE h.sae_id = ?", [sae_id]).fetchone()
+    if row is None:
+        raise AtlasError(f"no harvest of {sae_id} in this atlas; `atlas info` lists the SAEs")
+    n_blocks, rule, size = row
     window = window_rule(rule, size, n_blocks)
     counts = con.execute("SELECT block_count FROM features WHERE sae_id = ? ORDER BY feature",
                          [sae_id]).fetchnumpy()["block_count"].astype(np.float64)
@@ -97,7 +101,8 @@ def compute(inputs: Inputs, subject: Subject, settings: Settings, shared=None) -
     geo = spectral_labels(lb.knn_angular(vectors, stored[2]) if sparse
                           else lb.angular_similarity(vectors), ks, settings.seed)
     cluster_rows, tests = [("geometry", "angular", k, geo[k]) for k in ks], []
-    for metric in settings.metrics:
+    for name in settings.metrics:
+        metric = cast(lb.Metric, name)  # checked against lb.METRICS with the settings
         matrix = (lb.knn_affinity(stored[0], stored[1], counts[keep], n_blocks, metric=metric,
                                   k=stored[2]) if sparse else
                   lb.affinity_matrix(stored, counts[keep], n_blocks, metric=metric))

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -34,6 +35,13 @@ class Subject:
     hook: HookPoint | None = None
     """The residual point it reads, for per-hook analyses."""
 
+    @property
+    def point(self) -> HookPoint:
+        """`hook`, for the per-hook analyses whose subjects always have one."""
+        if self.hook is None:
+            raise ValueError(f"subject {self.key} reads no single residual point")
+        return self.hook
+
 
 @dataclass(frozen=True)
 class Output:
@@ -44,7 +52,7 @@ class Output:
     summary: Mapping[str, object]
 
 
-Loader = Callable[[Sequence[str]], tuple[object, dict]]
+Loader = Callable[[Sequence[str]], tuple[Any, dict]]
 """(sae_ids) -> (loaded model, {sae_id: SAE}): how analyses that run the model get it."""
 
 
@@ -57,11 +65,11 @@ class Inputs:
     sae_ids: tuple[str, ...]
     """The SAEs to analyse, ordered by layer."""
     loader: Loader | None = None
-    models_loader: Callable[[Sequence[str]], dict[str, tuple[object, dict]]] | None = None
+    models_loader: Callable[[Sequence[str]], dict[str, tuple[Any, dict]]] | None = None
     """(sae_ids) -> {model_id: (model, {sae_id: SAE})}: SAEs that may read different models."""
-    _loaded: tuple[object, dict] | None = field(default=None, repr=False)
+    _loaded: tuple[Any, dict] | None = field(default=None, repr=False)
 
-    def _load(self) -> tuple[object, dict]:
+    def _load(self) -> tuple[Any, dict]:
         if self._loaded is None:
             if self.loader is None:
                 raise AtlasError("this analysis runs the model, and no model was given")
@@ -77,7 +85,7 @@ class Inputs:
         """Every SAE object the loader found (SAEs known only from their harvest are absent)."""
         return self._load()[1]
 
-    def models(self, sae_ids: Sequence[str]) -> dict[str, tuple[object, dict]]:
+    def models(self, sae_ids: Sequence[str]) -> dict[str, tuple[Any, dict]]:
         """{model_id: (model, {sae_id: SAE})} for `sae_ids`, which may read several models
         (each loaded once); without a `models_loader`, the one model of `loader`."""
         if self.models_loader is None:
@@ -110,7 +118,7 @@ def with_run_id(table: pa.Table, run_id: str) -> pa.Table:
     return table.add_column(0, "run_id", pa.array([run_id] * table.num_rows, pa.string()))
 
 
-def params_json(settings: object) -> str:
+def params_json(settings: Any) -> str:
     """Settings as `analysis_runs.params` records them (and a re-run compares them)."""
     return json.dumps(dataclasses.asdict(settings), default=str)
 
@@ -160,7 +168,7 @@ def is_current(con: duckdb.DuckDBPyConnection, analysis: ModuleType, subject: Su
         [analysis.NAME, subject.key, definition_of(analysis, settings), params,
          list(subject.sae_ids)]
     ).fetchone()
-    return bool(row[0])
+    return bool(row and row[0])
 
 
 def run(inputs: Inputs, analysis: ModuleType, settings: object | None = None, *,
@@ -230,13 +238,13 @@ def run_many(inputs: Inputs, names: Sequence[str],
     return out
 
 
-def build_settings(analysis: ModuleType) -> object:
+def build_settings(analysis: ModuleType) -> Any:
     """The settings `atlas build` runs an analysis with: its defaults, changed by the module's
     optional `BUILD` mapping (recorded in the run's params like any setting)."""
     return dataclasses.replace(analysis.Settings(), **getattr(analysis, "BUILD", {}))
 
 
-def with_seed(settings: object, seed: int | None) -> object:
+def with_seed(settings: Any, seed: int | None) -> Any:
     """`settings` with its `seed` field replaced (when it has one and a seed is given)."""
     if seed is None or "seed" not in {f.name for f in dataclasses.fields(settings)}:
         return settings

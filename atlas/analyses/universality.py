@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -117,14 +117,14 @@ class Correlations:
     """Per pair of SAEs: the correlation of every feature of A with every feature of B, and
     the tokens it was measured on; per SAE its features' top tokens and the model it reads."""
 
-    corr: dict[tuple[str, str], np.ndarray]
-    n_tokens: dict[tuple[str, str], int]
+    corr: dict[tuple[str, ...], np.ndarray]
+    n_tokens: dict[tuple[str, ...], int]
     top: dict[str, list[list[int]]]
     junk: set[int]
     model: dict[str, str]
 
 
-def same_tokenizer(models: dict[str, object]) -> None:
+def same_tokenizer(models: dict[str, Any]) -> None:
     """One clear error unless every model has the same vocabulary (token id -> text)."""
     vocabs = {m: lm.tokenizer.get_vocab() for m, lm in models.items()}
     first, *rest = vocabs
@@ -145,7 +145,7 @@ def junk_ids(tokenizer, rule: str = "lan2024") -> set[int]:
 
 @torch.no_grad()
 def activation_correlations(con: duckdb.DuckDBPyConnection, models: dict[str, tuple],
-                            pairs: list[tuple[str, str]], *, n_blocks: int, top_k: int = 5,
+                            pairs: list[tuple[str, ...]], *, n_blocks: int, top_k: int = 5,
                             batch_blocks: int = 8, codes: str = "pre",
                             junk: str = "lan2024") -> Correlations:
     """Correlations of each pair's activations over `n_blocks` blocks of the first SAE's corpus

@@ -67,8 +67,8 @@ def sample_words(tasks: Pairs, max_words: int, *, seed: int = 0) -> list[str]:
 def parallelogram_error(a, b, c, d) -> float:
     """|(b - a) - (d - c)| relative to the mean side length: 0 for a perfect parallelogram."""
     u, v = b - a, d - c
-    return float(np.linalg.norm(u - v) / max(0.5 * (np.linalg.norm(u) + np.linalg.norm(v)),
-                                              1e-12))
+    side = 0.5 * float(np.linalg.norm(u) + np.linalg.norm(v))
+    return float(np.linalg.norm(u - v)) / max(side, 1e-12)
 
 
 def crystal_error(a, b, c, d) -> float:
@@ -76,9 +76,9 @@ def crystal_error(a, b, c, d) -> float:
     of b - a and d - c; mean of c - a and d - b): 0 for a perfect parallelogram, large for a
     thin one whose two pairs are near-copies of each other (a ~ c, b ~ d)."""
     u, v, w, z = b - a, d - c, c - a, d - b
-    sides = min(0.5 * (np.linalg.norm(u) + np.linalg.norm(v)),
-                0.5 * (np.linalg.norm(w) + np.linalg.norm(z)))
-    return float(np.linalg.norm(u - v) / max(sides, 1e-12))
+    sides = min(0.5 * float(np.linalg.norm(u) + np.linalg.norm(v)),
+                0.5 * float(np.linalg.norm(w) + np.linalg.norm(z)))
+    return float(np.linalg.norm(u - v)) / max(sides, 1e-12)
 
 
 def trapezoid_error(a, b, c, d) -> float:
@@ -368,15 +368,15 @@ def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 10, max_w
     used: set[tuple[int, int]] = set()
     seen: set[frozenset[int]] = set()
     out: list[Crystal] = []
-    for _err, *quad in table:
-        a, b, c, d = (int(x) for x in quad)
-        sides = {tuple(sorted((a, b))), tuple(sorted((c, d)))}
-        if sides & used or frozenset(quad) in seen:
+    for row in table:
+        qa, qb, qc, qd = (int(x) for x in row[1:])
+        sides = {(min(qa, qb), max(qa, qb)), (min(qc, qd), max(qc, qd))}
+        if sides & used or frozenset((qa, qb, qc, qd)) in seen:
             continue
         used |= sides
-        seen.add(frozenset(quad))
-        va, vb, vc, vd = mat[a], mat[b], mat[c], mat[d]
-        out.append(Crystal(words[a], words[b], words[c], words[d], crystal_error(va, vb, vc, vd),
+        seen.add(frozenset((qa, qb, qc, qd)))
+        va, vb, vc, vd = mat[qa], mat[qb], mat[qc], mat[qd]
+        out.append(Crystal(words[qa], words[qb], words[qc], words[qd], crystal_error(va, vb, vc, vd),
                            parallelogram_error(va, vb, vc, vd), trapezoid_error(va, vb, vc, vd)))
         if len(out) >= limit:
             break
@@ -409,7 +409,7 @@ def same_relation_chance(words: list[str], tasks: Pairs) -> float:
     pool = set(words)
     n = len(pool) * (len(pool) - 1) // 2
     total = n * (n - 1) / 2
-    hits = 0
+    hits = 0.0
     for pairs in tasks.values():
         m = len({frozenset(p) for p in pairs if p[0] in pool and p[1] in pool and p[0] != p[1]})
         hits += m * (m - 1) / 2
