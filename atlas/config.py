@@ -36,6 +36,11 @@ class BuildConfig:
     tokens: int = 160_000
     """Corpus tokens to harvest (rounded down to whole blocks)."""
 
+    architecture: Literal["topk"] = "topk"
+    """Architecture of the SAEs a build trains (atlas.architectures): 'topk' (TopK with an
+    AuxK loss, saved as SAELens TopKSAE; its settings: --d-sae, --k, --epochs, --train-batch,
+    --lr)."""
+
     d_sae: int = 2048
     """Features per trained SAE."""
 

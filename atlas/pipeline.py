@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float
 from sae_lens import SAE
 
 from atlas import faults, shards, store
+from atlas.architectures import architecture
 from atlas.artifacts import cooccurrence_dir, safe_name, sae_path
 from atlas.blockgram import (TOP_PARTNERS, BlockGram, MatrixWriter, storage_for,
                              top_partners)
@@ -36,9 +37,9 @@ from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, Sp
                            bin_edges, decile_examples, encode_sparse, firings_kept,
                            forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, cpu_has_bf16, load_model
-from atlas.saes import (QualityPartial, SAEQuality, TrainSettings, check_width, encode_dtype,
-                        encoding_copy, evaluate, expand_sae_ids, hook_of, load_published,
-                        load_saved, merge_quality, neuronpedia_id, sae_input, train_topk)
+from atlas.saes import (QualityPartial, SAEQuality, check_width, encode_dtype, encoding_copy,
+                        evaluate, expand_sae_ids, hook_of, load_published, load_saved,
+                        merge_quality, neuronpedia_id, sae_input)
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,9 @@ def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
         hooks = [HookPoint(layer) for layer in sorted(set(config.layers))]
         lm.check_hooks(hooks)
         suffix = f"-s{config.init_seed}" if config.init_seed else ""
-        return [AtlasSAE(f"{lm.model_id}/L{h.layer}/topk{config.d_sae}-k{config.k}{suffix}", h,
-                         "trained") for h in hooks]
+        name = architecture(config.architecture).sae_name(config)
+        return [AtlasSAE(f"{lm.model_id}/L{h.layer}/{name}{suffix}", h, "trained")
+                for h in hooks]
     planned = []
     release = config.sae_release or ""  # BuildConfig requires a release with --sae-id
     ids = expand_sae_ids(release, config.sae_id, config.layers) if config.sae_id else []
@@ -276,15 +278,15 @@ def layer_seed(seed: int, layer: int) -> int:
 
 def train(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE,
           cache: ActivationCache) -> AtlasSAE:
-    """Train a TopK SAE on the cached activations of the training blocks and save it."""
+    """Train an SAE of the build's architecture on the cached activations of the training
+    blocks and save it."""
     held_blocks = held_out_blocks(config, len(cache.token_ids))
     name = planned.hook.name
     x = cache.residuals(name, ~held_blocks)
-    settings = TrainSettings(d_sae=config.d_sae, k=config.k, epochs=config.epochs,
-                             batch_size=config.train_batch, lr=config.lr,
-                             seed=layer_seed(config.init_seed, planned.hook.layer))
+    arch = architecture(config.architecture)
+    settings = arch.settings(config, layer_seed(config.init_seed, planned.hook.layer))
     t0 = time.perf_counter()
-    sae = train_topk(x, settings, hook=planned.hook, model_name=lm.model_id, device=lm.device,
+    sae = arch.train(x, settings, hook=planned.hook, model_name=lm.model_id, device=lm.device,
                      desc=f"train L{planned.hook.layer}").to(lm.device)
     held = cache.residuals(name, held_blocks)
     quality = evaluate(sae, held)
@@ -747,6 +749,8 @@ the corpus (1 held out its tail) and trains with a sparse encoder gradient."""
 def build_key(config: BuildConfig) -> str:
     """A digest of the settings that determine a harvest's content."""
     kept = {k: v for k, v in _config_json(config).items() if k not in RESUME_IGNORES}
+    if kept.get("architecture") == "topk":
+        del kept["architecture"]  # the one architecture of earlier builds: their keys hold
     kept["build_format"] = BUILD_FORMAT
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 

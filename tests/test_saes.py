@@ -135,3 +135,44 @@ def test_pre_topk_codes_are_the_encoder_before_its_top_k_selection():
     standard = StandardSAE(StandardSAEConfig(d_in=16, d_sae=64, dtype="float32", device="cpu"))
     with torch.no_grad():
         torch.testing.assert_close(pre_topk_codes(standard, x), standard.encode(x))
+
+
+def test_the_topk_architecture_trains_what_train_topk_trains():
+    """The build trains through the architecture registry: 'topk' turns the build's flags into
+    TrainSettings, names the SAEs as before, and its SAE equals `train_topk`'s on the same
+    activations and seed; an unknown name is one clear error naming the choices."""
+    from atlas.architectures import ARCHITECTURES, architecture
+    from atlas.config import BuildConfig
+
+    config = BuildConfig(d_sae=96, k=3, epochs=2, train_batch=256, lr=3e-3)
+    arch = architecture(config.architecture)
+    assert arch is ARCHITECTURES["topk"] and arch.sae_name(config) == "topk96-k3"
+    settings = arch.settings(config, seed=7)
+    assert settings == TrainSettings(d_sae=96, k=3, epochs=2, batch_size=256, lr=3e-3, seed=7)
+    x, _ = planted_activations(n=2000)
+    got = arch.train(x, settings, hook=HookPoint(2), model_name="planted", device="cpu",
+                     desc="test")
+    want = train_topk(x, settings, hook=HookPoint(2), model_name="planted")
+    for name, value in want.state_dict().items():
+        assert torch.equal(got.state_dict()[name], value), name
+    with pytest.raises(AtlasError, match="no SAE architecture 'jumprelu' to train; choose one "
+                                         "of topk"):
+        architecture("jumprelu")
+
+
+def test_naming_the_default_architecture_keeps_earlier_build_keys():
+    """Builds from before `architecture` existed resume: the default leaves the key as the
+    digest of the other settings was."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from atlas.config import BuildConfig
+    from atlas.pipeline import BUILD_FORMAT, RESUME_IGNORES, build_key
+
+    config = BuildConfig()
+    before = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config), default=str))
+              .items() if k not in RESUME_IGNORES and k != "architecture"}
+    before["build_format"] = BUILD_FORMAT
+    assert build_key(config) == hashlib.sha1(json.dumps(before, sort_keys=True).encode()
+                                             ).hexdigest()[:16]
