@@ -96,7 +96,7 @@ SCREEN_CANDIDATES = 64
 
 @torch.no_grad()
 def logit_lens(W_dec: Float[torch.Tensor, "f d"], unembed: Unembedding, *, k: int = TOP_K,
-               chunk: int = 1024, screen: bool = False) -> LogitLens:
+               chunk: int = 512, screen: bool = False) -> LogitLens:
     """Top-k and bottom-k tokens of every feature's centred logit effect (module docstring),
     `chunk` features at a time (memory: chunk x vocab floats) on W_dec's device.
 
@@ -106,10 +106,11 @@ def logit_lens(W_dec: Float[torch.Tensor, "f d"], unembed: Unembedding, *, k: in
     proves that no token outside the candidates can enter its top (bottom) k; other rows are
     computed again in float32. The result equals the float32 computation's."""
     device = W_dec.device
-    W_U = unembed.W_U.to(device=device, dtype=torch.float32)
+    # one float32 copy of the unembedding, scaled and centred in place (vocab x d floats)
+    W_U = unembed.W_U.to(device=device, dtype=torch.float32, copy=True)
     if unembed.scale is not None:
-        W_U = W_U * unembed.scale.to(device)[None, :]
-    W_U = W_U - W_U.mean(0, keepdim=True)   # centre over the vocabulary
+        W_U.mul_(unembed.scale.to(device)[None, :])
+    W_U.sub_(W_U.mean(0, keepdim=True))   # centre over the vocabulary
     k = min(k, W_U.shape[0])
     screened = screen and W_U.shape[0] > 4 * SCREEN_CANDIDATES
     if screened:

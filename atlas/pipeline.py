@@ -471,6 +471,9 @@ def _harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blo
     b, f, a = stats.block_firings
     firings = pa.table({"sae_id": [sid] * len(b), "block_id": b.astype(np.int32),
                         "feature": f.astype(np.int32), "max_act": a})
+    # the lens has overlapped the Python work above; tensor work beside tensor work would only
+    # add the two's memory on the same cores
+    lens = lens_job.result()
     storage = storage_for(d_sae)
     matrix_file = None
     if storage == "matrix":
@@ -502,7 +505,7 @@ def _harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blo
                "cooccurrence_file": matrix_file,
                "block_firings_kept": ("all" if stats.firings_top is None
                                       else f"top-{stats.firings_top}")}
-    logit_rows, harvest["logit_lens"] = feature_logits(lm, sid, *lens_job.result())
+    logit_rows, harvest["logit_lens"] = feature_logits(lm, sid, *lens)
     return store.HarvestTables(harvest, features, decoders, firings, cooc, examples, rows,
                                feature_logits=logit_rows,
                                activation_histograms=_histogram_table(sid, stats.histogram),
