@@ -12,11 +12,18 @@ import textwrap
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from atlas.errors import AtlasError
 
 Device = Literal["auto", "cpu", "cuda"]
+BlockRule = Literal["document", "packed", "li2024"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+SaeDtype = Literal["auto", "float32", "bfloat16"]
+
+LI2024_CONTEXT = 1024
+"""The li2024 block rule's context per document: its start token and up to 1,023 tokens (Li et
+al.'s counting script truncates each document to 1,024 tokens)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class BuildConfig:
     block_size: int = 256
     """Tokens per block; co-occurrence is counted over blocks."""
 
-    block_rule: Literal["document", "packed", "li2024"] = "document"
+    block_rule: BlockRule = "document"
     """How the corpus is cut into blocks: 'document' (a block never spans two documents, as in
     the geometry paper, and runs as its own context; a document's last block is shorter),
     'packed' (documents joined by the end-of-text token and cut into full blocks, which may
@@ -65,12 +72,12 @@ class BuildConfig:
     device: Device = "auto"
     """Where the model and SAEs run: 'auto' picks CUDA when present, else CPU."""
 
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: ModelDtype = "auto"
     """The model's weights and activations: 'auto' is bfloat16 on CUDA and on CPUs with
     bfloat16 instructions (AVX512-BF16, AMX), float32 on other CPUs.
     The dtype used is recorded with every harvest (harvests.config.model_dtype)."""
 
-    sae_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    sae_dtype: SaeDtype = "auto"
     """The dtype the harvest encodes in: 'auto' is bfloat16 where the model runs in bfloat16
     (a bfloat16 copy of each encoder; products accumulate in float32) and each SAE's own dtype
     otherwise; 'float32' keeps every encoder in float32. Statistics are always summed in
@@ -151,11 +158,10 @@ class BuildConfig:
         _check(self.tokens >= self.block_size, f"--tokens {self.tokens} is smaller than one block "
                f"(--block-size {self.block_size}); raise --tokens or lower --block-size")
         _check(self.block_size >= 2, "--block-size must be at least 2 tokens")
-        _check(self.block_rule in ("document", "packed", "li2024"),
-               f"--block-rule {self.block_rule!r}: choose document, packed or li2024")
-        _check(self.block_rule != "li2024" or self.block_size < 1024,
+        _one_of(self.block_rule, BlockRule, "--block-rule")
+        _check(self.block_rule != "li2024" or self.block_size < LI2024_CONTEXT,
                f"--block-size {self.block_size} must be below the li2024 rule's context of "
-               "1,024 tokens")
+               f"{LI2024_CONTEXT:,} tokens")
         _check(self.d_sae > 0 and 0 < self.k <= self.d_sae,
                f"--k {self.k} must be between 1 and --d-sae {self.d_sae}")
         _check(self.threshold >= 0, f"--threshold {self.threshold} must be >= 0")
@@ -174,11 +180,9 @@ class BuildConfig:
                    self.decile_examples) > 0,
                "--epochs, --train-batch, --batch-blocks, --n-examples and --decile-examples "
                "must be positive")
-        _check(self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda")
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"),
-               "--dtype must be auto, float32, bfloat16 or float16")
-        _check(self.sae_dtype in ("auto", "float32", "bfloat16"),
-               "--sae-dtype must be auto, float32 or bfloat16")
+        _one_of(self.device, Device, "--device")
+        _one_of(self.dtype, ModelDtype, "--dtype")
+        _one_of(self.sae_dtype, SaeDtype, "--sae-dtype")
         _check(self.shard_blocks > 0 and self.shard_blocks % self.batch_blocks == 0,
                f"--shard-blocks {self.shard_blocks} must be a positive multiple of "
                f"--batch-blocks {self.batch_blocks}")
@@ -211,6 +215,12 @@ class BuildConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise AtlasError(message)
+
+
+def _one_of(value: str, choices: object, flag: str) -> None:
+    """One clear error unless `value` is one of a Literal type's values."""
+    allowed = get_args(choices)
+    _check(value in allowed, f"{flag} {value!r}: choose one of {', '.join(allowed)}")
 
 
 @cache

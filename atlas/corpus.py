@@ -16,11 +16,13 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 from jaxtyping import Bool, Int
 
 from atlas.artifacts import WIKI_PACKAGE, WIKI_SUMMARIES
+from atlas.config import LI2024_CONTEXT, BlockRule
 from atlas.errors import AtlasError
 
 log = logging.getLogger(__name__)
@@ -224,8 +226,7 @@ def token_quotas(groups: dict[str, list[Document]], *, tokens: int, block_size: 
     return {n: share for n in names}
 
 
-BLOCK_RULES = ("document", "packed", "li2024")
-LI2024_CONTEXT = 1024
+BLOCK_RULES: tuple[str, ...] = get_args(BlockRule)
 """The geometry paper's context: each document is run once, truncated to this many tokens with
 its start token, and its co-occurrence windows are the full windows inside it."""
 

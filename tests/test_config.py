@@ -31,3 +31,22 @@ def test_cli_flags_are_derived_from_the_config():
 def test_bad_config_names_the_flag(bad, needle):
     with pytest.raises(AtlasError, match=needle.replace("-", r"\-")):
         BuildConfig(**bad)
+
+
+def test_choices_come_from_the_config_s_literal_types():
+    """The Python API checks a choice against the same Literal the CLI's choices and the corpus
+    read, and names them all; the li2024 limit is the corpus's own context length."""
+    import typing
+
+    from atlas import config, corpus
+
+    assert typing.get_args(config.BlockRule) == corpus.BLOCK_RULES
+    assert corpus.LI2024_CONTEXT is config.LI2024_CONTEXT
+    with pytest.raises(AtlasError, match="--sae-dtype 'float16': choose one of auto, float32, "
+                                         "bfloat16"):
+        BuildConfig(sae_dtype="float16")
+    with pytest.raises(AtlasError, match="context of 1,024 tokens"):
+        BuildConfig(block_rule="li2024", block_size=config.LI2024_CONTEXT)
+    choices = {a.dest: a.choices for a in _parser()._subparsers._group_actions[0]
+               .choices["build"]._actions}
+    assert tuple(choices["block_rule"]) == corpus.BLOCK_RULES
