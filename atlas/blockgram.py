@@ -43,7 +43,7 @@ PAIRS_MAX_FEATURES = 4096
 MATRIX_MAX_FEATURES = 16384
 """Widest SAE whose full co-occurrence matrix is stored (a file beside the atlas)."""
 TOP_PARTNERS = 64
-"""Partners kept per feature and affinity above ROWS_MAX_FEATURES."""
+"""Partners kept per feature and affinity in `cooccurrence_rows` ('matrix' and 'top-m' forms)."""
 MAX_BLOCKS = 1 << 24
 """Float32 counts are exact below this many blocks."""
 

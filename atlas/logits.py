@@ -124,14 +124,10 @@ def logit_lens(W_dec: Float[torch.Tensor, "f d"], unembed: Unembedding, *, k: in
             if not bool(proven.all()):
                 again = (~proven).nonzero().squeeze(1)
                 redone += len(again)
-                effect = rows[again] @ W_U.T
-                for t, exact in ((top, effect.topk(k, dim=1)),
-                                 (bottom, effect.topk(k, dim=1, largest=False))):
-                    t[0][again], t[1][again] = exact.indices, exact.values
+                for t, exact in zip((top, bottom), _exact(rows[again], W_U, k)):
+                    t[0][again], t[1][again] = exact
         else:
-            effect = rows @ W_U.T
-            t, b = effect.topk(k, dim=1), effect.topk(k, dim=1, largest=False)
-            top, bottom = (t.indices, t.values), (b.indices, b.values)
+            top, bottom = _exact(rows, W_U, k)
         for out, x in zip(parts, (*top, *bottom)):
             out.append(x)
     if screened:
@@ -141,6 +137,13 @@ def logit_lens(W_dec: Float[torch.Tensor, "f d"], unembed: Unembedding, *, k: in
                                   for p in parts)
     return LogitLens(ids_t.astype(np.int64), val_t.astype(np.float32), ids_b.astype(np.int64),
                      val_b.astype(np.float32))
+
+
+def _exact(rows, W_U, k: int):
+    """((ids, effects) of the top k, (ids, effects) of the bottom k) of each row, in float32."""
+    effect = rows @ W_U.T
+    t, b = effect.topk(k, dim=1), effect.topk(k, dim=1, largest=False)
+    return (t.indices, t.values), (b.indices, b.values)
 
 
 UNIT_ROUNDOFF_BF16 = 2.0 ** -8
@@ -153,11 +156,12 @@ class Screen:
     """The bfloat16 screen of `logit_lens`: the vocabulary split into its longest rows
     (computed exactly for every feature) and the rest (screened in bfloat16)."""
 
+    W_U: Float[torch.Tensor, "vocab d"]
     long_ids: Int[torch.Tensor, " l"]
     long_rows: Float[torch.Tensor, "l d"]
     rest_ids: Int[torch.Tensor, " r"]
-    rest_rows: Float[torch.Tensor, "r d"]
     rest16: Float[torch.Tensor, "r d"]
+    """The rest's rows in bfloat16 (their float32 rows are read from W_U)."""
     err: float
     """c with |bf16 effect - exact| <= c * ||w|| + u * |bf16 effect| on the rest (`of`)."""
 
@@ -172,8 +176,8 @@ class Screen:
         long_ids, rest_ids = order[:n_long], order[n_long:]
         u, d = UNIT_ROUNDOFF_BF16, W_U.shape[1]
         err = 1.01 * (2 * u + u * u + d * 2.0 ** -24) * (1 + u) * float(norms[rest_ids].max())
-        rest = W_U[rest_ids]
-        return cls(long_ids, W_U[long_ids], rest_ids, rest, rest.to(torch.bfloat16), err)
+        return cls(W_U, long_ids, W_U[long_ids], rest_ids, W_U[rest_ids].to(torch.bfloat16),
+                   err)
 
     def lens(self, rows: Float[torch.Tensor, "f d"], k: int):
         """(top, bottom, proven): each (token ids, float32 effects) of the rows' k best tokens
@@ -187,10 +191,10 @@ class Screen:
         for largest in (True, False):
             cand = approx.topk(m, dim=1, largest=largest)
             edge = cand.values[:, -1].float()            # the m-th best approximate effect
-            exact = torch.cat([torch.einsum("fd,fmd->fm", rows, self.rest_rows[cand.indices]),
+            cand_ids = self.rest_ids[cand.indices]
+            exact = torch.cat([torch.einsum("fd,fmd->fm", rows, self.W_U[cand_ids]),
                                long_exact], dim=1)
-            ids = torch.cat([self.rest_ids[cand.indices],
-                             self.long_ids.expand(len(rows), -1)], dim=1)
+            ids = torch.cat([cand_ids, self.long_ids.expand(len(rows), -1)], dim=1)
             best = exact.topk(k, dim=1, largest=largest)
             # a token of the rest outside the candidates has an exact effect beyond `bound`
             # at best, so the k best lie among the candidates and the long tokens

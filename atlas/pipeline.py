@@ -4,6 +4,7 @@ inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -477,19 +478,17 @@ def _harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blo
     storage = storage_for(d_sae)
     matrix_file = None
     if storage == "matrix":
-        folder = cooccurrence_dir(config.db)
-        folder.mkdir(parents=True, exist_ok=True)
         # a new name per write: the harvests row names it on commit, so a crash before the
         # commit leaves the previous harvest and its file as they were
         matrix_file = f"{safe_name(sid)}.{uuid.uuid4().hex[:12]}.npy"
-        partial = folder / (matrix_file + ".partial")
-        with open(partial, "wb") as out:
-            cooc, rows = cooccurrence_tables(sid, stats.cooccurrence, stats.block_count,
-                                             stats.n_blocks, storage, matrix=out)
-        partial.rename(folder / matrix_file)
-    else:
+        final = cooccurrence_dir(config.db) / matrix_file
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(matrix_file + ".partial")
+    with open(partial, "wb") if matrix_file else contextlib.nullcontext() as out:
         cooc, rows = cooccurrence_tables(sid, stats.cooccurrence, stats.block_count,
-                                         stats.n_blocks, storage)
+                                         stats.n_blocks, storage, matrix=out)
+    if matrix_file:
+        partial.rename(final)
     harvest = {"harvest_id": hashlib.sha1(f"{sid}|{blocks.corpus_id}|{config.threshold}"
                                           .encode()).hexdigest()[:16],
                "corpus": blocks.corpus_id, "n_tokens": stats.n_tokens,

@@ -112,10 +112,7 @@ def _refuse_before_v1(done: dict[str, str], con: duckdb.DuckDBPyConnection,
                       path: Path | None = None) -> None:
     if BEFORE_V1 not in done:
         return
-    if path is None:
-        row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = "
-                          "current_database()").fetchone()
-        path = Path(row[0]) if row and row[0] else Path("atlas.duckdb")
+    path = path or database_path(con) or Path("atlas.duckdb")
     con.close()
     raise AtlasError(
         f"{path} was written by an earlier version of the atlas (before schema version "
@@ -285,16 +282,17 @@ def matrix_path(con: duckdb.DuckDBPyConnection, sae_id: str) -> Path | None:
                       [sae_id]).fetchone()
     if not row or not row[0]:
         return None
-    return cooccurrence_dir(database_path(con)) / row[0]
+    db = database_path(con)
+    if db is None:
+        raise AtlasError("this connection has no database file open")
+    return cooccurrence_dir(db) / row[0]
 
 
-def database_path(con: duckdb.DuckDBPyConnection) -> Path:
-    """The file of the database `con` has open."""
+def database_path(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The file of the database `con` has open (None in memory)."""
     row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = "
                       "current_database()").fetchone()
-    if not row or not row[0]:
-        raise AtlasError("this connection has no database file open")
-    return Path(row[0])
+    return Path(row[0]) if row and row[0] else None
 
 
 class transaction:

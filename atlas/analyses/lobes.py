@@ -153,8 +153,8 @@ def window_rule(rule: str, row_width: int, n_blocks: int) -> str:
 
 def load_cooccurrence(con, sae_id: str, keep: np.ndarray):
     """The co-occurrence counts among the features `keep`, renumbered 0..len(keep)-1: a dense
-    symmetric matrix when the harvest stored every pair ('pairs', 'matrix', 'rows'), else (partners,
-    counts, m) per kept feature ('top-<m>': each affinity's m best partners)."""
+    symmetric matrix when the harvest stored every pair ('pairs', 'matrix', 'rows'), else
+    (partners, counts, m) per kept feature ('top-<m>': each affinity's m best partners)."""
     storage = con.execute("SELECT cooccurrence_storage FROM harvests WHERE sae_id = ?",
                           [sae_id]).fetchone()[0]
     position = np.full(int(keep.max()) + 1 if len(keep) else 0, -1)
