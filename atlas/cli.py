@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from atlas import analyses
 from atlas.config import BuildConfig, config_fields
 from atlas.errors import AtlasError, from_io_error
 
@@ -83,8 +84,9 @@ def config_from_args(args: argparse.Namespace, cls: type = BuildConfig, *, prefi
     return cls(**{f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
 
 
-SHORTCUTS = {"compare": "universality", "absorption": "absorption"}
-"""Commands that run one analysis, with its settings as unprefixed flags."""
+SHORTCUTS = analyses.commands()
+"""Commands that run one analysis (its folder's COMMAND), with its settings as unprefixed
+flags."""
 ANALYSIS_COMMANDS = {"analyze", *SHORTCUTS}
 
 
@@ -159,8 +161,6 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed of every analysis (default: "
                    "each analysis's --<name>-seed)")
     if command == "analyze":
-        from atlas import analyses
-
         for m in analyses.modules():
             add_config_flags(p.add_argument_group(f"{m.NAME} (definition '{m.DEFINITION}')"),
                              m.Settings, prefix=m.NAME + "_")
@@ -170,8 +170,6 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                            f"{analysis}; settings as flags)")
         _analysis_args(p)
         if command == name:
-            from atlas import analyses
-
             add_config_flags(p, analyses.module(analysis).Settings)
 
     p = sub.add_parser("app", help="open the Streamlit app on the atlas (read-only)")
@@ -424,7 +422,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def _run_analyses(args: argparse.Namespace, settings: dict[str, object]) -> dict:
     """Run the analyses `settings` names on the SAEs `--sae` chooses; print one line per run."""
-    from atlas import analyses, catalog, store
+    from atlas import catalog, store
     from atlas.analyses import runner
 
     if not args.db.exists():
@@ -453,7 +451,6 @@ def _run_analyses(args: argparse.Namespace, settings: dict[str, object]) -> dict
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from atlas import analyses
     from atlas.analyses.runner import with_seed
 
     names = args.analyses if args.analyses is not None else analyses.names()
@@ -464,8 +461,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_shortcut(args: argparse.Namespace) -> int:
-    from atlas import analyses
-
     name = SHORTCUTS[args.command]
     _run_analyses(args, {name: config_from_args(args, analyses.module(name).Settings)})
     return 0
@@ -545,8 +540,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
             "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index,
             "export": cmd_export,
-            "analyze": cmd_analyze, "app": cmd_app, "compare": cmd_shortcut,
-            "absorption": cmd_shortcut}
+            "analyze": cmd_analyze, "app": cmd_app,
+            **dict.fromkeys(SHORTCUTS, cmd_shortcut)}
 
 
 def reference() -> str:

@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal, get_args
 
+from atlas.analyses import available
+from atlas.analyses import names as analysis_names
 from atlas.errors import AtlasError
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -145,7 +147,7 @@ class BuildConfig:
     """Seed for SAE initialisation and batch order only (default: --seed). A second build with
     another --sae-seed trains a second SAE per layer on the same corpus (universality)."""
 
-    analyses: tuple[str, ...] = ("galaxy", "lobes", "crystals", "universality", "absorption")
+    analyses: tuple[str, ...] = analysis_names()
     """Analyses to run after the harvest, each with its default settings (comma-separated;
     `atlas analyze` runs them later with other settings). Universality compares SAEs of
     adjacent layers."""
@@ -190,8 +192,6 @@ class BuildConfig:
                f"--runner {self.runner!r}: use threads, dask, or a scheduler address "
                "tcp://host:port")
         _check(self.workers > 0, "--workers must be at least 1")
-        from atlas.analyses import available
-
         _check(set(self.analyses) <= available(),
                f"--analyses {','.join(self.analyses)}: choose from "
                f"{', '.join(sorted(available()))}")

@@ -610,8 +610,7 @@ def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSA
     inputs = runner.Inputs(con, ids, loader=lambda _ids: (lm, loaded))
     settings = {n: runner.with_seed(runner.build_settings(analyses.module(n)), config.seed)
                 for n in names}
-    if len(ids) < 2:
-        names = tuple(n for n in names if n != "universality")  # it needs a pair
+    names = tuple(n for n in names if analyses.min_saes(n) <= len(ids))  # pairwise ones need two
     return runner.run_many(inputs, names, settings, keep_going=True, skip_current=True)
 
 

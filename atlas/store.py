@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from atlas import faults
+from atlas import analyses, faults
 from atlas.artifacts import cooccurrence_dir
 from atlas.errors import AtlasError
 from atlas.geometry.vectors import unit
@@ -29,16 +29,27 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_TABLE = "atlas_migrations"
 SCHEMA_VERSION = 1
-"""000_core.sql and each analysis's file (010-050) are version 1's tables in their current
-shape; later changes go in new numbered files (060-099), views in 100+."""
+"""000_core.sql and each analysis's schema file (010-050, in its folder) are version 1's tables
+in their current shape; later changes go in new numbered files (060-099), views in 100+."""
 BEFORE_V1 = "001_schema.sql"
 """The first migration of the atlases written before version 1 (they hold it applied)."""
 
 
+RETIRED = frozenset({"110_analysis_views.sql"})
+"""View files of earlier releases whose views now live in other files (re-created there): an
+atlas that has them applied is not newer than this version."""
+
+
 def sql_files() -> list[tuple[str, str]]:
-    """(name, text) of the schema and view files, in the order they apply."""
+    """(name, text) of the schema and view files, the core's (`atlas/sql/`) and each analysis's
+    (`atlas/analyses/<name>/`), in the order they apply."""
     folder = resources.files("atlas.sql")
-    return sorted((f.name, f.read_text()) for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = [(f.name, f.read_text()) for f in folder.iterdir() if f.name.endswith(".sql")]
+    files += analyses.sql_files()
+    names = [name for name, _ in files]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two schema files share a name: {sorted(names)}")
+    return sorted(files)
 
 
 def quote_identifier(name: str) -> str:
@@ -129,7 +140,7 @@ def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 def _newer(done: dict[str, str]) -> list[str]:
-    known = {name for name, _ in sql_files()}
+    known = {name for name, _ in sql_files()} | RETIRED
     return sorted(n for n in done if n not in known)
 
 

@@ -23,9 +23,9 @@ import duckdb
 import numpy as np
 import torch
 
-from atlas.analyses.absorption import (Settings, first_letter_vocabulary, prompt_prefix,
+from atlas.analyses.absorption.analysis import (Settings, first_letter_vocabulary, prompt_prefix,
                                        sae_codes, saebench_task, word_residuals)
-from atlas.geometry import absorption as ab
+from atlas.analyses.absorption import geometry as ab
 from atlas.models import capture_residuals, load_model
 from atlas.saes import hook_of, load_saved
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from atlas import store
-from atlas.geometry.galaxy import eigen_spectrum, gaussian_cloud
+from atlas.analyses.galaxy.geometry import eigen_spectrum, gaussian_cloud
 from atlas.index import FeatureIndex, blas_topk
 
 log = logging.getLogger("benchmark")

@@ -4,7 +4,7 @@ import duckdb
 import numpy as np
 import torch
 
-from atlas.analyses.absorption import (
+from atlas.analyses.absorption.analysis import (
     example_groups,
     first_letter_vocabulary,
     grouped_residuals,

@@ -4,8 +4,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from atlas.geometry.galaxy import power_law_fit
-from atlas.geometry.lobes import affinity
+from atlas.analyses.galaxy.geometry import power_law_fit
+from atlas.analyses.lobes.geometry import affinity
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_lobes_and_modularity(con, tiny_atlas):
 def test_crystal_quality_per_task_and_layer(con):
     rows = con.execute("SELECT layer, space, task, top1_before, top1_after, hook, top5_before, "
                        "top5_after, definition FROM crystal_quality").fetchall()
-    from atlas.geometry.crystals import word_pair_tasks
+    from atlas.analyses.crystals.geometry import word_pair_tasks
 
     tasks = set(word_pair_tasks())
     assert {r[2] for r in rows} == tasks and {r[0] for r in rows} == {1, 3}
@@ -110,7 +110,7 @@ def test_crystal_lda_and_word_representations(con):
                                            ("blocks.3.hook_resid_post", 4)}
     assert {r[2] for r in lda} == set(range(0, 12)) - {1}
     assert all(-1 <= r[3] <= 1 and -1 <= r[4] <= 1 and r[5] == "li2024" for r in lda)
-    from atlas.geometry.crystals import word_pair_tasks
+    from atlas.analyses.crystals.geometry import word_pair_tasks
 
     n_pairs = sum(len(p) for p in word_pair_tasks().values())
     counts = con.execute("SELECT hook, count(*), sum(heldout::INT) FROM crystal_differences "
@@ -171,7 +171,7 @@ def test_unknown_metric_is_a_clear_error(tiny_atlas, capsys):
 
 
 def test_every_analysis_follows_the_template(fresh_con):
-    """One module per analysis: its name, a documented frozen Settings, declared tables that
+    """One folder per analysis: its name, a documented frozen Settings, declared tables that
     exist with a run_id column, and the functions the runner calls."""
     import dataclasses
 
@@ -181,7 +181,7 @@ def test_every_analysis_follows_the_template(fresh_con):
     assert set(analyses.names()) == {"galaxy", "lobes", "crystals", "universality",
                                      "absorption"} == analyses.available()
     for m in analyses.modules():
-        assert m.__name__ == f"atlas.analyses.{m.NAME}" and m.DEFINITION
+        assert m.__name__ == f"atlas.analyses.{m.NAME}.analysis" and m.DEFINITION
         assert m.Settings.__dataclass_params__.frozen
         docs = field_docs(m.Settings)
         assert all(docs.get(f.name) for f in dataclasses.fields(m.Settings)), m.NAME

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atlas.blockgram import BlockGram, storage_for, top_partners
-from atlas.geometry.lobes import METRICS, affinity
+from atlas.analyses.lobes.geometry import METRICS, affinity
 from atlas.harvest import FeatureAccumulator, SparseCodes, cooccurrence
 from tests.test_harvest import planted_batches
 

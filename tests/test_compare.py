@@ -9,7 +9,8 @@ from atlas.cli import main
 
 def test_an_sae_matched_with_itself_is_the_identity(atlas_copy, tiny_lm):
     from atlas import catalog, store
-    from atlas.analyses import runner, universality
+    from atlas.analyses import runner
+    from atlas.analyses.universality import analysis as universality
 
     db, ids = atlas_copy
     con = store.connect(db)
@@ -42,7 +43,7 @@ def test_compare_all_pairs_fills_the_universality_view(atlas_copy, capsys):
         # The scores are recomputable from what the atlas stores: the kept pairs and the
         # stored decoder rows give the stored SVCCA and RSA.
         from atlas import store
-        from atlas.geometry import universality as un
+        from atlas.analyses.universality import geometry as un
 
         sae_a, sae_b = con.execute("SELECT sae_a, sae_b FROM universality_scores").fetchone()
         fa, fb = con.execute("SELECT list(feature_a ORDER BY feature_b), list(feature_b ORDER "
@@ -120,7 +121,7 @@ def test_saes_of_different_layers_do_not_share_their_initialisation(tiny_atlas):
 
 def test_one_pass_for_several_pairs_equals_one_pass_per_pair(tiny_atlas, tiny_lm):
     from atlas import catalog
-    from atlas.analyses.universality import activation_correlations
+    from atlas.analyses.universality.analysis import activation_correlations
     from atlas.readonly import open_readonly
 
     a, b = tiny_atlas[1].sae_ids

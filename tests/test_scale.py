@@ -14,10 +14,10 @@ from sklearn.metrics import adjusted_mutual_info_score
 
 from atlas import store
 from atlas.artifacts import cooccurrence_dir
-from atlas.analyses.lobes import spectral_labels
+from atlas.analyses.lobes.analysis import spectral_labels
 from atlas.blockgram import BlockGram, read_matrix, top_partners
 from atlas.cli import main
-from atlas.geometry import lobes as lb
+from atlas.analyses.lobes import geometry as lb
 from atlas.pipeline import cooccurrence_tables
 
 

@@ -39,7 +39,7 @@ def wheel_env(tmp_path_factory) -> dict:
     # lands in (or is reused from) the checkout.
     src = root / "src"
     src.mkdir()
-    for part in ("pyproject.toml", "README.md", "atlas", "sql", "app", "flows"):
+    for part in ("pyproject.toml", "setup.py", "README.md", "atlas", "sql", "app", "flows"):
         copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy2
         copy(ROOT / part, src / part, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                           if (ROOT / part).is_dir() else {}))

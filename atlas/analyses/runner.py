@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from atlas import faults, store
+from atlas import analyses, faults, store
 from atlas.errors import AtlasError
 from atlas.models import HookPoint
 
@@ -220,10 +220,10 @@ def run_many(inputs: Inputs, names: Sequence[str],
     """Run the named analyses in their run order; `settings` maps a name to its settings
     (default: the analysis's defaults). With `keep_going`, an analysis that cannot run is
     logged with its reason and the others still run (what a build does)."""
-    from atlas import analyses
-
-    chosen = [analyses.module(n) for n in dict.fromkeys(names)]
-    chosen.sort(key=lambda m: m.ORDER)
+    wanted = set(names)
+    for name in wanted:
+        analyses.about(name)  # the clear error for an unknown name
+    chosen = [analyses.module(n) for n in analyses.names() if n in wanted]
     settings = settings or {}
     out: dict[str, list[dict]] = {}
     for m in chosen:

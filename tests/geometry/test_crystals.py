@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from atlas.geometry.crystals import (Crystal, analogy_scores, crystal_error, crystal_relation,
+from atlas.analyses.crystals.geometry import (Crystal, analogy_scores, crystal_error, crystal_relation,
                                      find_crystals, lda_silhouettes, pair_differences,
                                      parallelogram_error, parallelogram_quality,
                                      remove_distractors, same_relation_chance, split_pairs,
@@ -211,7 +211,7 @@ def test_same_relation_chance_counts_every_quadruple():
 
 
 def test_sampled_words_keep_pairs_whole():
-    from atlas.geometry.crystals import sample_words
+    from atlas.analyses.crystals.geometry import sample_words
 
     tasks = word_pair_tasks()
     words = set(sample_words(tasks, 100, seed=1))

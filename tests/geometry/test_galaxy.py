@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from atlas.geometry.galaxy import (clustering_entropy, cosine_tails, eigen_spectrum,
+from atlas.analyses.galaxy.geometry import (clustering_entropy, cosine_tails, eigen_spectrum,
                                    gaussian_cloud, power_law_fit)
 
 
@@ -102,7 +102,7 @@ def _li2024_transcribed(points, *, n_sample, dims, n_boot, seed):
 
 
 def test_li2024_entropy_equals_the_papers_formula_transcribed():
-    from atlas.geometry.galaxy import clustering_entropy_li2024
+    from atlas.analyses.galaxy.geometry import clustering_entropy_li2024
 
     rng = np.random.default_rng(3)
     points = rng.normal(size=(700, 40)) @ rng.normal(size=(40, 40))
@@ -116,7 +116,7 @@ def test_li2024_entropy_equals_the_papers_formula_transcribed():
 def test_li2024_and_atlas_entropies_disagree_on_a_gaussian_as_documented():
     """On a Gaussian cloud the atlas's estimator gives ~0 while the paper's, whose bootstrap
     duplicates sit at the distance offset, gives tens of nats at 20 dimensions."""
-    from atlas.geometry.galaxy import clustering_entropy_li2024
+    from atlas.analyses.galaxy.geometry import clustering_entropy_li2024
 
     gaussian = np.random.default_rng(0).normal(size=(1500, 30))
     paper = clustering_entropy_li2024(gaussian, dims=20, n_boot=5)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from atlas.geometry.lobes import (METRICS, affinity, affinity_matrix, ami_test,
+from atlas.analyses.lobes.geometry import (METRICS, affinity, affinity_matrix, ami_test,
                                   cooccurrence_counts, cooccurrence_lobes, geometric_clusters,
                                   lobe_predictability, random_draw_generator)
 

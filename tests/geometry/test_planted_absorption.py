@@ -5,7 +5,7 @@ split over two latents."""
 import numpy as np
 import pytest
 
-from atlas.geometry import absorption as ab
+from atlas.analyses.absorption import geometry as ab
 
 D = 64
 LETTERS = {"a": 0, "b": 1, "s": 18, "t": 19}

@@ -5,7 +5,7 @@ whole metric on a planted SAE."""
 import numpy as np
 import pytest
 
-from atlas.geometry import absorption as ab
+from atlas.analyses.absorption import geometry as ab
 
 S = ab.AbsorptionSettings()
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from atlas.geometry import universality as un
-from atlas.geometry.universality import (CorrelationAccumulator, against_shuffles,
+from atlas.analyses.universality import geometry as un
+from atlas.analyses.universality.geometry import (CorrelationAccumulator, against_shuffles,
                                          match_features, rsa, svcca)
 
 
@@ -56,7 +56,7 @@ def test_independent_spaces_score_like_the_null():
 
 
 def test_shuffle_tests_computed_once_equal_rescoring_every_shuffle():
-    from atlas.geometry.universality import (against_shuffles, rsa, rsa_against_shuffles, svcca,
+    from atlas.analyses.universality.geometry import (against_shuffles, rsa, rsa_against_shuffles, svcca,
                                              svcca_against_shuffles)
 
     rng = np.random.default_rng(5)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from atlas.analyses.runner import Inputs, Output, Subject
-from atlas.geometry import crystals as cr
+from atlas.analyses.crystals import geometry as cr
 from atlas.models import HookPoint
 from atlas.saes import sae_input
 
@@ -34,7 +34,6 @@ DEFINITION = "li2024"
 TABLES = ("crystal_tasks", "crystals", "distractors", "crystal_points", "crystal_lda",
           "crystal_differences", "word_representations")
 NEEDS_MODEL = True
-ORDER = 30
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from atlas import store
 from atlas.analyses.runner import Inputs, Output, Subject
 from atlas.blockgram import read_matrix
 from atlas.errors import AtlasError
-from atlas.geometry import lobes as lb
+from atlas.analyses.lobes import geometry as lb
 
 NAME = "lobes"
 DEFINITION = "li2024"
@@ -27,7 +27,6 @@ regression, first 80% of features fit and last 20% scored by balanced accuracy, 
 draws of random unit vectors; `lobe_tests.logreg_definition` names the classifier used)."""
 TABLES = ("clusters", "lobe_tests", "feature_maps")
 NEEDS_MODEL = False
-ORDER = 20
 
 log = logging.getLogger(__name__)
 

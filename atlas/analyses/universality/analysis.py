@@ -28,7 +28,7 @@ import torch
 from atlas import store
 from atlas.analyses.runner import Inputs, Output, Subject
 from atlas.errors import AtlasError
-from atlas.geometry import universality as un
+from atlas.analyses.universality import geometry as un
 from atlas.harvest import sink_free
 from atlas.models import capture_residuals
 from atlas.saes import check_width, hook_of, pre_topk_codes, sae_input
@@ -37,7 +37,6 @@ NAME = "universality"
 DEFINITION = "lan2024"
 TABLES = ("universality_scores", "matched_pairs")
 NEEDS_MODEL = True
-ORDER = 40
 
 log = logging.getLogger(__name__)
 

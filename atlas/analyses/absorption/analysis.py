@@ -37,7 +37,7 @@ import torch
 
 from atlas.analyses.runner import Inputs, Output, Subject
 from atlas.errors import AtlasError
-from atlas.geometry import absorption as ab
+from atlas.analyses.absorption import geometry as ab
 from atlas.models import HookPoint, LoadedModel, capture_residuals
 from atlas.progress import Progress
 from atlas.saes import check_width, hook_of, sae_input
@@ -46,7 +46,6 @@ NAME = "absorption"
 DEFINITION = "saebench"
 TABLES = ("absorption_tasks", "absorption_letters", "absorbed_words")
 NEEDS_MODEL = True
-ORDER = 50
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from atlas import store
 from atlas.analyses.runner import Inputs, Output, Subject
-from atlas.geometry import galaxy as gx
+from atlas.analyses.galaxy import geometry as gx
 
 NAME = "galaxy"
 DEFINITION = "li2024"
@@ -20,7 +20,6 @@ DEFINITION = "li2024"
 entropy estimator and the cosine tails are stored beside them, labeled."""
 TABLES = ("spectra", "galaxy_stats", "cosine_hist")
 NEEDS_MODEL = False
-ORDER = 10
 
 
 @dataclass(frozen=True)
