@@ -39,17 +39,22 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_the_readme_command_reference_is_the_parser_s():
-    """The README's command reference is written from the parser (scripts/cli_reference.py):
-    every command and flag with its default, and nothing the parser does not have."""
+    """The README's command reference is written from the parser (scripts/readme.py): every
+    command and flag with its default, and nothing the parser does not have; its list of the
+    analyses' tables is written from the registry and their .sql files."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "cli_reference", Path(__file__).parent.parent / "scripts" / "cli_reference.py")
+        "readme", Path(__file__).parent.parent / "scripts" / "readme.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.with_reference(README) == README, (
-        "README.md's command reference differs from the parser; run "
-        "`python scripts/cli_reference.py`")
+    assert module.with_blocks(README) == README, (
+        "README.md's command reference or analysis tables differ from the code; run "
+        "`python scripts/readme.py`")
+    from atlas import analyses
+
+    for name in analyses.names():
+        assert f"- **{name}** (`atlas/analyses/{name}/`" in README, name
     from atlas.cli import _parser
 
     for name in COMMANDS:
