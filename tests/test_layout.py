@@ -26,7 +26,7 @@ def test_each_analysis_folder_holds_its_parts():
         assert {"__init__.py", "analysis.py", "geometry.py", "queries.py", "page.py"} <= {
             p.name for p in folder.iterdir()}, name
         module = analyses.module(name)
-        assert module.NAME == name
+        assert name == module.NAME
         tables = {m.group(1).lower() for f in folder.glob("*.sql") for m in re.finditer(
             r"CREATE\s+TABLE\s+(\w+)", f.read_text(), re.I)}
         assert tables == set(module.TABLES), name
