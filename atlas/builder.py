@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from atlas import pipeline
+from atlas import access, pipeline
 from atlas.config import BuildConfig
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,14 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
     def timed_step(fn: Callable) -> Callable:
         return outer(times.timed(fn))
 
-    con = pipeline.open_store(config)
-    try:
-        lm = timed_step(pipeline.load)(config)
-        planned = timed_step(pipeline.plan_saes)(config, lm)
-        blocks = timed_step(pipeline.corpus)(config, lm, records)
+    # The atlas is open only for each write (one transaction) and each read of the build's own,
+    # so the app and `atlas sql` keep answering from it while the model runs (atlas.access).
+    pipeline.open_store(config)
+    db = config.db
+    lm = timed_step(pipeline.load)(config)
+    planned = timed_step(pipeline.plan_saes)(config, lm)
+    blocks = timed_step(pipeline.corpus)(config, lm, records)
+    with access.writing(db) as con:
         if pipeline.corpus_stored(con, blocks):
             log.info("corpus %s is stored already; kept", blocks.corpus_id)
             # A second model with the same tokenizer reads the same corpus: record the model.
@@ -93,40 +96,40 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
         # stored under the same build key, trained SAEs saved with it, current indexes and
         # analysis runs.
         done = pipeline.stored_harvests(con, config, blocks.corpus_id)
-        if config.trains_saes:
-            planned = [pipeline.load_trained(config, p, lm.device) for p in planned]
-        todo = [p for p in planned if p.sae_id not in done]
-        if done:
-            log.info("harvests already stored by this build, kept: %s",
-                     ", ".join(sorted(done & {p.sae_id for p in planned})))
-        untrained = [p for p in planned if p.sae is None]
-        cache = None
-        if untrained:
-            cache = timed_step(pipeline.cache_activations)(lm, blocks, [p.hook for p in planned],
-                                                     batch_blocks=config.batch_blocks)
-            trained = {p.sae_id: timed_step(pipeline.train)(config, lm, p, cache) for p in untrained}
-            planned = [trained.get(p.sae_id, p) for p in planned]
-            todo = [trained.get(p.sae_id, p) for p in todo]
-        if todo:
-            hooks = list(dict.fromkeys(p.hook for p in todo))
-            if fan_out is not None:
-                stats, quality = fan_out(config, lm, todo, blocks, cache)
-            else:
-                batches = (cache.batches(config.batch_blocks) if cache is not None else
-                           pipeline.forward_batches(lm, blocks, hooks,
-                                                    batch_blocks=config.batch_blocks))
-                stats, quality = timed_step(pipeline.harvest)(config, todo, batches,
-                                                        n_blocks=blocks.n_blocks,
-                                                        total_tokens=int(blocks.token_ids.size))
-            del cache
-            for p in todo:
+    if config.trains_saes:
+        planned = [pipeline.load_trained(config, p, lm.device) for p in planned]
+    todo = [p for p in planned if p.sae_id not in done]
+    if done:
+        log.info("harvests already stored by this build, kept: %s",
+                 ", ".join(sorted(done & {p.sae_id for p in planned})))
+    untrained = [p for p in planned if p.sae is None]
+    cache = None
+    if untrained:
+        cache = timed_step(pipeline.cache_activations)(lm, blocks, [p.hook for p in planned],
+                                                       batch_blocks=config.batch_blocks)
+        trained = {p.sae_id: timed_step(pipeline.train)(config, lm, p, cache) for p in untrained}
+        planned = [trained.get(p.sae_id, p) for p in planned]
+        todo = [trained.get(p.sae_id, p) for p in todo]
+    if todo:
+        hooks = list(dict.fromkeys(p.hook for p in todo))
+        if fan_out is not None:
+            stats, quality = fan_out(config, lm, todo, blocks, cache)
+        else:
+            batches = (cache.batches(config.batch_blocks) if cache is not None else
+                       pipeline.forward_batches(lm, blocks, hooks,
+                                                batch_blocks=config.batch_blocks))
+            stats, quality = timed_step(pipeline.harvest)(config, todo, batches,
+                                                          n_blocks=blocks.n_blocks,
+                                                          total_tokens=int(blocks.token_ids.size))
+        del cache
+        for p in todo:
+            with access.writing(db) as con:
                 timed_step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
-                                             quality[p.sae_id])
+                                                   quality[p.sae_id])
+    with access.reading(db) as con:
         timed_step(pipeline.index_saes)(con, config, [p.sae_id for p in planned])
-        timed_step(pipeline.word_tables)(config, lm, planned)
-        timed_step(pipeline.analyze)(con, config, lm, planned)
-    finally:
-        con.close()
+    timed_step(pipeline.word_tables)(config, lm, planned)
+    timed_step(pipeline.analyze)(config, lm, planned)
     seconds = time.perf_counter() - t0
     log.info("atlas %s built in %.0fs (%s)", config.db, seconds, times.describe())
     return BuildResult(str(config.db), lm.model_id, blocks.corpus_id,

@@ -422,25 +422,27 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def _run_analyses(args: argparse.Namespace, settings: dict[str, object]) -> dict:
     """Run the analyses `settings` names on the SAEs `--sae` chooses; print one line per run."""
-    from atlas import catalog, store
+    from atlas import access, catalog
     from atlas.analyses import runner
 
     if not args.db.exists():
         raise AtlasError(f"{args.db} does not exist; build an atlas first with "
                          f"`atlas build --db {args.db}`")
     modules = [analyses.module(n) for n in settings]
-    con = store.connect(args.db)
-    try:
+    # The atlas is open only per step (read-only while computing, writable per stored run), so
+    # the app and `atlas sql` keep answering from it meanwhile (atlas.access).
+    with access.writing(args.db):
+        pass  # brings the schema up to date, and fails now on a file that holds no atlas
+    with access.reading(args.db) as con:
         needs_model = any(m.NEEDS_MODEL for m in modules)
         ids = tuple(catalog.sae_ids(con, args.sae, loadable=needs_model and not args.sae))
-        if not ids:
-            raise AtlasError("the atlas has no SAEs to analyse; build one with atlas build")
-        inputs = runner.Inputs(con, ids,
-                               loader=lambda chosen: catalog.model_and_saes(con, chosen),
-                               models_loader=lambda chosen: catalog.models_and_saes(con, chosen))
-        results = runner.run_many(inputs, list(settings), settings)
-    finally:
-        con.close()
+    if not ids:
+        raise AtlasError("the atlas has no SAEs to analyse; build one with atlas build")
+    inputs = runner.Inputs(args.db, ids,
+                           loader=lambda chosen: catalog.model_and_saes(inputs.con, chosen),
+                           models_loader=lambda chosen: catalog.models_and_saes(inputs.con,
+                                                                                chosen))
+    results = runner.run_many(inputs, list(settings), settings)
     for name, rows in results.items():
         module = analyses.module(name)
         for r in rows:

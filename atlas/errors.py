@@ -8,6 +8,11 @@ class AtlasError(Exception):
     """
 
 
+class AtlasBusy(AtlasError):
+    """The atlas file is held by another process (a writer, or readers while one writes);
+    `atlas.access` waits its turn and raises this only when its patience runs out."""
+
+
 def from_io_error(exc: BaseException) -> AtlasError | None:
     """A failed write (a full disk, a file-size limit) as an AtlasError, or None when `exc` is
     not one."""

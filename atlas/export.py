@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from atlas import access
 from atlas.errors import AtlasError
 from atlas.store import quote_identifier
 
@@ -32,9 +33,7 @@ WINDOW = (12, 4)
 def parquet(db: Path, table: str, out: Path, *, batch_rows: int = 100_000) -> int:
     """Write a table or view to a Parquet file, streamed in batches (memory bounded by the
     batch); the file appears whole or not at all. Returns the number of rows."""
-    from atlas.store import connect
-
-    con = connect(db, read_only=True)
+    con = access.open_reader(db)
     try:
         names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
                                            "WHERE table_schema = 'main'").fetchall()}
@@ -61,11 +60,9 @@ def neuronpedia(db: Path, sae: str, out: Path, *, batch_size: int = 128) -> list
     [n * batch_size, (n + 1) * batch_size)). Returns the files."""
     from atlas import catalog
     from atlas.models import load_tokenizer
-    from atlas.store import connect
-
     if batch_size < 1:
         raise AtlasError(f"--batch-size {batch_size} must be at least 1")
-    con = connect(db, read_only=True)
+    con = access.open_reader(db)
     try:
         sae_id = catalog.resolve_sae(con, sae)
         cur = con.cursor()

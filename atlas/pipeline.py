@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Bool, Float
 from sae_lens import SAE
 
-from atlas import faults, shards, store
+from atlas import access, faults, shards, store
 from atlas.architectures import architecture
 from atlas.artifacts import cooccurrence_dir, safe_name, sae_path
 from atlas.blockgram import (TOP_PARTNERS, BlockGram, MatrixWriter, storage_for,
@@ -110,10 +110,12 @@ class ActivationCache:
                                   {k: v[start:end] for k, v in self.masks.items()})
 
 
-def open_store(config: BuildConfig):
-    """Open (and migrate) the database first, so a bad --db fails before any slow work."""
+def open_store(config: BuildConfig) -> None:
+    """Create or bring up to date the atlas first, so a bad --db fails before any slow work
+    (the build opens it again for each write, `atlas.access`)."""
     config.db.parent.mkdir(parents=True, exist_ok=True)
-    return store.connect(config.db)
+    with access.writing(config.db):
+        pass
 
 
 def load(config: BuildConfig) -> LoadedModel:
@@ -596,9 +598,10 @@ def word_tables(config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE
     return [t.hook for t in words.store_tables(config.db, lm, hooks)]
 
 
-def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE]) -> dict:
+def analyze(config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE]) -> dict:
     """Run the configured analyses (default settings, the build's seed) on the SAEs just
-    harvested, with the model and SAEs already in memory."""
+    harvested, with the model and SAEs already in memory; the atlas is open per step
+    (`runner.Inputs`), so readers keep answering meanwhile."""
     from atlas import analyses
     from atlas.analyses import runner
 
@@ -607,7 +610,7 @@ def analyze(con, config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSA
         return {}
     ids = tuple(p.sae_id for p in sorted(planned, key=lambda p: (p.hook.layer, p.sae_id)))
     loaded = {p.sae_id: p.sae for p in planned}
-    inputs = runner.Inputs(con, ids, loader=lambda _ids: (lm, loaded))
+    inputs = runner.Inputs(config.db, ids, loader=lambda _ids: (lm, loaded))
     settings = {n: runner.with_seed(runner.build_settings(analyses.module(n)), config.seed)
                 for n in names}
     names = tuple(n for n in names if analyses.min_saes(n) <= len(ids))  # pairwise ones need two

@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from atlas import access
 from atlas.errors import AtlasError
 from atlas.store import MIGRATIONS_TABLE, check_version
 
@@ -103,12 +104,12 @@ def open_readonly(path: Path | str, limits: Limits | None = None) -> duckdb.Duck
     config: dict[str, str | bool | int | float | list[str]] = {
         **SAFE_CONFIG, "memory_limit": limits.memory_limit, "threads": limits.threads}
     try:
-        con = duckdb.connect(str(path), read_only=True, config=config)
+        # during a build's short writes this waits its turn (atlas.access), up to ATLAS_READER_WAIT
+        con = access.open_when_free(
+            lambda: duckdb.connect(str(path), read_only=True, config=config), path,
+            wait_s=access.reader_wait(), defer_to_writers=True, what="a reader")
     except duckdb.Error as exc:
         first = str(exc).splitlines()[0]
-        if "lock" in first.lower():
-            raise AtlasError(f"{path} is being written by another process (a build?); open it "
-                             "again when that has finished") from None
         raise AtlasError(f"{path} is not a DuckDB database ({first}); "
                          "pass the atlas's --db path") from None
     names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")

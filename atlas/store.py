@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from atlas import analyses, faults
 from atlas.artifacts import cooccurrence_dir
-from atlas.errors import AtlasError
+from atlas.errors import AtlasBusy, AtlasError
 from atlas.geometry.vectors import unit
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ def connect(path: Path | str, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     try:
         con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as exc:
+        if "lock" in str(exc).splitlines()[0].lower():
+            raise AtlasBusy(f"{path} is held by another process ({str(exc).splitlines()[0]}); "
+                            "run this again when that has finished") from None
         raise AtlasError(f"{path} is not a DuckDB database ({str(exc).splitlines()[0]}); "
                          "pass another --db path, or move that file away") from None
     if read_only:

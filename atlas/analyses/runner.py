@@ -9,15 +9,17 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from atlas import analyses, faults, store
+from atlas import access, analyses, faults, store
 from atlas.errors import AtlasError
 from atlas.models import HookPoint
 
@@ -58,16 +60,49 @@ Loader = Callable[[Sequence[str]], tuple[Any, dict]]
 
 @dataclass
 class Inputs:
-    """What analyses read: the atlas (a writable connection), the SAEs chosen, and the model
-    and SAE objects, loaded on first use by `loader`."""
+    """What analyses read: the atlas, the SAEs chosen, and the model and SAE objects, loaded on
+    first use by `loader`.
 
-    con: duckdb.DuckDBPyConnection
+    `atlas` is a writable connection (held throughout), or the atlas's path: then the runner
+    opens the file per step (`step`), read-only while it computes and for writing only to store
+    a run (`atlas.access`), so the app and `atlas sql` keep answering while analyses run."""
+
+    atlas: duckdb.DuckDBPyConnection | Path
     sae_ids: tuple[str, ...]
     """The SAEs to analyse, ordered by layer."""
     loader: Loader | None = None
     models_loader: Callable[[Sequence[str]], dict[str, tuple[Any, dict]]] | None = None
     """(sae_ids) -> {model_id: (model, {sae_id: SAE})}: SAEs that may read different models."""
     _loaded: tuple[Any, dict] | None = field(default=None, repr=False)
+    _open: duckdb.DuckDBPyConnection | None = field(default=None, repr=False)
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The connection of the step under way (the held connection, when one was given)."""
+        if isinstance(self.atlas, duckdb.DuckDBPyConnection):
+            return self.atlas
+        if self._open is None:
+            raise RuntimeError("the atlas is read inside a step of the runner (Inputs.step)")
+        return self._open
+
+    @contextmanager
+    def step(self, *, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The atlas for one step: read-only to compute, writable to store (a held connection
+        serves both). A step inside a step reads through the outer one."""
+        if isinstance(self.atlas, duckdb.DuckDBPyConnection):
+            yield self.atlas
+            return
+        if self._open is not None:
+            if write:
+                raise RuntimeError("a write step cannot open inside another step")
+            yield self._open
+            return
+        with (access.writing if write else access.reading)(self.atlas) as con:
+            self._open = con
+            try:
+                yield con
+            finally:
+                self._open = None
 
     def _load(self) -> tuple[Any, dict]:
         if self._loaded is None:
@@ -177,37 +212,41 @@ def run(inputs: Inputs, analysis: ModuleType, settings: object | None = None, *,
     (with its run id and seconds). With `skip_current`, subjects whose stored run is current
     (`is_current`) are left as they are."""
     settings = settings if settings is not None else analysis.Settings()
-    subjects = analysis.subjects(inputs, settings)
-    if skip_current:
-        kept = [s for s in subjects if not is_current(inputs.con, analysis, s, settings)]
-        if len(kept) < len(subjects):
-            log.info("%s: %d of %d runs already stored with these settings; kept",
-                     analysis.NAME, len(subjects) - len(kept), len(subjects))
-        if not kept:
+    with inputs.step():
+        subjects = analysis.subjects(inputs, settings)
+        if skip_current:
+            kept = [s for s in subjects if not is_current(inputs.con, analysis, s, settings)]
+            if len(kept) < len(subjects):
+                log.info("%s: %d of %d runs already stored with these settings; kept",
+                         analysis.NAME, len(subjects) - len(kept), len(subjects))
+            if not kept:
+                return []
+            subjects = kept
+        if not subjects:
+            log.warning("%s: nothing to analyse among %s", analysis.NAME,
+                        ", ".join(inputs.sae_ids) or "no SAEs")
             return []
-        subjects = kept
-    if not subjects:
-        log.warning("%s: nothing to analyse among %s", analysis.NAME,
-                    ", ".join(inputs.sae_ids) or "no SAEs")
-        return []
-    prepare = getattr(analysis, "prepare", None)
-    shared = prepare(inputs, subjects, settings) if prepare else None
+        prepare = getattr(analysis, "prepare", None)
+        shared = prepare(inputs, subjects, settings) if prepare else None
     out = []
     for subject in subjects:
         t0 = time.perf_counter()
-        result = analysis.compute(inputs, subject, settings, shared)
+        with inputs.step():
+            result = analysis.compute(inputs, subject, settings, shared)
         seconds = time.perf_counter() - t0
         unknown = set(result.tables) - set(analysis.TABLES)
         if unknown:
             raise ValueError(f"{analysis.NAME} wrote tables it does not declare: {unknown}")
         defn = definition_of(analysis, settings)
-        run_id = store_run(inputs.con, analysis=analysis.NAME, subject=subject.key,
-                           definition=defn, settings=settings, seconds=seconds,
-                           tables=result.tables)
+        with inputs.step(write=True) as con:
+            run_id = store_run(con, analysis=analysis.NAME, subject=subject.key,
+                               definition=defn, settings=settings, seconds=seconds,
+                               tables=result.tables)
         summary = {"analysis": analysis.NAME, "subject": subject.key, "run_id": run_id,
                    **result.summary, "definition": defn, "seconds": seconds}
         if hasattr(analysis, "summarize"):  # figures read back from the stored run's views
-            summary = analysis.summarize(inputs.con, summary)
+            with inputs.step() as con:
+                summary = analysis.summarize(con, summary)
         log.info("%s %s: %s (%.1fs)", analysis.NAME, subject.key, analysis.describe(summary),
                  seconds)
         out.append(summary)
