@@ -45,16 +45,18 @@ class BuildConfig:
     tokens: int = 160_000
     """Corpus tokens to harvest (rounded down to whole blocks)."""
 
-    architecture: Literal["topk"] = "topk"
+    architecture: Literal["topk", "batchtopk"] = "topk"
     """Architecture of the SAEs a build trains (atlas.architectures): 'topk' (TopK with an
-    AuxK loss, saved as SAELens TopKSAE; its settings: --d-sae, --k, --epochs, --train-batch,
-    --lr)."""
+    AuxK loss, saved as SAELens TopKSAE) or 'batchtopk' (BatchTopK, trained by SAELens's
+    trainer and saved as SAELens saves it, a JumpReLU SAE). Both read --d-sae, --k, --epochs,
+    --train-batch and --lr."""
 
     d_sae: int = 2048
     """Features per trained SAE."""
 
     k: int = 48
-    """Active features per token of a trained TopK SAE (its L0)."""
+    """Active features per token of a trained SAE: exactly (topk), or on average over a batch
+    (batchtopk)."""
 
     threshold: float = 1.0
     """A feature fires on a token when its activation is above this."""

@@ -176,3 +176,67 @@ def test_naming_the_default_architecture_keeps_earlier_build_keys():
     before["build_format"] = BUILD_FORMAT
     assert build_key(config) == hashlib.sha1(json.dumps(before, sort_keys=True).encode()
                                              ).hexdigest()[:16]
+
+
+def test_the_batchtopk_architecture_trains_through_sae_lens_s_trainer(tmp_path):
+    """'batchtopk' trains SAELens's BatchTopKTrainingSAE with SAELens's SAETrainer and returns
+    what SAELens saves for inference: a JumpReLU SAE whose threshold is the one batch threshold
+    learnt, reading raw activations (the input-norm scale folded in). On planted sparse data it
+    reconstructs well at about k active latents, finds the planted atoms, is seeded, and leaves
+    the caller's random state alone."""
+    from sae_lens import SAE, JumpReLUSAE
+
+    from atlas.architectures import architecture
+    from atlas.config import BuildConfig
+
+    config = BuildConfig(architecture="batchtopk", d_sae=96, k=3, epochs=12, train_batch=256,
+                         lr=3e-3)
+    arch = architecture("batchtopk")
+    assert arch.sae_name(config) == "batchtopk96-k3"
+    x, atoms = planted_activations()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    sae = arch.train(x[:5000], arch.settings(config, seed=7), hook=HookPoint(2),
+                     model_name="planted", device="cpu", desc="test")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert isinstance(sae, JumpReLUSAE) and sae.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
+    threshold = sae.threshold.detach()
+    assert float(threshold.min()) == float(threshold.max()) > 0
+    quality = evaluate(sae, x[5000:])
+    assert quality.explained_variance > 0.7, quality
+    assert 1.5 <= quality.l0 <= 6, quality
+    cos = (torch.nn.functional.normalize(sae.W_dec, dim=1) @ atoms.T).max(0).values
+    assert (cos > 0.9).float().mean() > 0.5
+    again = arch.train(x[:5000], arch.settings(config, seed=7), hook=HookPoint(2),
+                       model_name="planted", device="cpu", desc="test")
+    assert torch.equal(again.W_dec, sae.W_dec)
+    sae.save_model(tmp_path / "saved")
+    assert isinstance(SAE.load_from_disk(tmp_path / "saved"), JumpReLUSAE)
+
+
+def test_a_build_trains_batchtopk_saes_and_a_rerun_reuses_them(tmp_path, caplog):
+    """`atlas build --architecture batchtopk`: SAEs named after their architecture, stored as
+    the JumpReLU SAEs SAELens saves, harvested like any SAE (about k active latents per token),
+    reloaded from <db>.saes/ by a re-run of the same build instead of trained again."""
+    import logging
+
+    import duckdb
+    from sae_lens import SAE, JumpReLUSAE
+
+    from atlas.builder import build
+    from tests.conftest import tiny_config
+
+    # enough steps (~500) for the batch threshold's running average to settle
+    config = tiny_config(tmp_path / "btk.duckdb", architecture="batchtopk", quick=True,
+                         epochs=20)
+    result = build(config)
+    assert all(s.endswith("batchtopk96-k6") for s in result.sae_ids), result.sae_ids
+    con = duckdb.connect(str(config.db), read_only=True)
+    rows = con.execute("SELECT sae_id, architecture, l0, path FROM saes ORDER BY layer").fetchall()
+    con.close()
+    assert [r[1] for r in rows] == ["jumprelu", "jumprelu"]
+    assert all(2 <= r[2] <= 18 for r in rows), rows
+    assert isinstance(SAE.load_from_disk(rows[0][3]), JumpReLUSAE)
+    with caplog.at_level(logging.INFO):
+        build(config)
+    assert "trained by an earlier run of this build" in caplog.text
