@@ -132,6 +132,7 @@ def page_feature(db: str) -> None:
     if isinstance(row["neuronpedia_url"], str):
         st.link_button("Open on Neuronpedia", row["neuronpedia_url"])
     ui.show_sql(card)
+    ui.spaces(db, sae)
     feature_effects(db, sae, feature, float(row["max_act"]))
     ex = ui.cached(db, q.examples, sae, feature)
     st.subheader("Top examples")

@@ -111,7 +111,7 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
         planned = [trained.get(p.sae_id, p) for p in planned]
         todo = [trained.get(p.sae_id, p) for p in todo]
     if todo:
-        hooks = list(dict.fromkeys(p.hook for p in todo))
+        hooks = pipeline.points(todo)
         if fan_out is not None:
             stats, quality = fan_out(config, lm, todo, blocks, cache)
         else:

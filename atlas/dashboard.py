@@ -61,14 +61,25 @@ def definitions(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
             f"FROM {quote_identifier(table)}) ORDER BY 1").fetchall()]
 
 
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether a table or view has a column (an atlas written before it was added lacks it
+    until a writer brings its schema up to date)."""
+    with con.cursor() as cur:
+        row = cur.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ? "
+                          "AND column_name = ?", [table, column]).fetchone()
+        return bool(row and row[0])
+
+
 def overview(con) -> dict[str, Shown]:
+    out = "hook_out, " if has_column(con, "sae_overview", "hook_out") else ""
     return {
         "models": run(con, "SELECT * FROM models ORDER BY model_id"),
         "corpora": run(con, "SELECT c.*, (SELECT count(*) FROM documents d WHERE d.corpus_id = "
                             "c.corpus_id) AS documents FROM corpora c"),
         "sources": run(con, "SELECT corpus_id, source, count(*) AS blocks FROM blocks "
                             "GROUP BY ALL ORDER BY ALL"),
-        "saes": run(con, "SELECT sae_id, layer, architecture, d_sae, k, round(l0, 1) AS l0, "
+        "saes": run(con, f"SELECT sae_id, layer, hook, {out}architecture, d_sae, k, "
+                         "round(l0, 1) AS l0, "
                          "round(explained_variance, 3) AS explained_variance, "
                          "round(dead_fraction, 4) AS dead_fraction, live_features, n_tokens, "
                          "n_blocks, threshold, release, neuronpedia_id FROM sae_overview"),
@@ -83,6 +94,15 @@ def sae_ids(con) -> list[str]:
 def sae_hooks(con) -> dict[str, str]:
     frame = run(con, "SELECT sae_id, hook FROM saes ORDER BY layer, sae_id").frame
     return dict(zip(frame["sae_id"], frame["hook"]))
+
+
+def transcoders(con) -> dict[str, tuple[str, str]]:
+    """{sae_id: (hook it reads, hook it writes)} of the atlas's transcoders."""
+    if not has_column(con, "saes", "hook_out"):
+        return {}
+    frame = run(con, "SELECT sae_id, hook, hook_out FROM saes WHERE hook_out IS NOT NULL "
+                     "ORDER BY layer, sae_id").frame
+    return {s: (h, o) for s, h, o in zip(frame["sae_id"], frame["hook"], frame["hook_out"])}
 
 
 def find_features(con, sae_id: str, token: str | None = None, text: str | None = None,

@@ -158,7 +158,8 @@ def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None,
     `lm`, `cache` (the build's activation cache) and `loaded` (its SAEs by id) are used when the
     task runs in the build's own process; a worker loads the model and SAEs itself (once per
     process)."""
-    from atlas.pipeline import AtlasSAE, harvest_partials
+    from atlas.pipeline import AtlasSAE, harvest_partials, points
+    from atlas.saes import hook_out_of
 
     paths = job.paths()
     if all(p.exists() for p in paths.values()):
@@ -169,9 +170,10 @@ def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None,
         with _lock:
             lm = _model(c.model, c.device, c.dtype)
     with _lock:
-        saes = [AtlasSAE(s.sae_id, HookPoint.parse(s.hook), "shard",
-                         loaded[s.sae_id] if loaded else _sae(s, str(lm.device)))
-                for s in job.saes]
+        objects = {s.sae_id: loaded[s.sae_id] if loaded else _sae(s, str(lm.device))
+                   for s in job.saes}
+        saes = [AtlasSAE(s.sae_id, HookPoint.parse_any(s.hook), "shard", objects[s.sae_id],
+                         hook_out=hook_out_of(objects[s.sae_id])) for s in job.saes]
     measure = {s.sae_id for s in job.saes if s.measure_quality}
     if cache is not None:
         batches = cache.batches(c.batch_blocks, job.start, job.stop)
@@ -180,7 +182,7 @@ def run_shard(job: ShardJob, lm: LoadedModel | None = None, cache=None,
     else:
         ids, mask = read_blocks(job.corpus_path, job.start, job.stop)
         with _forward_lock:
-            batches = forward_range(lm, ids, mask, [s.hook for s in saes],
+            batches = forward_range(lm, ids, mask, points(saes),
                                     batch_blocks=c.batch_blocks, offset=job.start)
             parts = harvest_partials(c, saes, batches, start=job.start, stop=job.stop,
                                      n_blocks=job.n_blocks, measure=measure)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,11 +226,44 @@ class _StopForward(Exception):
     """Raised by the deepest hook so the forward pass ends there."""
 
 
+PRE_MLP_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
+"""A block's norm before its MLP, by the names Hugging Face models give it: Gemma 2/3 first
+(their `post_attention_layernorm` normalizes the attention's output instead), then Llama-like
+models, then GPT-2."""
+
+
+def _mlp_hook(block: nn.Module, hook: HookPoint,
+              keep: Callable[[str, torch.Tensor, int], None]):
+    """A hook on the block's MLP or its norms that hands `keep` the activation at `hook`:
+    'mid' the input of the pre-MLP norm, 'mlp_in' the MLP's input, 'mlp_out' the MLP's output
+    after the post-MLP norm where the block has one."""
+    mlp = getattr(block, "mlp", None)
+    norm = next((getattr(block, n) for n in PRE_MLP_NORMS if hasattr(block, n)), None)
+    if mlp is None or norm is None:
+        raise AtlasError(f"{type(block).__name__} has no recognisable MLP (`mlp` and one of "
+                         f"{', '.join(PRE_MLP_NORMS)}); transcoders on this architecture are "
+                         "not supported")
+
+    def first_input(_mod, args, kwargs):
+        keep(hook.name, args[0] if args else next(iter(kwargs.values())), hook.layer)
+
+    def output(_mod, _inp, result):
+        keep(hook.name, result[0] if isinstance(result, tuple) else result, hook.layer)
+
+    if hook.where == "mid":
+        return norm.register_forward_pre_hook(first_input, with_kwargs=True)
+    if hook.where == "mlp_in":
+        return mlp.register_forward_pre_hook(first_input, with_kwargs=True)
+    post = getattr(block, "post_feedforward_layernorm", None)
+    return (post if post is not None else mlp).register_forward_hook(output)
+
+
 @torch.no_grad()
 def capture_residuals(lm: LoadedModel, input_ids: Int[torch.Tensor, "batch seq"],
                       hooks: Sequence[HookPoint], *, past_key_values=None,
                       ) -> dict[str, Float[torch.Tensor, "batch seq d"]]:
-    """Residual stream at each hook point, from one forward pass that stops early.
+    """Activations at each hook point (the residual stream, or a transcoder's MLP points),
+    from one forward pass that stops early.
 
     With `past_key_values` (a transformers Cache) the tokens continue the cached ones and the
     cache is extended in place for the blocks that run. Returns tensors on the model's device,
@@ -239,8 +272,13 @@ def capture_residuals(lm: LoadedModel, input_ids: Int[torch.Tensor, "batch seq"]
     blocks = lm.blocks
     out: dict[str, torch.Tensor] = {}
     wanted = {h.name for h in hooks}
-    last_block = max(h.layer if h.where == "post" else h.layer - 1 for h in hooks)
+    last_block = max(h.layer - 1 if h.where == "pre" else h.layer for h in hooks)
     handles = []
+
+    def keep(name: str, value: torch.Tensor, layer: int) -> None:
+        out[name] = value.detach()
+        if layer == last_block and len(out) == len(wanted):
+            raise _StopForward
 
     def post_hook(layer: int):
         def fn(_mod, _inp, output):
@@ -265,6 +303,9 @@ def capture_residuals(lm: LoadedModel, input_ids: Int[torch.Tensor, "batch seq"]
             handles.append(blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
         for layer in range(max(last_block, 0) + 1):
             handles.append(blocks[layer].register_forward_hook(post_hook(layer)))
+        for hook in hooks:  # a transcoder's points inside the block
+            if not hook.residual:
+                handles.append(_mlp_hook(blocks[hook.layer], hook, keep))
         try:
             cached = {} if past_key_values is None else {"past_key_values": past_key_values}
             lm.model(input_ids=input_ids.to(lm.device), use_cache=past_key_values is not None,

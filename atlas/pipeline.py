@@ -13,7 +13,8 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,8 @@ from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, Sp
                            forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, cpu_has_bf16, load_model
 from atlas.saes import (QualityPartial, SAEQuality, check_width, encode_dtype, encoding_copy,
-                        evaluate, expand_sae_ids, hook_of, load_published, load_saved,
-                        merge_quality, neuronpedia_id, sae_input)
+                        evaluate, expand_sae_ids, hook_of, hook_out_of, load_published,
+                        load_saved, merge_quality, neuronpedia_id, output_width, sae_input)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,13 @@ class AtlasSAE:
     """Its id within the release."""
     neuronpedia_id: str | None = None
     """Its Neuronpedia id ('gpt2-small/8-res-jb'), when it has one."""
+    hook_out: HookPoint | None = None
+    """The hook a transcoder writes (the MLP's output); None for an SAE."""
+
+    @property
+    def points(self) -> tuple[HookPoint, ...]:
+        """Where the harvest reads activations for it: its input, and a transcoder's output."""
+        return (self.hook,) if self.hook_out is None else (self.hook, self.hook_out)
 
     @property
     def loaded(self) -> SAE:
@@ -149,20 +157,27 @@ def plan_saes(config: BuildConfig, lm: LoadedModel) -> list[AtlasSAE]:
         planned.append(AtlasSAE(f"{config.sae_release}/{sae_id}", _hook(sae, sae_id),
                                 f"{config.sae_release}/{sae_id}", sae,
                                 release=config.sae_release, release_sae_id=sae_id,
-                                neuronpedia_id=neuronpedia_id(sae)))
+                                neuronpedia_id=neuronpedia_id(sae),
+                                hook_out=_hook(sae, sae_id, hook_out_of)))
     for path in (p.resolve() for p in config.sae_path):
         sae = load_saved(path, device=str(lm.device))
         planned.append(AtlasSAE(f"{lm.model_id}/{path.name}", _hook(sae, str(path)), str(path),
-                                sae, path=path, neuronpedia_id=neuronpedia_id(sae)))
+                                sae, path=path, neuronpedia_id=neuronpedia_id(sae),
+                                hook_out=_hook(sae, str(path), hook_out_of)))
     check_planned(planned, lm)
     return planned
 
 
-def _hook(sae: SAE, what: str) -> HookPoint:
+def _hook(sae: SAE, what: str, read: Callable[[SAE], Any] = hook_of) -> Any:
     try:
-        return hook_of(sae)
+        return read(sae)
     except AtlasError as exc:
         raise AtlasError(f"SAE {what}: {exc}") from None
+
+
+def points(planned: Iterable[AtlasSAE]) -> list[HookPoint]:
+    """Every hook the harvest of these SAEs reads (inputs, and transcoders' outputs), once."""
+    return list(dict.fromkeys(h for p in planned for h in p.points))
 
 
 def check_planned(planned: Sequence[AtlasSAE], lm: LoadedModel) -> None:
@@ -357,7 +372,8 @@ def harvest_batch(saes: Sequence[AtlasSAE], accs: dict[str, FeatureAccumulator],
         if s.sae_id in quality and rows.any():
             keep = batch.masks[s.hook.name].clone()
             keep[torch.from_numpy(~rows).to(keep.device)] = False
-            quality[s.sae_id].update(s.sae, acts[keep])
+            target = None if s.hook_out is None else batch.acts[s.hook_out.name][keep]
+            quality[s.sae_id].update(s.sae, acts[keep], target)
 
 
 def encode_batch(sae: SAE, acts: Float[torch.Tensor, "b t d"],
@@ -388,7 +404,7 @@ def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[Act
     encoders = Encoders(config.sae_dtype)
     bar = Progress("harvest", total=total_tokens, unit="tok")
     for _, shard in itertools.groupby(batches, key=lambda b: b.start // config.shard_blocks):
-        quality = {s.sae_id: QualityPartial.empty(s.loaded.cfg.d_sae, s.loaded.cfg.d_in)
+        quality = {s.sae_id: QualityPartial.empty(s.loaded.cfg.d_sae, output_width(s.loaded))
                    for s in measure}
         for batch in shard:
             harvest_batch(saes, accs, quality, batch, held, encoders)
@@ -412,7 +428,7 @@ def harvest_partials(config: BuildConfig, saes: Sequence[AtlasSAE],
     if measure is None:
         measure = {s.sae_id for s in saes if s.quality is None}
     accs = accumulators(config, saes, n_blocks)
-    quality = {s.sae_id: QualityPartial.empty(s.loaded.cfg.d_sae, s.loaded.cfg.d_in)
+    quality = {s.sae_id: QualityPartial.empty(s.loaded.cfg.d_sae, output_width(s.loaded))
                for s in saes if s.sae_id in measure}
     held = held_out_blocks(config, n_blocks)
     encoders = Encoders(config.sae_dtype)
@@ -594,7 +610,7 @@ def word_tables(config: BuildConfig, lm: LoadedModel, planned: Sequence[AtlasSAE
     stored already), so word analogies answer without loading the model."""
     from atlas import words
 
-    hooks = list(dict.fromkeys(p.hook for p in planned))
+    hooks = list(dict.fromkeys(p.hook for p in planned if p.hook.residual))
     return [t.hook for t in words.store_tables(config.db, lm, hooks)]
 
 
@@ -632,7 +648,8 @@ def sae_record(lm: LoadedModel, planned: AtlasSAE, quality: SAEQuality) -> store
         path=str(planned.path) if planned.path else None, l0=quality.l0,
         explained_variance=quality.explained_variance, dead_fraction=quality.dead_fraction,
         quality_tokens=quality.n_tokens, release=planned.release,
-        release_sae_id=planned.release_sae_id, neuronpedia_id=planned.neuronpedia_id)
+        release_sae_id=planned.release_sae_id, neuronpedia_id=planned.neuronpedia_id,
+        hook_out=planned.hook_out.name if planned.hook_out else None)
 
 
 def _token_labels(lm: LoadedModel, stats: FeatureStats) -> list[tuple[list[str], list[int]]]:

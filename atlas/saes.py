@@ -182,21 +182,70 @@ def pre_topk_codes(sae: SAE, x: Float[torch.Tensor, "... d"]) -> Float[torch.Ten
     return hidden_pre.relu()
 
 
+def is_transcoder(sae: SAE) -> bool:
+    """Whether `sae` is one of SAELens's transcoders (Transcoder, SkipTranscoder, JumpReLU and
+    JumpReLUSkip transcoders): it encodes at one hook and decodes into another."""
+    return hasattr(sae.cfg, "d_out")
+
+
 def hook_of(sae: SAE) -> HookPoint:
-    """The residual hook point an SAE reads, from its metadata."""
+    """The hook point an SAE reads (the residual stream), or a transcoder reads (the MLP's
+    input), from its metadata."""
     name = sae.cfg.metadata.hook_name
     if not name:
         raise AtlasError("the SAE's metadata names no hook_name; save it with "
                          "metadata.hook_name like 'blocks.6.hook_resid_post'")
-    return HookPoint.parse(name)
+    if not is_transcoder(sae):
+        return HookPoint.parse(name)
+    hook = HookPoint.parse_any(name)
+    if hook.where not in ("mid", "mlp_in"):
+        raise AtlasError(f"the transcoder reads {name}; the atlas reads transcoders whose input "
+                         "is the MLP's ('blocks.L.ln2.hook_normalized', 'blocks.L.mlp.hook_in' "
+                         "or 'blocks.L.hook_mlp_in')")
+    return hook
+
+
+def hook_out_of(sae: SAE) -> HookPoint | None:
+    """The hook a transcoder writes (the MLP's output), from its metadata; None for an SAE,
+    whose output is its input's hook."""
+    if not is_transcoder(sae):
+        return None
+    name = sae.cfg.metadata.hook_name_out
+    if not name:
+        raise AtlasError("the transcoder's metadata names no hook_name_out; save it with "
+                         "metadata.hook_name_out like 'blocks.6.hook_mlp_out'")
+    hook = HookPoint.parse_any(name)
+    if hook.where != "mlp_out" or hook.layer != hook_of(sae).layer:
+        raise AtlasError(f"the transcoder writes {name}; the atlas reads transcoders that write "
+                         f"the MLP output of the block they read, "
+                         f"'blocks.{hook_of(sae).layer}.hook_mlp_out'")
+    return hook
+
+
+def output_width(sae: SAE) -> int:
+    """The width of what the SAE reconstructs: d_in, or a transcoder's d_out."""
+    return int(getattr(sae.cfg, "d_out", sae.cfg.d_in))
+
+
+def reconstruct(sae: SAE, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """What the SAE outputs for input `x` with codes `codes`: the decoder's, plus a skip
+    transcoder's linear skip path (`W_skip`)."""
+    out = sae.decode(codes)
+    skip = getattr(sae, "W_skip", None)
+    return out if skip is None else out + x @ skip.T.to(x.dtype)
 
 
 def check_width(sae: SAE, d_model: int, what: str) -> None:
-    """Raise a clear error when an SAE does not read vectors of the model's width."""
+    """Raise a clear error when an SAE does not read (or a transcoder write) vectors of the
+    model's width."""
     if sae.cfg.d_in != d_model:
         raise AtlasError(f"SAE {what} reads vectors of width d_in={sae.cfg.d_in} but the model's "
                          f"residual stream has d_model={d_model}; use an SAE trained on this "
                          "model, or the model it was trained on")
+    if output_width(sae) != d_model:
+        raise AtlasError(f"transcoder {what} writes vectors of width d_out={output_width(sae)} "
+                         f"but the model's MLP output has d_model={d_model}; use a transcoder "
+                         "trained on this model")
 
 
 def norm_scale(acts: Float[torch.Tensor, "n d"]) -> float:
@@ -350,17 +399,20 @@ class QualityPartial:
         return cls(0, 0.0, 0.0, np.zeros(d_sae, bool), np.zeros(d_in), 0.0)
 
     @torch.no_grad()
-    def update(self, sae: SAE, x: Float[torch.Tensor, "n d"]) -> None:
+    def update(self, sae: SAE, x: Float[torch.Tensor, "n d"],
+               target: Float[torch.Tensor, "n d_out"] | None = None) -> None:
+        """Add tokens: the SAE's input `x` and, for a transcoder, the `target` it reconstructs
+        (the MLP's output; an SAE reconstructs its input)."""
         if not len(x):
             return
         x = sae_input(sae, x.to(sae.W_dec.device, sae.W_dec.dtype))
         feats = sae.encode(x)
-        x = x.float()
-        self.sse += float((x - sae.decode(feats).float()).pow(2).sum())
+        y = x.float() if target is None else target.to(sae.W_dec.device).float()
+        self.sse += float((y - reconstruct(sae, x, feats).float()).pow(2).sum())
         active = feats != 0  # AbsTopK SAEs code with signed activations
         self.active += float(active.sum())
         self.ever |= active.any(0).cpu().numpy()
-        x64 = x.double()
+        x64 = y.double()
         self.sum_x += x64.sum(0).cpu().numpy()
         self.sumsq += float(x64.pow(2).sum())
         self.n += len(x)

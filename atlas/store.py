@@ -187,6 +187,9 @@ class SAERecord:
     neuronpedia_id: str | None = None
     """The SAE's Neuronpedia id, when it has one (its features' pages are
     https://www.neuronpedia.org/<neuronpedia_id>/<feature>)."""
+    hook_out: str | None = None
+    """The hook a transcoder writes (the MLP's output; its decoder rows live there); None for
+    an SAE."""
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,21 @@ def analysis_page(db: str, title: str, table: str, what: str, how: str) -> bool:
     found = q.definitions(connection(db), table)
     st.caption(f"definition: {', '.join(found)} (`analysis_runs.definition`; `atlas` = the "
                "atlas's own variant, described in the README)")
+    spaces(db)
     return True
+
+
+def spaces(db: str, sae: str | None = None) -> None:
+    """Say which space decoder directions are in, where the atlas holds transcoders (of `sae`
+    alone, when given)."""
+    found = q.transcoders(connection(db))
+    if sae is not None:
+        found = {s: v for s, v in found.items() if s == sae}
+    if found:
+        st.caption("Decoder directions of " + "; ".join(
+            f"{s} (a transcoder: reads {h}, writes {o})" for s, (h, o) in found.items())
+            + " are in the MLP output they write; other SAEs' are in the residual stream "
+            "they read.")
 
 
 def choose_sae(db: str, key: str) -> str:

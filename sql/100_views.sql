@@ -2,7 +2,7 @@
 
 -- One row per SAE: its layer, quality and harvest size.
 CREATE OR REPLACE VIEW sae_overview AS
-SELECT s.sae_id, s.model_id, s.layer, s.hook, s.architecture, s.d_in, s.d_sae, s.k,
+SELECT s.sae_id, s.model_id, s.layer, s.hook, s.hook_out, s.architecture, s.d_in, s.d_sae, s.k,
        s.l0, s.explained_variance, s.dead_fraction, s.release, s.release_sae_id,
        s.neuronpedia_id,
        h.n_tokens, h.n_blocks, h.threshold,

@@ -358,8 +358,16 @@ class Task:
 
 
 def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
-    """One run per SAE."""
-    return [Subject(s, (s,)) for s in inputs.sae_ids]
+    """One run per SAE. Transcoders are left out: the metric compares decoder rows with a
+    probe of the space the SAE reads, and a transcoder's decoder writes another (its MLP
+    output)."""
+    transcoders = {r[0] for r in inputs.con.execute(
+        "SELECT sae_id FROM saes WHERE hook_out IS NOT NULL AND sae_id IN (SELECT unnest(?))",
+        [list(inputs.sae_ids)]).fetchall()}
+    if transcoders:
+        log.info("absorption leaves out the transcoders %s: their decoders write the MLP "
+                 "output, not the space the probes read", ", ".join(sorted(transcoders)))
+    return [Subject(s, (s,)) for s in inputs.sae_ids if s not in transcoders]
 
 
 def prepare(inputs: Inputs, subjects: list[Subject], settings: Settings) -> Task:

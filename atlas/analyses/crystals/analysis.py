@@ -62,7 +62,8 @@ def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
     """One run per residual hook the chosen SAEs read ('blocks.L.hook_resid_post' is block
     L's output, '..._pre' its input); the hook's first SAE adds its code space."""
     rows = inputs.con.execute("SELECT s.sae_id, s.hook, s.model_id FROM saes s WHERE s.sae_id "
-                              "IN (SELECT unnest(?)) ORDER BY s.layer, s.hook, s.sae_id",
+                              "IN (SELECT unnest(?)) AND s.hook_out IS NULL "  # residual hooks
+                              "ORDER BY s.layer, s.hook, s.sae_id",
                               [list(inputs.sae_ids)]).fetchall()
     first: dict[tuple[str, str], str] = {}
     for sae_id, hook, model_id in rows:

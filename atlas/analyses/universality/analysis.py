@@ -107,8 +107,16 @@ def subjects(inputs: Inputs, settings: Settings) -> list[Subject]:
     if len(ids) < 2:
         raise AtlasError(f"universality compares two SAEs, and {len(ids)} were chosen; give two "
                          "or more with --sae, or leave --sae out for all of them")
-    pairs = zip(ids, ids[1:]) if settings.pairs == "adjacent" else combinations(ids, 2)
-    return [Subject(f"{a} ~ {b}", (a, b)) for a, b in pairs]
+    # Decoder rows are compared within one space: SAEs' (the residual stream) apart from
+    # transcoders' (the MLP output, saes.hook_out).
+    writes = dict(inputs.con.execute("SELECT sae_id, hook_out IS NOT NULL FROM saes WHERE "
+                                     "sae_id IN (SELECT unnest(?))", [ids]).fetchall())
+    out = []
+    for kind in (False, True):
+        group = [s for s in ids if writes.get(s, False) == kind]
+        pairs = zip(group, group[1:]) if settings.pairs == "adjacent" else combinations(group, 2)
+        out += [Subject(f"{a} ~ {b}", (a, b)) for a, b in pairs]
+    return out
 
 
 @dataclass(frozen=True)
