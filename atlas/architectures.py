@@ -65,7 +65,7 @@ class TopK:
                              batch_size=config.train_batch, lr=config.lr, seed=seed)
 
     def sae_name(self, config: BuildConfig) -> str:
-        return f"topk{config.d_sae}-k{config.k}"
+        return f"{self.name}{config.d_sae}-k{config.k}"
 
     def train(self, acts: Float[torch.Tensor, "n d"], settings: TrainSettings, *,
               hook: HookPoint, model_name: str, device: torch.device | str,
@@ -74,7 +74,7 @@ class TopK:
                           desc=desc)
 
 
-class BatchTopK:
+class BatchTopK(TopK):
     """BatchTopK SAEs (Bussmann et al. 2024): the batch's k x batch largest activations are kept,
     so each token has k active latents on average. Trained through SAELens's own trainer
     (`SAETrainer` on `BatchTopKTrainingSAE`, with its AuxK loss and SAELens's input-norm
@@ -82,14 +82,7 @@ class BatchTopK:
     inference: a JumpReLU SAE whose threshold is the batch threshold learnt in training.
     Settings: --d-sae, --k (the mean L0), --epochs, --train-batch, --lr."""
 
-    name = "batchtopk"
-
-    def settings(self, config: BuildConfig, seed: int) -> TrainSettings:
-        return TrainSettings(d_sae=config.d_sae, k=config.k, epochs=config.epochs,
-                             batch_size=config.train_batch, lr=config.lr, seed=seed)
-
-    def sae_name(self, config: BuildConfig) -> str:
-        return f"batchtopk{config.d_sae}-k{config.k}"
+    name = "batchtopk"  # settings and SAE names as TopK's
 
     def train(self, acts: Float[torch.Tensor, "n d"], settings: TrainSettings, *,
               hook: HookPoint, model_name: str, device: torch.device | str,
