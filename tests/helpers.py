@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -82,3 +84,14 @@ def folder_files(folder: Path) -> dict[str, bytes]:
     folder = Path(folder)
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file()}
+
+
+def atlas_offline(cache: Path, *args: str) -> str:
+    """Run the `atlas` console script with the hub cache set and the hub switched off."""
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "home"),
+           "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    atlas = Path(sys.executable).with_name("atlas")
+    done = subprocess.run([str(atlas), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
 import torch
-from helpers import folder_files, write_hub_repo
+from helpers import atlas_offline, folder_files, write_hub_repo
 from safetensors.torch import save_file
 
 from atlas.cli import main
@@ -84,17 +82,6 @@ def hub_cache(tmp_path_factory, tiny_smollm2) -> tuple[Path, dict]:
         files.update(f)
     write_hub_repo(cache, SAE_REPO, files)
     return cache, weights
-
-
-def atlas_offline(cache: Path, *args: str) -> str:
-    """Run the `atlas` console script with the hub cache set and the hub switched off."""
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "home"),
-           "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    atlas = Path(sys.executable).with_name("atlas")
-    done = subprocess.run([str(atlas), *args], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 @pytest.fixture(scope="module")

@@ -184,3 +184,63 @@ def test_a_transcoder_that_writes_elsewhere_is_refused(tiny_lm, tmp_path, capsys
                  str(BLOCK)]) == 2
     err = capsys.readouterr().err
     assert "writes blocks.2.hook_mlp_out" in err and "blocks.1.hook_mlp_out" in err
+
+
+def mwhanna_files(lm, layers: tuple[int, ...]) -> tuple[dict[str, bytes], dict]:
+    """A transcoder release as `mwhanna/qwen3-4b-transcoders` stores it on the hub: one
+    `layer_L.safetensors` per layer with W_enc as (d_sae, d_in) (SAELens's loader transposes
+    it), and the training run's `wandb-config.yaml` and `config.yaml` it reads d_model and
+    d_sae from."""
+    import tempfile
+
+    import yaml
+    from safetensors.torch import save_file
+
+    files = {"wandb-config.yaml": yaml.safe_dump({"d_model": {"value": lm.d_model},
+                                                  "d_feature": {"value": D_SAE},
+                                                  "batch_size": {"value": 4096}}).encode(),
+             "config.yaml": yaml.safe_dump({"model_name": "Qwen/Qwen3-4B"}).encode()}
+    saes = {}
+    for layer in layers:
+        sae = random_transcoder("transcoder", lm, seed=10 + layer)
+        weights = {"W_enc": sae.W_enc.detach().T.contiguous(), "b_enc": sae.b_enc.detach(),
+                   "W_dec": sae.W_dec.detach(), "b_dec": sae.b_dec.detach()}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/w.safetensors"
+            save_file(weights, path)
+            files[f"layer_{layer}.safetensors"] = open(path, "rb").read()
+        saes[layer] = sae
+    return files, saes
+
+
+def test_a_published_transcoder_release_builds_from_the_hub_cache(tiny_lm, tmp_path):
+    """`--sae-release mwhanna-qwen3-4b-transcoders --sae-id 'layer_{layer}'` through SAELens's
+    own hub loader, offline, from a hub cache in the hub's layout: both hooks recorded, codes
+    counted at the MLP's input equal a recount with the published encoder."""
+    from helpers import atlas_offline, write_hub_repo
+
+    release, repo, layers = "mwhanna-qwen3-4b-transcoders", "mwhanna/qwen3-4b-transcoders", (1, 2)
+    cache = tmp_path / "hf" / "hub"
+    files, saes = mwhanna_files(tiny_lm, layers)
+    write_hub_repo(cache, repo, files)
+    db = tmp_path / "hub-tc.duckdb"
+    atlas_offline(cache, "build", "--db", str(db), "--model", str(tiny_model_dir()),
+                  "--sae-release", release, "--sae-id", "layer_{layer}", "--layers", "1-2",
+                  "--tokens", str(TOKENS), "--block-size", str(BLOCK), "--batch-blocks", "8",
+                  "--n-examples", "4", "--threshold", str(THRESHOLD), "--dtype", "float32",
+                  "--analyses", "galaxy")
+    rows = q(db, "SELECT sae_id, architecture, hook, hook_out, release, release_sae_id, "
+             "neuronpedia_id FROM saes ORDER BY layer")
+    assert rows == [(f"{release}/layer_{i}", "transcoder", f"blocks.{i}.ln2.hook_normalized",
+                     f"blocks.{i}.hook_mlp_out", release, f"layer_{i}",
+                     f"qwen3-4b/{i}-transcoder-hp") for i in layers]
+    points = {i: HookPoint.parse_any(f"blocks.{i}.mlp.hook_in") for i in layers}
+    acts, counted = _activations(db, tiny_lm, list(points.values()))
+    for i in layers:
+        with torch.no_grad():
+            codes = saes[i].encode(acts[points[i].name])
+        direct = ((codes > THRESHOLD) & counted[..., None]).sum((0, 1)).numpy()
+        stored = [r[0] for r in q(db, "SELECT firing_count FROM features WHERE sae_id = ? "
+                                  "ORDER BY feature", [f"{release}/layer_{i}"])]
+        assert direct.sum() > 0
+        np.testing.assert_array_equal(stored, direct)
