@@ -303,7 +303,7 @@ def page_sql(db: str) -> None:
     with st.expander("Views"):
         st.write(", ".join(q.view_names(con)))
     examples = {**q.EXAMPLE_QUERIES,
-                **{k: v for n in analyses.names() for k, v in analyses.queries(n).EXAMPLES.items()}}
+                **{k: v for n in analyses.all_names() for k, v in analyses.queries(n).EXAMPLES.items()}}
     example = st.selectbox("example", list(examples))
     # ?page=SQL&sql=... opens the page with a query (a link to share one).
     shared = st.query_params.get("sql")

@@ -87,7 +87,9 @@ def config_from_args(args: argparse.Namespace, cls: type = BuildConfig, *, prefi
 SHORTCUTS = analyses.commands()
 """Commands that run one analysis (its folder's COMMAND), with its settings as unprefixed
 flags."""
-ANALYSIS_COMMANDS = {"analyze", *SHORTCUTS}
+OWN_COMMANDS = analyses.own_commands()
+"""Commands of the analyses outside the runner (their folder's `command.py`)."""
+ANALYSIS_COMMANDS = {"analyze", *SHORTCUTS, *OWN_COMMANDS}
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -171,6 +173,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         _analysis_args(p)
         if command == name:
             add_config_flags(p, analyses.module(analysis).Settings)
+
+    for name, analysis in OWN_COMMANDS.items():
+        p = sub.add_parser(name, help=analyses.about(analysis).HELP)
+        if command == name:
+            analyses.command(analysis).add_arguments(p)
 
     p = sub.add_parser("app", help="open the Streamlit app on the atlas (read-only)")
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
@@ -539,11 +546,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_own(args: argparse.Namespace) -> int:
+    """A command of an analysis outside the runner (`atlas explain`)."""
+    return int(analyses.command(OWN_COMMANDS[args.command]).run(args))
+
+
 COMMANDS = {"build": cmd_build, "info": cmd_info, "sql": cmd_sql, "neighbors": cmd_neighbors,
             "analogy": cmd_analogy, "features": cmd_features, "index": cmd_index,
             "export": cmd_export,
             "analyze": cmd_analyze, "app": cmd_app,
-            **dict.fromkeys(SHORTCUTS, cmd_shortcut)}
+            **dict.fromkeys(SHORTCUTS, cmd_shortcut), **dict.fromkeys(OWN_COMMANDS, cmd_own)}
 
 
 def reference() -> str:

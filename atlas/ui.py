@@ -99,6 +99,11 @@ def missing(what: str, how: str) -> None:
     st.info(f"This atlas has no {what} yet. Run `{how}` to compute it.")
 
 
+def has_rows(db: str, table: str) -> bool:
+    """Whether the atlas's `table` has rows."""
+    return q.has_rows(connection(db), table)
+
+
 def analysis_page(db: str, title: str, table: str, what: str, how: str) -> bool:
     """Header of a page that needs an analysis; whether its results exist (if not, says how
     to compute them)."""

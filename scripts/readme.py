@@ -26,8 +26,10 @@ def analysis_tables() -> str:
     con = duckdb.connect()
     store.migrate(con)
     out = []
-    for name in analyses.names():
-        about, module = analyses.about(name), analyses.module(name)
+    for name in analyses.all_names():
+        about = analyses.about(name)
+        module = (analyses.module(name) if name in analyses.available()
+                  else analyses.command(name))
         folder = Path(about.__file__).parent
         summary = " ".join((about.__doc__ or "").split("\n\n")[0].split())
         tables = []

@@ -5,6 +5,8 @@ output space, both hooks recorded; every number against an independent recomputa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pytest
@@ -208,7 +210,7 @@ def mwhanna_files(lm, layers: tuple[int, ...]) -> tuple[dict[str, bytes], dict]:
         with tempfile.TemporaryDirectory() as tmp:
             path = f"{tmp}/w.safetensors"
             save_file(weights, path)
-            files[f"layer_{layer}.safetensors"] = open(path, "rb").read()
+            files[f"layer_{layer}.safetensors"] = Path(path).read_bytes()
         saes[layer] = sae
     return files, saes
 

@@ -26,6 +26,11 @@ analysis's own:
 - ``page.py``: its app page, ``TITLE`` and ``render(db)``, and optionally
   ``feature_section(db, sae, feature)``, what the page adds to every Feature page.
 
+A folder whose ``__init__`` says ``RUNNER = False`` is an analysis with a command of its own
+instead of the runner's contract (explanations: long, resumable, an LLM's work): its
+``command.py`` gives ``HELP``, ``add_arguments(parser)`` and ``run(args)``; it has its schema,
+views, queries and page like the others, and `atlas analyze` and the build do not run it.
+
 The store, the CLI, the app's pages and the README's table list (`scripts/readme.py`) find the
 analyses here, so adding or removing one touches its folder (plus its tests and a README
 section).
@@ -41,29 +46,45 @@ from types import ModuleType
 from atlas.errors import AtlasError
 
 
-def available() -> frozenset[str]:
-    """The analyses' names: the folders here."""
+def folders() -> frozenset[str]:
+    """Every analysis folder's name (runner analyses and those with a command of their own)."""
     return frozenset(m.name for m in pkgutil.iter_modules(__path__)
                      if m.ispkg and not m.name.startswith("_"))
+
+
+def available() -> frozenset[str]:
+    """The names of the analyses the runner runs (`atlas analyze`, the build's --analyses)."""
+    return frozenset(n for n in folders() if _runs(n))
+
+
+def _runs(name: str) -> bool:
+    return bool(getattr(importlib.import_module(f"{__name__}.{name}"), "RUNNER", True))
 
 
 def about(name: str) -> ModuleType:
     """The analysis's folder (its `__init__`: docstring, ORDER, COMMAND, MIN_SAES), without its
     computation."""
-    if name not in available():
+    if name not in folders():
         raise AtlasError(f"unknown analysis '{name}'; choose from {', '.join(names())}")
     return importlib.import_module(f"{__name__}.{name}")
 
 
 def names() -> tuple[str, ...]:
-    """Every analysis's name, in run order (cheap analyses first)."""
+    """Every runner analysis's name, in run order (cheap analyses first)."""
     return tuple(sorted(available(), key=lambda n: (about(n).ORDER, n)))
+
+
+def all_names() -> tuple[str, ...]:
+    """Every analysis folder's name, in order: the runner's analyses, then those with a
+    command of their own."""
+    return tuple(sorted(folders(), key=lambda n: (about(n).ORDER, n)))
 
 
 def module(name: str) -> ModuleType:
     """The analysis called `name` (its `analysis` module, the runner's contract), with a clear
     error naming the choices."""
-    about(name)
+    if name not in available():
+        raise AtlasError(f"unknown analysis '{name}'; choose from {', '.join(names())}")
     return importlib.import_module(f"{__name__}.{name}.analysis")
 
 
@@ -73,8 +94,18 @@ def modules() -> tuple[ModuleType, ...]:
 
 
 def commands() -> dict[str, str]:
-    """{command: analysis} of the analyses that have a command of their own."""
+    """{command: analysis} of the runner's analyses that have a command of their own."""
     return {about(n).COMMAND: n for n in names() if getattr(about(n), "COMMAND", None)}
+
+
+def own_commands() -> dict[str, str]:
+    """{command: analysis} of the analyses outside the runner (their `command.py`)."""
+    return {about(n).COMMAND: n for n in all_names() if n not in available()}
+
+
+def command(name: str) -> ModuleType:
+    """The `command.py` of an analysis outside the runner."""
+    return importlib.import_module(f"{__name__}.{name}.command")
 
 
 def min_saes(name: str) -> int:
@@ -84,13 +115,13 @@ def min_saes(name: str) -> int:
 
 def sql_files() -> list[tuple[str, str]]:
     """(name, text) of every analysis's schema and view files."""
-    return [(f.name, f.read_text()) for n in sorted(available())
+    return [(f.name, f.read_text()) for n in sorted(folders())
             for f in resources.files(f"{__name__}.{n}").iterdir() if f.name.endswith(".sql")]
 
 
 def pages() -> tuple[ModuleType, ...]:
-    """Every analysis's app page module, in run order."""
-    return tuple(importlib.import_module(f"{__name__}.{n}.page") for n in names())
+    """Every analysis's app page module, in order."""
+    return tuple(importlib.import_module(f"{__name__}.{n}.page") for n in all_names())
 
 
 def queries(name: str) -> ModuleType:

@@ -1,0 +1,43 @@
+"""The queries behind the Explanations page and each Feature page's explanations
+(`atlas.dashboard`'s conventions: each returns its SQL with the result; values enter the SQL
+only through `literal`)."""
+
+from __future__ import annotations
+
+from atlas.dashboard import Shown, literal, run
+
+
+def feature_explanations(con, sae_id: str, feature: int) -> Shown:
+    return run(con, f"""
+SELECT explanation, explainer, scorer, round(balanced_accuracy, 3) AS balanced_accuracy,
+       round(baseline_balanced_accuracy, 3) AS baseline
+FROM explained_features WHERE sae_id = {literal(sae_id)} AND feature = {int(feature)}
+ORDER BY explainer = 'top-tokens', balanced_accuracy DESC NULLS LAST""")
+
+
+def search(con, text: str, limit: int = 50) -> Shown:
+    return run(con, f"""
+SELECT round(score, 3) AS score, sae_id, feature, explanation, explainer, label
+FROM search_explanations({literal(text)}) LIMIT {int(limit)}""")
+
+
+def quality(con) -> Shown:
+    return run(con, """
+SELECT sae_id, explainer, scorer, n_features, round(balanced_accuracy, 3) AS balanced_accuracy,
+       round(baseline_balanced_accuracy, 3) AS baseline, round(margin, 3) AS margin, n_failed
+FROM explanation_quality ORDER BY sae_id, explainer""")
+
+
+def best(con, sae_id: str, limit: int = 200) -> Shown:
+    return run(con, f"""
+SELECT feature, explanation, explainer, round(balanced_accuracy, 3) AS balanced_accuracy,
+       round(baseline_balanced_accuracy, 3) AS baseline, label
+FROM explained_features WHERE sae_id = {literal(sae_id)} AND explainer <> 'top-tokens'
+ORDER BY balanced_accuracy DESC NULLS LAST, feature LIMIT {int(limit)}""")
+
+
+EXAMPLES = {
+    "Features about a topic (BM25)": "SELECT * FROM search_explanations('numbers digits') "
+                                     "LIMIT 10",
+    "Explanation quality vs baseline": "SELECT * FROM explanation_quality",
+}
