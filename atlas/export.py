@@ -4,8 +4,11 @@ Neuronpedia layout (SAEDashboard's `NeuronpediaDashboardBatch.to_dict`): one fil
 features, {"model_id", "layer", "sae_set", "features": [...], "settings": {...}}, each feature
 with its logit lens (pos_str/pos_values, neg_str/neg_values), activation histogram
 (freq_hist_data_bar_values/heights), density (frac_nonzero) and example activations, each
-example a window of tokens with the feature's values. What the atlas does not hold is written
-empty: neuron alignment, correlated neurons and features, the logit histogram, explanations.
+example a window of tokens with the feature's values, and its explanations (`atlas explain`) as
+Neuronpedia's explanation records name them (description, explanationModelName, typeName),
+each with its scores (the atlas's addition: method, scorer, balanced accuracy and the
+baseline's). What the atlas does not hold is written empty: neuron alignment, correlated
+neurons and features, the logit histogram.
 An example's values are the feature's activation at its token and 0 at the others (the atlas
 keeps one activation per example); histogram bars sit at the geometric centre of each log bin.
 """
@@ -130,6 +133,16 @@ def _features(cur, sae_id: str, corpus: str, n_tokens: int, lo: int, hi: int,
     for group in top.values():   # the top group's range ends at the feature's maximum
         for r in group:
             r["bin_max"] = group[0]["act"]
+    explained = _by_feature(_rows(cur, f"""
+        SELECT feature, explanation, explainer, template,
+               coalesce(list({{'method': method, 'scorer': scorer,
+                               'balanced_accuracy': balanced_accuracy,
+                               'baseline_balanced_accuracy': baseline_balanced_accuracy}})
+                        FILTER (method IS NOT NULL), []) AS scores
+        FROM explanations LEFT JOIN explanation_scores
+             USING (sae_id, feature, explainer, template)
+        WHERE {where} GROUP BY ALL ORDER BY feature, explainer""", params)
+                            ) if _has(cur, "explanations") else {}
     blocks = sorted({r["block_id"] for g in (*top.values(), *deciles.values()) for r in g})
     # Each block's tokens up to its end (a document's last block is padded).
     ids = {r["block_id"]: r["token_ids"][:r["n_tokens"]] for r in _rows(
@@ -161,8 +174,16 @@ def _features(cur, sae_id: str, corpus: str, n_tokens: int, lo: int, hi: int,
             "num_tokens_for_dashboard": int(n_tokens),
             "activations": [_activation(r, ids[r["block_id"]], text)
                             for r in (*top.get(f, []), *deciles.get(f, []))],
-            "explanations": []})
+            "explanations": [{"description": e["explanation"],
+                              "explanationModelName": e["explainer"],
+                              "typeName": e["template"], "scores": e["scores"]}
+                             for e in explained.get(f, [])]})
     return features
+
+
+def _has(cur, table: str) -> bool:
+    return bool(_rows(cur, "SELECT count(*) AS n FROM information_schema.tables WHERE "
+                           "table_name = ?", [table])[0]["n"])
 
 
 def _centre(lo: float, hi: float) -> float:

@@ -104,6 +104,18 @@ def has_rows(db: str, table: str) -> bool:
     return q.has_rows(connection(db), table)
 
 
+def feature_names(db: str, sae: str) -> dict[int, str]:
+    """Names of an SAE's features from every analysis page that gives them (`feature_names`
+    in a page module: the explanations')."""
+    from atlas import analyses
+
+    out: dict[int, str] = {}
+    for page in analyses.pages():
+        if hasattr(page, "feature_names"):
+            out.update(page.feature_names(db, sae))
+    return out
+
+
 def analysis_page(db: str, title: str, table: str, what: str, how: str) -> bool:
     """Header of a page that needs an analysis; whether its results exist (if not, says how
     to compute them)."""

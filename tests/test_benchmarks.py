@@ -124,3 +124,14 @@ def test_feature_page_benchmark_prints_its_ratios(tiny_atlas):
     ratios(out, r"second/first ratio ([\d.]+)x")
     ratios(out, r"second call / start-up ratio ([\d.]+)x")
     ratios(out, r"feature/overview ratio ([\d.]+)x")
+
+
+def test_explain_benchmark_prints_its_rates_ratio_and_scores(tiny_atlas):
+    out = run("explain.py", "--db", str(tiny_atlas[0].db), "--sae", tiny_atlas[1].sae_ids[0],
+              "--features", "2", "--", "--explainer", str(tiny_model_dir()), "--max-tokens", "4",
+              "--blocks", "4", "--held-out", "2", "--examples", "3", "--device", "cpu")
+    ratios(out, r"= ([\d.]+) explanations/min")
+    ratios(out, r"= ([\d.]+) scores/min")
+    ratios(out, r"/ bare generation: ([\d.]+)")
+    ratios(out, r"mean balanced accuracy ([\d.]+) vs")
+    ratios(out, r"vs ([\d.]+) on other features' texts")

@@ -53,7 +53,7 @@ def test_the_readme_command_reference_is_the_parser_s():
         "`python scripts/readme.py`")
     from atlas import analyses
 
-    for name in analyses.names():
+    for name in analyses.all_names():
         assert f"- **{name}** (`atlas/analyses/{name}/`" in README, name
     from atlas.cli import _parser
 

@@ -434,3 +434,51 @@ def test_the_app_shows_and_searches_explanations(explained, monkeypatch):
     at.run()
     assert not at.exception
     assert any("Explanations" in h.value for h in at.subheader)
+
+
+def test_the_neuronpedia_export_carries_the_explanations(explained, tmp_path):
+    db, sae = explained
+    out = tmp_path / "np"
+    assert main(["export", "--db", str(db), "--format", "neuronpedia", "--sae", sae,
+                 "--out", str(out)]) == 0
+    exported = {f["feature_index"]: f["explanations"]
+                for path in sorted(out.glob("batch-*.json"))
+                for f in json.loads(path.read_text())["features"]}
+    stored = q(db, "SELECT feature, explanation, explainer, template, balanced_accuracy FROM "
+               "explanations JOIN explanation_scores USING (sae_id, feature, explainer, "
+               "template) WHERE sae_id = ? ORDER BY feature, explainer", [sae])
+    assert len(stored) == 8
+    for feature, text, explainer, template, bal in stored:
+        match = [e for e in exported[feature] if e["explanationModelName"] == explainer]
+        assert len(match) == 1 and match[0]["description"] == text
+        assert match[0]["typeName"] == template
+        assert match[0]["scores"][0]["balanced_accuracy"] == pytest.approx(bal)
+    assert sum(len(e) for e in exported.values()) == 8
+
+
+def test_the_lobes_page_names_lobes_by_their_features_explanations(explained, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    copy, sae = explained
+    monkeypatch.setenv("ATLAS_DB", str(copy))
+    at = AppTest.from_file(str(Path(__file__).parent.parent / "app" / "streamlit_app.py"),
+                           default_timeout=120)
+    at.query_params.update(page="Lobes", sae=sae)
+    at.run()
+    assert not at.exception
+    composition = [d.value for d in at.dataframe if "explained as" in d.value.columns]
+    assert len(composition) == 1
+    names = dict(q(copy, "SELECT feature, explanation FROM explanations WHERE explainer "
+                   "LIKE 'hf:%'"))
+    lobe_of = dict(q(copy, "SELECT feature, cluster FROM clusters WHERE sae_id = ? AND "
+                     "method = 'cooccurrence' AND (metric, k) = (SELECT (min(metric), max(k)) "
+                     "FROM clusters WHERE method = 'cooccurrence')", [sae]))
+    assert lobe_of
+    frame = composition[0]
+    for feature, text in names.items():
+        if text and feature in lobe_of:
+            row = frame[frame.cluster == lobe_of[feature]]
+            assert text in row["explained as"].iloc[0] or \
+                row["explained as"].iloc[0].count("|") == 2

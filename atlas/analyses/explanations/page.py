@@ -42,3 +42,12 @@ def feature_section(db: str, sae: str, feature: int) -> None:
         ui.show_table(shown)
     else:
         ui.missing("explanations", f"atlas explain --sae {sae} --features {feature}")
+
+
+def feature_names(db: str, sae: str) -> dict[int, str]:
+    """The explained features' names (their best LLM explanation), for other pages to name
+    features and groups of features by."""
+    if not ui.has_rows(db, "explanations"):
+        return {}
+    frame = ui.cached(db, queries.names, sae).frame
+    return dict(zip(frame["feature"].astype(int), frame["explanation"]))

@@ -36,6 +36,15 @@ FROM explained_features WHERE sae_id = {literal(sae_id)} AND explainer <> 'top-t
 ORDER BY balanced_accuracy DESC NULLS LAST, feature LIMIT {int(limit)}""")
 
 
+def names(con, sae_id: str) -> Shown:
+    """Each explained feature's best LLM explanation (highest detection score; unscored ones
+    after the scored)."""
+    return run(con, f"""
+SELECT feature, arg_max(explanation, coalesce(balanced_accuracy, -1)) AS explanation
+FROM explained_features WHERE sae_id = {literal(sae_id)} AND explainer <> 'top-tokens'
+  AND explanation <> '' GROUP BY feature ORDER BY feature""")
+
+
 EXAMPLES = {
     "Features about a topic (BM25)": "SELECT * FROM search_explanations('numbers digits') "
                                      "LIMIT 10",

@@ -47,6 +47,13 @@ def render(db: str) -> None:
         cols[2].metric("largest lobe's share", f"{t['chance']:.2f}")
         ui.show_sql(ui.cached(db, queries.lobe_tests, sae, metric, k))
     table = ui.cached(db, queries.lobe_table, sae, metric, k)
+    named = ui.feature_names(db, sae)
+    if named:  # each lobe named by its most-firing explained features (`atlas explain`)
+        members = ui.cached(db, queries.lobe_map, sae, "cooccurrence", metric, k).frame
+        frame = members.sort_values("firing_count", ascending=False)
+        table.frame["explained as"] = table.frame["cluster"].map(
+            lambda c: " | ".join([named[f] for f in frame[frame.cluster == c]["feature"]
+                                  if f in named][:3]))
     ui.show_table(table, "Composition")
 
 
