@@ -5,7 +5,8 @@ ATLAS_STOP_MARKER names (when set) on reaching it and then waits there to be kil
 can SIGKILL it mid-transaction, mid-harvest or mid-write and check what a re-run makes of the
 atlas. Unset (always, outside such tests), a point costs one dictionary lookup.
 
-Points: store_corpus, train, harvest, store_harvest, index, analysis.
+Points of the build: store_corpus, train, harvest, store_harvest, index, analysis (POINTS);
+of `atlas explain`: explain (inside the write of its second batch of explanations).
 """
 
 from __future__ import annotations

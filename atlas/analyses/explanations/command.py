@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from atlas import access, catalog
+from atlas import access, catalog, faults
 from atlas.analyses.explanations import explain as ex
 from atlas.analyses.explanations.backends import Backend, backend
 from atlas.artifacts import EMBEDDED_MODEL
@@ -199,14 +199,15 @@ def explain_features(db: Path, sae_id: str, features: Sequence[Feature], explain
         seconds = (time.perf_counter() - t) / len(part)
         _write_explanations(db, sae_id, [(f, explainer.name, ex.TEMPLATE,
                                           ex.parse_explanation(a), seconds)
-                                         for f, a in zip(part, answers)])
+                                         for f, a in zip(part, answers)], crash_point=s > 0)
         written += len(part)
         progress.update(len(part))
     progress.close()
     return written
 
 
-def _write_explanations(db: Path, sae_id: str, rows: list[tuple]) -> None:
+def _write_explanations(db: Path, sae_id: str, rows: list[tuple], *,
+                        crash_point: bool = False) -> None:
     if not rows:
         return
     now = utc_now()
@@ -223,6 +224,8 @@ def _write_explanations(db: Path, sae_id: str, rows: list[tuple]) -> None:
             if terms:
                 con.executemany("INSERT INTO explanation_terms VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 [[*key, *t] for t in terms])
+        if crash_point:
+            faults.point("explain")   # a crash test's stop inside a later batch's write
         con.execute("COMMIT")
 
 
