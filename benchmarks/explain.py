@@ -52,22 +52,24 @@ def main() -> None:
         seconds = _seconds(db, summary["sae_id"])
         prompt_tokens, explainer = _prompt_length(db, summary["sae_id"], args.rest)
     bare = _bare_generation(args.model or explainer, prompt_tokens, _max_tokens(args.rest))
-    n_llm = max(1, sum(r["features"] for r in summary["explainers"]
-                       if r["explainer"] != "top-tokens"))
+    n_llm = max([r["features"] for r in summary["explainers"]
+                 if r["explainer"] != "top-tokens"], default=0)
     print(f"atlas explain on {summary['sae_id']}: {summary['explained']} explanations written, "
           f"{summary['scored']} scored, {wall:.1f} s wall (model loads included)")
     print(f"  explaining: {seconds['explain']:.2f} s per feature = "
           f"{60 / max(seconds['explain'], 1e-9):.1f} explanations/min")
-    print(f"  scoring:    {seconds['score']:.2f} s per explanation = "
+    print(f"  scoring:    {seconds['score']:.2f} s per score = "
           f"{60 / max(seconds['score'], 1e-9):.1f} scores/min")
     print(f"  bare greedy generation, one {prompt_tokens}-token prompt: {bare:.2f} s; "
           f"ratio explain per feature (prompts batched by --batch) / bare generation: "
           f"{seconds['explain'] / bare:.2f}")
-    per_feature = seconds["explain"] + 2 * seconds["score"]  # its explanation + top tokens'
+    methods = {r["method"] for r in summary["explainers"]} or {"-"}
+    # its explanation, and each method's score of it and of the top-token explanation
+    per_feature = seconds["explain"] + 2 * len(methods) * seconds["score"]
     print(f"  projection, every feature of a 16,384-feature SAE: "
           f"{16384 * per_feature / 3600:.1f} h at this rate ({n_llm} LLM explanations timed)")
     for row in summary["explainers"]:
-        print(f"  {row['explainer']} scored by {row['scorer']}: mean balanced accuracy "
+        print(f"  {row['explainer']}, {row['method']} by {row['scorer']}: mean balanced accuracy "
               f"{_fmt(row['balanced_accuracy'])} vs {_fmt(row['baseline_balanced_accuracy'])} "
               f"on other features' texts ({row['features']} features; chance 0.5)")
 

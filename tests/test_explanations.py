@@ -91,15 +91,17 @@ def test_every_explanation_is_scored_beside_its_baseline(explained):
     rows = q(db, "SELECT feature, explainer, scorer, method, n_activating, n_non_activating, "
              "n_failed, accuracy, balanced_accuracy, baseline_feature, "
              "baseline_balanced_accuracy FROM explanation_scores WHERE sae_id = ?", [sae])
-    assert len(rows) == 8
-    for (feature, _, scorer, method, n_pos, n_neg, failed, acc, bal, base_f, base_bal) in rows:
-        assert scorer == "hf:tiny-random-llama" and method == ex.DETECTION
+    assert len(rows) == 16   # 4 features x 2 explainers x (detection, fuzzing)
+    assert {r[3] for r in rows} == {ex.DETECTION, ex.FUZZING}
+    for (feature, _, scorer, _method, n_pos, n_neg, failed, acc, bal, base_f, base_bal) in rows:
+        assert scorer == "hf:tiny-random-llama"
         assert 1 <= n_pos <= 3 and n_neg == 3 and failed == 0  # log-probs always answer
         assert 0 <= acc <= 1 and 0 <= bal <= 1 and 0 <= base_bal <= 1
         assert base_f != feature
-    quality = q(db, "SELECT explainer, n_features FROM explanation_quality WHERE sae_id = ? "
-                "ORDER BY explainer", [sae])
-    assert quality == [("hf:tiny-random-llama", 4), (ex.TOP_TOKENS, 4)]
+    quality = q(db, "SELECT explainer, method, n_features FROM explanation_quality WHERE "
+                "sae_id = ? ORDER BY explainer, method", [sae])
+    assert quality == [(e, m, 4) for e in ("hf:tiny-random-llama", ex.TOP_TOKENS)
+                       for m in (ex.DETECTION, ex.FUZZING)]
 
 
 def test_non_activating_texts_are_zero_for_the_feature(explained, tiny_lm, tiny_atlas):
@@ -120,7 +122,8 @@ def test_non_activating_texts_are_zero_for_the_feature(explained, tiny_lm, tiny_
     cmd._find_negatives(args, sae_id, features)
     hook = hook_of(sae)
     for f in features:
-        assert len(f.negatives) == 3
+        assert len(f.negatives) == 3 and len(f.decoys) == 3
+        assert all(d.count("<<") == 1 and d.count(">>") == 1 for d in f.decoys)
         for text in f.negatives:
             ids = tiny_lm.tokenizer(text, add_special_tokens=False, return_tensors="pt")
             assert ids["input_ids"].shape[1] >= 10
@@ -155,7 +158,7 @@ def test_a_second_run_resumes_without_redoing_stored_explanations(explained):
     after = q(db, "SELECT feature, explainer, created_at FROM explanations ORDER BY ALL")
     redone = [a for a in after if a not in before]
     assert [(r[0], r[1]) for r in redone] == [(gone, "hf:tiny-random-llama")]
-    assert q(db, "SELECT count(*) FROM explanation_scores")[0][0] == 8
+    assert q(db, "SELECT count(*) FROM explanation_scores")[0][0] == 16
 
 
 class _Server(BaseHTTPRequestHandler):
@@ -245,13 +248,14 @@ def test_an_openai_compatible_endpoint_explains_and_scores_like_the_local_model(
     order = [f.feature for f in features]
     top5 = _Top5(_Server.backend_of(endpoint))
     rows = q(db, "SELECT feature, explanation, balanced_accuracy, baseline_feature, "
-             "baseline_balanced_accuracy, n_failed FROM explanation_scores JOIN explanations "
-             "USING (sae_id, feature, explainer, template) WHERE scorer = ? AND explainer = "
-             "'top-tokens'", [name])
-    assert len(rows) == 4
-    for feature, text, bal, base_f, base_bal, failed in rows:
+             "baseline_balanced_accuracy, n_failed, method FROM explanation_scores JOIN "
+             "explanations USING (sae_id, feature, explainer, template) WHERE scorer = ? AND "
+             "explainer = 'top-tokens'", [name])
+    assert len(rows) == 8
+    for feature, text, bal, base_f, base_bal, failed, method in rows:
         assert base_f == order[(order.index(feature) + 1) % 4]
-        own, base = cmd._judge(top5, text, by[feature], 3), cmd._judge(top5, text, by[base_f], 3)
+        own = cmd._judge(top5, text, by[feature], 3, method)
+        base = cmd._judge(top5, text, by[base_f], 3, method)
         assert (bal, base_bal, failed) == (own.balanced_accuracy, base.balanced_accuracy,
                                            own.n_failed)
 
@@ -362,6 +366,39 @@ def test_a_planted_feature_scores_high_and_a_shuffled_explanation_at_chance():
     assert shuffled.balanced_accuracy == 0.5
 
 
+class _MarkReader:
+    """A fuzzing scorer that reads: P(correct) = 1 when every marked word is the explanation's
+    quoted word."""
+
+    def judge(self, chats):
+        out = []
+        for chat in chats:
+            explanation, text = chat[-1]["content"].split("\n\nText: ")
+            word = explanation.split('"')[1]
+            marked = [m.strip() for m in text.split("<<")[1:]]
+            out.append(1.0 if all(m.split(">>")[0].strip() == word for m in marked) else 0.0)
+        return out
+
+
+def test_fuzzing_on_planted_marks():
+    """Fuzzing: the firing token marked in activating texts (' cat') against a random token
+    marked in texts where the feature is zero: the explanation naming 'cat' scores 1; one
+    naming 'dog' accepts no marking, 0.5."""
+    words = ["the", "a", "sat", "on", "mat", "ran", "house", "tree", "blue"]
+    rng = np.random.default_rng(1)
+    held = []
+    for i in range(6):
+        left = " ".join(rng.choice(words, 4))
+        held.append(ex.Example(0, i, f"{left} cat sat", len(left) + 1, "cat", 1.0))
+    decoys = [ex.mark([f" {w}" for w in rng.choice(words, 6)], int(rng.integers(0, 6)))
+              for _ in range(6)]
+    f = cmd.Feature(1, top=[], deciles=held, promoted=[], negatives=[], decoys=decoys)
+    named = cmd._judge(_MarkReader(), 'the word "cat"', f, 6, ex.FUZZING)
+    other = cmd._judge(_MarkReader(), 'the word "dog"', f, 6, ex.FUZZING)
+    assert (named.n_activating, named.n_non_activating) == (6, 6)
+    assert named.balanced_accuracy == 1.0 and other.balanced_accuracy == 0.5
+
+
 def test_parsing_the_explainers_answer():
     assert ex.parse_explanation("Step 1...\n[EXPLANATION]: Names of  teams.\n") == \
         "Names of teams."
@@ -447,12 +484,13 @@ def test_the_neuronpedia_export_carries_the_explanations(explained, tmp_path):
     stored = q(db, "SELECT feature, explanation, explainer, template, balanced_accuracy FROM "
                "explanations JOIN explanation_scores USING (sae_id, feature, explainer, "
                "template) WHERE sae_id = ? ORDER BY feature, explainer", [sae])
-    assert len(stored) == 8
+    assert len(stored) == 16
     for feature, text, explainer, template, bal in stored:
         match = [e for e in exported[feature] if e["explanationModelName"] == explainer]
         assert len(match) == 1 and match[0]["description"] == text
         assert match[0]["typeName"] == template
-        assert match[0]["scores"][0]["balanced_accuracy"] == pytest.approx(bal)
+        assert any(s["balanced_accuracy"] == pytest.approx(bal) for s in match[0]["scores"])
+        assert {s["method"] for s in match[0]["scores"]} == {ex.DETECTION, ex.FUZZING}
     assert sum(len(e) for e in exported.values()) == 8
 
 
@@ -521,3 +559,54 @@ def test_a_run_killed_mid_write_resumes_where_it_stopped(tiny_atlas, tmp_path):
     after = q(db, "SELECT feature, explanation, created_at FROM explanations WHERE explainer "
               "LIKE 'hf:%'")
     assert len(after) == 3 and first[0] in after
+
+
+def test_explanations_embedded_and_searched_by_meaning(explained, tmp_path, capsys,
+                                                       monkeypatch):
+    """--embedder stores each explanation's embedding (mean-pooled last hidden states, unit
+    length, recomputed here with transformers); --search finds the nearest by FAISS, the same
+    ranking as a brute-force cosine in numpy."""
+    import shutil
+
+    from transformers import AutoModel, AutoTokenizer
+
+    db = tmp_path / "embedded.duckdb"
+    shutil.copy(explained[0], db)
+    sae, model = explained[1], str(tiny_model_dir())
+    assert main(["explain", "--db", str(db), "--sae", sae, "--explainer", model,
+                 "--embedder", model, *EXPLAIN]) == 0
+    rows = q(db, "SELECT e.explanation, m.vector FROM explanation_embeddings m JOIN "
+             "explanations e USING (sae_id, feature, explainer, template) ORDER BY ALL")
+    texts = [r[0] for r in q(db, "SELECT explanation FROM explanations WHERE explanation <> ''")]
+    assert len(rows) == len(texts) > 0
+    tok, lm = AutoTokenizer.from_pretrained(model), AutoModel.from_pretrained(model).eval()
+    text, vector = next(r for r in rows if ex.terms(r[0]))   # one with words, for BM25 too
+    with torch.no_grad():
+        hidden = lm(**tok([text], return_tensors="pt")).last_hidden_state[0]
+    want = hidden.mean(0) / hidden.mean(0).norm()
+    np.testing.assert_allclose(vector, want.numpy(), rtol=1e-4, atol=1e-5)
+
+    capsys.readouterr()
+    assert main(["explain", "--db", str(db), "--search", text, "--embedder", model, "--top",
+                 "50", "--json", "--device", "cpu"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    vectors = np.array([r[1] for r in rows])
+    cos = vectors @ np.asarray(vector)
+    assert [h["score"] for h in found["meaning"]] == pytest.approx(sorted(cos, reverse=True),
+                                                                   abs=1e-4)
+    assert found["meaning"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert found["words"] and all(h["score"] > 0 for h in found["words"])
+
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("ATLAS_DB", str(db))
+    at = AppTest.from_file(str(Path(__file__).parent.parent / "app" / "streamlit_app.py"),
+                           default_timeout=120)
+    at.query_params["page"] = "Explanations"
+    at.run()
+    at.selectbox(key="explain_embedder").select(f"hf:{model}").run()
+    at.text_input(key="explain_q").input(text).run()
+    assert not at.exception
+    assert any("Nearest by meaning" in h.value for h in at.subheader)

@@ -169,3 +169,41 @@ def backend(spec: str, model: str = "", *, device: str = "auto", batch: int = 8)
 
     log.info("loading the model %s", spec)
     return HuggingFace(load_model(spec, device=device), batch=batch)
+
+
+class Embedder:
+    """A text embedding from any transformers model (a folder or a hub id: a sentence
+    embedding model such as a BERT or E5, or a causal LM): the mean of its last hidden states
+    over the text's tokens, scaled to unit length."""
+
+    def __init__(self, spec: str, *, device: str = "auto", batch: int = 32) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        dev = "cuda" if device == "auto" and torch.cuda.is_available() else (
+            "cpu" if device == "auto" else device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(spec)
+            self.model = AutoModel.from_pretrained(spec).to(dev).eval()
+        except (OSError, ValueError) as exc:
+            raise AtlasError(f"--embedder {spec}: cannot load it as a transformers model "
+                             f"({str(exc).splitlines()[0]}); give a model folder or a hub id "
+                             "in the local cache") from None
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.name, self.device, self.batch = f"hf:{spec}", dev, batch
+
+    def embed(self, texts: Sequence[str]):
+        """(len(texts), d) float32 unit vectors."""
+        import numpy as np
+
+        out = []
+        for s in range(0, len(texts), self.batch):
+            enc = self.tokenizer(list(texts[s:s + self.batch]), return_tensors="pt",
+                                 padding=True, truncation=True, max_length=256)
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            with torch.inference_mode():
+                hidden = self.model(**enc).last_hidden_state.float()
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(mean, dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -5,10 +5,12 @@ token marked) and logit lens go to the explainer LLM (`explain.explain_prompt`);
 explanation is stored with the explainer, the template, the examples shown and the time, one
 short write per batch of features, so a killed run resumes where it stopped. The top-token
 explainer ("tokens: X, Y, Z") is stored beside it. Then each explanation without a score is
-scored (Delphi's detection): held-out activating texts (decile examples not shown to the
-explainer) and as many corpus texts on which the feature is zero (found by encoding
+scored (Delphi's detection and fuzzing): held-out activating texts (decile examples not shown
+to the explainer) and as many corpus texts on which the feature is zero (found by encoding
 `--blocks` corpus blocks with the atlas's model and SAE), judged by the scorer LLM given only
-the explanation; and the same explanation on another feature's texts, the baseline."""
+the explanation, as they are (detection) or with a token marked (fuzzing: the firing token,
+or a random one of a zero text); and the same explanation on another feature's texts, the
+baseline."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 
 from atlas import access, catalog, faults
 from atlas.analyses.explanations import explain as ex
-from atlas.analyses.explanations.backends import Backend, backend
+from atlas.analyses.explanations.backends import Backend, Embedder, backend
 from atlas.artifacts import EMBEDDED_MODEL
 from atlas.errors import AtlasError
 from atlas.progress import Progress
@@ -33,7 +35,7 @@ from atlas.store import utc_now
 
 log = logging.getLogger(__name__)
 
-DEFINITION = ex.DETECTION
+DEFINITION = "delphi"
 TABLES = ("explanations", "explanation_scores", "explanation_terms")
 LEFT, RIGHT = 12, 4
 """Tokens of a non-activating text around its middle token (the stored examples' window)."""
@@ -41,7 +43,8 @@ LEFT, RIGHT = 12, 4
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=Path("atlas.duckdb"))
-    p.add_argument("--sae", required=True, help="the SAE (id, unique part, or L<layer>)")
+    p.add_argument("--sae", default="", help="the SAE (id, unique part, or L<layer>); with "
+                   "--search: only its features (default: every SAE's)")
     p.add_argument("--features", default="",
                    help="comma-separated features to explain (default: the --limit features "
                    "that fire most)")
@@ -57,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "explainer)")
     p.add_argument("--scorer-model", default="", help="the model the scorer endpoint serves")
     p.add_argument("--no-score", action="store_true", help="explain only")
+    p.add_argument("--scoring", default="detection,fuzzing",
+                   help="Delphi's scorers to run: detection (does the feature fire on this "
+                   "text?), fuzzing (is the marked token one it fires on?)")
     p.add_argument("--examples", type=int, default=10,
                    help="top examples shown to the explainer")
     p.add_argument("--held-out", type=int, default=5,
@@ -67,6 +73,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="prompts per batch (local models)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedder", default="",
+                   help="a transformers text model (folder or hub id) that embeds every stored "
+                   "explanation of the SAE, for --search by meaning")
+    p.add_argument("--search", default="",
+                   help="search the stored explanations instead of explaining: by their words "
+                   "(BM25), and by meaning with --embedder (nearest by FAISS)")
+    p.add_argument("--top", type=int, default=10, help="results per --search")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -79,6 +92,9 @@ class Feature:
     deciles: list[ex.Example]
     promoted: list[str]
     negatives: list[str] = dataclasses.field(default_factory=list)
+    """Corpus texts on which the feature is zero at every token."""
+    decoys: list[str] = dataclasses.field(default_factory=list)
+    """The same texts with one random token marked as if the feature fired on it."""
 
     def held_out(self, n: int) -> list[ex.Example]:
         """Up to `n` decile examples not shown to the explainer, spread over the deciles."""
@@ -93,8 +109,14 @@ class Feature:
 def run(args: argparse.Namespace) -> int:
     if args.limit < 1 or args.examples < 1 or args.held_out < 1 or args.blocks < 1:
         raise AtlasError("--limit, --examples, --held-out and --blocks must be >= 1")
+    methods = _methods(args.scoring)
     with access.writing(args.db):  # brings an older atlas's schema up to date
         pass
+    if args.search:
+        return _search(args)
+    if not args.sae:
+        raise AtlasError("name the SAE whose features to explain: --sae (id, unique part, or "
+                         "L<layer>)")
     with access.reading(args.db) as con:
         sae_id = catalog.resolve_sae(con, args.sae)
         feats = _chosen(con, sae_id, args)
@@ -112,20 +134,34 @@ def run(args: argparse.Namespace) -> int:
                                batch=args.batch))
         _find_negatives(args, sae_id, features)
         scored = score_features(args.db, sae_id, features, [explainer.name, ex.TOP_TOKENS],
-                                scorer, n=args.held_out, batch=args.batch)
+                                scorer, n=args.held_out, batch=args.batch, methods=methods)
+    embedded = 0
+    if args.embedder:
+        embedded = embed_explanations(args.db, sae_id, Embedder(args.embedder,
+                                                                device=args.device))
     summary = _summary(args.db, sae_id, [f.feature for f in features])
-    summary.update(explained=written, scored=scored, seconds=round(time.perf_counter() - t0, 1))
+    summary.update(explained=written, scored=scored, embedded=embedded,
+                   seconds=round(time.perf_counter() - t0, 1))
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         print(f"{sae_id}: {written} explanations written, {scored} scored in "
               f"{summary['seconds']}s")
         for row in summary["explainers"]:
-            print(f"  {row['explainer']} (scored by {row['scorer']}): {row['features']} "
-                  f"features, balanced accuracy "
+            print(f"  {row['explainer']} ({row['method']}, scored by {row['scorer']}): "
+                  f"{row['features']} features, balanced accuracy "
                   f"{_num(row['balanced_accuracy'])} (another feature's texts: "
                   f"{_num(row['baseline_balanced_accuracy'])})")
     return 0
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    names = {"detection": ex.DETECTION, "fuzzing": ex.FUZZING}
+    chosen = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in chosen if t not in names]
+    if bad or not chosen:
+        raise AtlasError(f"--scoring {text}: choose from detection, fuzzing (comma-separated)")
+    return tuple(names[t] for t in chosen)
 
 
 def _num(x: float | None) -> str:
@@ -264,38 +300,45 @@ def _find_negatives(args: argparse.Namespace, sae_id: str, features: list[Featur
         quiet = np.argwhere(~windows[:, :, j])
         quiet = quiet[quiet[:, 1] + width <= lengths[quiet[:, 0]]]
         pick = rng.permutation(len(quiet))[:args.held_out]
-        f.negatives = []
+        f.negatives, f.decoys = [], []
         for b, start in quiet[pick]:
             key = (int(b), int(start))
+            window = ids[b, start:start + width].tolist()
             if key not in texts:
-                texts[key] = lm.tokenizer.decode(ids[b, start:start + width].tolist())
+                texts[key] = lm.tokenizer.decode(window)
             f.negatives.append(texts[key])
+            pieces = lm.tokenizer.batch_decode([[t] for t in window])
+            f.decoys.append(ex.mark(pieces, int(rng.integers(0, width))))
 
 
 def score_features(db: Path, sae_id: str, features: Sequence[Feature], explainers: list[str],
-                   scorer: Backend, *, n: int, batch: int) -> int:
-    """Score each stored explanation of the features by `explainers` not yet scored by
-    `scorer`: on its feature's held-out texts, and (the baseline) on the next feature's."""
+                   scorer: Backend, *, n: int, batch: int,
+                   methods: Sequence[str] = ex.METHODS) -> int:
+    """Score each stored explanation of the features by `explainers` with each method not yet
+    run by `scorer`: on its feature's held-out texts, and (the baseline) on the next
+    feature's. Returns the number of scores written."""
     by_feature = {f.feature: f for f in features}
     order = [f.feature for f in features]
     with access.reading(db) as con:
         stored = con.execute(
-            "SELECT e.feature, e.explainer, e.template, e.explanation FROM explanations e "
+            "SELECT e.feature, e.explainer, e.template, e.explanation, m.method "
+            "FROM explanations e, unnest(?::VARCHAR[]) m(method) "
             "WHERE e.sae_id = ? AND list_contains(?, e.feature) AND list_contains(?, "
             "e.explainer) AND NOT EXISTS (SELECT 1 FROM explanation_scores s WHERE "
             "s.sae_id = e.sae_id AND s.feature = e.feature AND s.explainer = e.explainer AND "
-            "s.template = e.template AND s.scorer = ? AND s.method = ?) ORDER BY e.feature, "
-            "e.explainer", [sae_id, order, explainers, scorer.name, ex.DETECTION]).fetchall()
-    progress = Progress(f"scoring {sae_id}", total=len(stored), unit="explanation")
+            "s.template = e.template AND s.scorer = ? AND s.method = m.method) "
+            "ORDER BY e.feature, e.explainer, m.method",
+            [list(methods), sae_id, order, explainers, scorer.name]).fetchall()
+    progress = Progress(f"scoring {sae_id}", total=len(stored), unit="score")
     for s in range(0, len(stored), batch):
         rows = []
-        for feature, explainer, template, text in stored[s:s + batch]:
+        for feature, explainer, template, text, method in stored[s:s + batch]:
             t = time.perf_counter()
             f = by_feature[feature]
             other = by_feature[order[(order.index(feature) + 1) % len(order)]]
-            own = _judge(scorer, text, f, n)
-            base = _judge(scorer, text, other, n) if other is not f else None
-            rows.append([sae_id, feature, explainer, template, scorer.name, ex.DETECTION,
+            own = _judge(scorer, text, f, n, method)
+            base = _judge(scorer, text, other, n, method) if other is not f else None
+            rows.append([sae_id, feature, explainer, template, scorer.name, method,
                          own.n_activating, own.n_non_activating, own.n_failed, own.accuracy,
                          own.balanced_accuracy, None if base is None else other.feature,
                          None if base is None else base.accuracy,
@@ -309,21 +352,102 @@ def score_features(db: Path, sae_id: str, features: Sequence[Feature], explainer
     return len(stored)
 
 
-def _judge(scorer: Backend, explanation: str, f: Feature, n: int) -> ex.Score:
-    positives = [e.context for e in f.held_out(n)]
-    texts = positives + f.negatives[:n]
-    truth = [True] * len(positives) + [False] * (len(texts) - len(positives))
-    probs = scorer.judge([ex.detection_prompt(explanation, t) for t in texts])
-    return ex.detection_score(probs, truth)
+def _judge(scorer: Backend, explanation: str, f: Feature, n: int,
+           method: str = ex.DETECTION) -> ex.Score:
+    """One explanation judged on a feature's held-out texts. Detection: activating texts as
+    they are, and texts on which the feature is zero. Fuzzing (Delphi's default fuzzing):
+    activating texts with the firing token marked, and the zero texts with one random token
+    marked (Delphi marks as many as the activating texts have firing tokens: one here)."""
+    held = f.held_out(n)
+    if method == ex.FUZZING:
+        positives, negatives = [e.marked() for e in held], f.decoys[:n]
+        prompt = ex.fuzzing_prompt
+    else:
+        positives, negatives = [e.context for e in held], f.negatives[:n]
+        prompt = ex.detection_prompt
+    texts = positives + negatives
+    truth = [True] * len(positives) + [False] * len(negatives)
+    return ex.detection_score(scorer.judge([prompt(explanation, t) for t in texts]), truth)
 
 
 def _summary(db: Path, sae_id: str, feats: list[int]) -> dict:
     with access.reading(db) as con:
         rows = con.execute(
-            "SELECT explainer, scorer, count(*), avg(balanced_accuracy), "
+            "SELECT explainer, method, scorer, count(*), avg(balanced_accuracy), "
             "avg(baseline_balanced_accuracy) FROM explanation_scores WHERE sae_id = ? AND "
-            "list_contains(?, feature) GROUP BY ALL ORDER BY explainer",
+            "list_contains(?, feature) GROUP BY ALL ORDER BY explainer, method",
             [sae_id, feats]).fetchall()
-    return {"sae_id": sae_id, "method": ex.DETECTION, "explainers": [
-        {"explainer": e, "scorer": s, "features": n, "balanced_accuracy": a,
-         "baseline_balanced_accuracy": b} for e, s, n, a, b in rows]}
+    return {"sae_id": sae_id, "explainers": [
+        {"explainer": e, "method": m, "scorer": s, "features": n, "balanced_accuracy": a,
+         "baseline_balanced_accuracy": b} for e, m, s, n, a, b in rows]}
+
+
+def embed_explanations(db: Path, sae_id: str, embedder: Embedder, *, batch: int = 64) -> int:
+    """Embed the SAE's stored explanations that `embedder` has not embedded; stored per batch."""
+    with access.reading(db) as con:
+        todo = con.execute(
+            "SELECT feature, explainer, template, explanation FROM explanations e WHERE "
+            "sae_id = ? AND explanation <> '' AND NOT EXISTS (SELECT 1 FROM "
+            "explanation_embeddings m WHERE m.sae_id = e.sae_id AND m.feature = e.feature AND "
+            "m.explainer = e.explainer AND m.template = e.template AND m.embedder = ?) "
+            "ORDER BY feature, explainer", [sae_id, embedder.name]).fetchall()
+    progress = Progress(f"embedding explanations of {sae_id}", total=len(todo),
+                        unit="explanation")
+    for s in range(0, len(todo), batch):
+        part = todo[s:s + batch]
+        vectors = embedder.embed([r[3] for r in part])
+        with access.writing(db) as con:
+            con.executemany("INSERT OR REPLACE INTO explanation_embeddings VALUES "
+                            "(?, ?, ?, ?, ?, ?)", [[sae_id, *r[:3], embedder.name, v.tolist()]
+                                                   for r, v in zip(part, vectors)])
+        progress.update(len(part))
+    progress.close()
+    return len(todo)
+
+
+def search_by_meaning(con, query: str, embedder: Embedder, k: int,
+                      sae_id: str | None = None) -> list[dict]:
+    """The `k` stored explanations nearest `query` in `embedder`'s space (cosine: FAISS inner
+    product over unit vectors), best first."""
+    import faiss
+
+    rows = con.execute(
+        "SELECT m.sae_id, m.feature, m.explainer, e.explanation, m.vector FROM "
+        "explanation_embeddings m JOIN explanations e USING (sae_id, feature, explainer, "
+        "template) WHERE m.embedder = ? AND (? IS NULL OR m.sae_id = ?) ORDER BY ALL",
+        [embedder.name, sae_id, sae_id]).fetchall()
+    if not rows:
+        raise AtlasError(f"no explanation is embedded by {embedder.name}; run `atlas explain "
+                         f"--sae <SAE> --embedder {embedder.name.removeprefix('hf:')}` first")
+    vectors = np.asarray([r[4] for r in rows], dtype=np.float32)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    scores, found = index.search(embedder.embed([query]), min(k, len(rows)))
+    return [{"score": float(sc), "sae_id": rows[i][0], "feature": rows[i][1],
+             "explainer": rows[i][2], "explanation": rows[i][3]}
+            for sc, i in zip(scores[0], found[0]) if i >= 0]
+
+
+def _search(args: argparse.Namespace) -> int:
+    embedder = Embedder(args.embedder, device=args.device) if args.embedder else None
+    with access.reading(args.db) as con:
+        sae_id = catalog.resolve_sae(con, args.sae) if args.sae else None
+        words = [dict(zip(("score", "sae_id", "feature", "explainer", "explanation"), r))
+                 for r in con.execute(
+                     "SELECT score, sae_id, feature, explainer, explanation FROM "
+                     "search_explanations(?) WHERE ? IS NULL OR sae_id = ? LIMIT ?",
+                     [args.search, sae_id, sae_id, args.top]).fetchall()]
+        meaning = (search_by_meaning(con, args.search, embedder, args.top, sae_id)
+                   if embedder else [])
+    if args.json:
+        print(json.dumps({"words": words, "meaning": meaning}, indent=1))
+        return 0
+    for title, hits in (("by words (BM25)", words), ("by meaning (" + (
+            embedder.name if embedder else "") + ")", meaning)):
+        if title.startswith("by meaning") and embedder is None:
+            continue
+        print(f"{title}:" if hits else f"{title}: nothing")
+        for h in hits:
+            print(f"  {h['score']:7.3f}  {h['sae_id']} #{h['feature']}  {h['explanation']}  "
+                  f"({h['explainer']})")
+    return 0

@@ -3,8 +3,8 @@ detection score and the search terms. No I/O, no models: strings and numbers in 
 
 The explainer's prompt follows EleutherAI Delphi's default explainer (examples with the firing
 token between << >>, the activation after each, the answer's last line after "[EXPLANATION]:");
-the scorer is Delphi's detection scorer with one text per prompt (its `n_examples_shown=1`
-default), read through the answer's probabilities of "1" and "0" (Delphi's `log_prob` mode:
+the scorers are Delphi's detection and fuzzing scorers with one text per prompt (their
+`n_examples_shown=1` default), read through the answer's probabilities of "1" and "0" (Delphi's `log_prob` mode:
 p = P(1) / (P(0) + P(1)), predicted active when p >= 0.5; a local model's whole distribution,
 an endpoint's top 5 candidates as Delphi reads them) where the backend gives them, else through
 the answer's text; its figure is Delphi's balanced accuracy."""
@@ -22,7 +22,11 @@ TOP_TOKENS = "top-tokens"
 """The explainer that needs no LLM: the tokens a feature fires on most ("tokens: X, Y, Z")."""
 TOP_TOKENS_TEMPLATE = "top-tokens/1"
 DETECTION = "delphi-detection"
-"""The scoring method's name in `explanation_scores`."""
+"""Delphi's detection: does the explained feature fire on this text?"""
+FUZZING = "delphi-fuzzing"
+"""Delphi's fuzzing: is the marked token of this text one the explained feature fires on?"""
+METHODS = (DETECTION, FUZZING)
+"""The scoring methods' names in `explanation_scores`."""
 
 Message = dict[str, str]
 
@@ -108,6 +112,36 @@ def detection_prompt(explanation: str, text: str) -> list[Message]:
                      {"role": "assistant", "content": answer}]
     return messages + [{"role": "user",
                         "content": f"Feature explanation: {explanation}\n\nText: {text}"}]
+
+
+FUZZ_SYSTEM = (
+    "You are a meticulous linguistics researcher. You are given the explanation of a feature "
+    "of a language model and one text in which one or more words are marked between << and >>. "
+    "Some texts are marked wrongly. Answer 1 if every marked word is one the feature, as "
+    "explained, stands for, and 0 if a marked word is not. Answer with the digit only.")
+FUZZ_SHOTS = (
+    ("Feature explanation: Names of American football teams.\n\nText: the fans of the "
+     "<<Patriots>> cheered", "1"),
+    ("Feature explanation: Names of American football teams.\n\nText: the fans <<of>> the "
+     "Patriots cheered", "0"),
+)
+
+
+def fuzzing_prompt(explanation: str, text: str) -> list[Message]:
+    """The fuzzing scorer's chat for one marked text: instructions, two worked answers, the
+    question."""
+    messages = [{"role": "system", "content": FUZZ_SYSTEM}]
+    for question, answer in FUZZ_SHOTS:
+        messages += [{"role": "user", "content": question},
+                     {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user",
+                        "content": f"Feature explanation: {explanation}\n\nText: {text}"}]
+
+
+def mark(pieces: Sequence[str], i: int) -> str:
+    """Tokens joined into text with token `i` between << >> (a fuzzing decoy: a token the
+    feature does not fire on, marked as if it did)."""
+    return "".join(pieces[:i]) + f"<<{pieces[i]}>>" + "".join(pieces[i + 1:])
 
 
 def parse_detection(answer: str) -> float | None:

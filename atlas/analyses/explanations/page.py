@@ -18,20 +18,38 @@ def render(db: str) -> None:
         return
     st.caption("Explanations written by an explainer LLM from each feature's top examples and "
                "logit lens (`explanations.explainer`; 'top-tokens': the tokens it fires on, no "
-               "LLM), scored by Delphi's detection scorer")
+               "LLM), scored by Delphi's detection and fuzzing scorers")
     text = st.text_input("search explanations (BM25 over their words)", key="explain_q")
+    embedders = ui.cached(db, queries.embedders).frame["embedder"].tolist()
+    by_meaning = (st.selectbox("and by meaning, embedded by", ["(words only)", *embedders],
+                               key="explain_embedder") if embedders else "(words only)")
     if text.strip():
         hits = ui.cached(db, queries.search, text)
         if len(hits.frame):
             ui.show_table(hits, f"Features whose explanations match '{text}'")
         else:
             st.info(f"no explanation has a word of '{text}'")
+        if by_meaning != "(words only)":
+            from atlas.analyses.explanations.command import search_by_meaning
+
+            with ui.connection(db).cursor() as cur:
+                near = search_by_meaning(cur, text, _embedder(by_meaning), 20)
+            st.subheader(f"Nearest by meaning ({by_meaning}, cosine through FAISS)")
+            st.dataframe(near)
     quality = ui.cached(db, queries.quality)
     if len(quality.frame):
-        ui.show_table(quality, "Scores (Delphi's detection, balanced accuracy; baseline: the "
-                      "same explanation on another feature's texts)")
+        ui.show_table(quality, "Scores (Delphi's detection and fuzzing, balanced accuracy; "
+                      "baseline: the same explanation on another feature's texts)")
     sae = ui.choose_sae(db, "explain_sae")
-    ui.show_table(ui.cached(db, queries.best, sae), "Explained features, best scored first")
+    ui.show_table(ui.cached(db, queries.best, sae),
+                  "Explained features, best scored first (mean over the scoring methods)")
+
+
+@st.cache_resource(max_entries=2)
+def _embedder(name: str):
+    from atlas.analyses.explanations.backends import Embedder
+
+    return Embedder(name.removeprefix("hf:"))
 
 
 def feature_section(db: str, sae: str, feature: int) -> None:

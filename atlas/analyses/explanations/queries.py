@@ -9,10 +9,11 @@ from atlas.dashboard import Shown, literal, run
 
 def feature_explanations(con, sae_id: str, feature: int) -> Shown:
     return run(con, f"""
-SELECT explanation, explainer, scorer, round(balanced_accuracy, 3) AS balanced_accuracy,
+SELECT explanation, explainer, method, scorer,
+       round(balanced_accuracy, 3) AS balanced_accuracy,
        round(baseline_balanced_accuracy, 3) AS baseline
 FROM explained_features WHERE sae_id = {literal(sae_id)} AND feature = {int(feature)}
-ORDER BY explainer = 'top-tokens', balanced_accuracy DESC NULLS LAST""")
+ORDER BY explainer = 'top-tokens', explainer, method""")
 
 
 def search(con, text: str, limit: int = 50) -> Shown:
@@ -23,16 +24,19 @@ FROM search_explanations({literal(text)}) LIMIT {int(limit)}""")
 
 def quality(con) -> Shown:
     return run(con, """
-SELECT sae_id, explainer, scorer, n_features, round(balanced_accuracy, 3) AS balanced_accuracy,
+SELECT sae_id, explainer, method, scorer, n_features,
+       round(balanced_accuracy, 3) AS balanced_accuracy,
        round(baseline_balanced_accuracy, 3) AS baseline, round(margin, 3) AS margin, n_failed
-FROM explanation_quality ORDER BY sae_id, explainer""")
+FROM explanation_quality ORDER BY sae_id, explainer, method""")
 
 
 def best(con, sae_id: str, limit: int = 200) -> Shown:
     return run(con, f"""
-SELECT feature, explanation, explainer, round(balanced_accuracy, 3) AS balanced_accuracy,
-       round(baseline_balanced_accuracy, 3) AS baseline, label
+SELECT feature, any_value(explanation) AS explanation, explainer,
+       round(avg(balanced_accuracy), 3) AS balanced_accuracy,
+       round(avg(baseline_balanced_accuracy), 3) AS baseline, any_value(label) AS label
 FROM explained_features WHERE sae_id = {literal(sae_id)} AND explainer <> 'top-tokens'
+GROUP BY feature, explainer
 ORDER BY balanced_accuracy DESC NULLS LAST, feature LIMIT {int(limit)}""")
 
 
@@ -43,6 +47,10 @@ def names(con, sae_id: str) -> Shown:
 SELECT feature, arg_max(explanation, coalesce(balanced_accuracy, -1)) AS explanation
 FROM explained_features WHERE sae_id = {literal(sae_id)} AND explainer <> 'top-tokens'
   AND explanation <> '' GROUP BY feature ORDER BY feature""")
+
+
+def embedders(con) -> Shown:
+    return run(con, "SELECT DISTINCT embedder FROM explanation_embeddings ORDER BY embedder")
 
 
 EXAMPLES = {
