@@ -104,14 +104,20 @@ def top_tokens_explanation(examples: Sequence[Example], *, n: int = 5) -> str:
     return "tokens: " + ", ".join(ordered[:n])
 
 
-def detection_prompt(explanation: str, text: str) -> list[Message]:
-    """The scorer's chat for one text: instructions, two worked answers, the question."""
-    messages = [{"role": "system", "content": DETECT_SYSTEM}]
-    for question, answer in DETECT_SHOTS:
+def _scorer_chat(system: str, shots: Sequence[tuple[str, str]], explanation: str,
+                 text: str) -> list[Message]:
+    """A scorer's chat for one text: instructions, the worked answers, the question."""
+    messages = [{"role": "system", "content": system}]
+    for question, answer in shots:
         messages += [{"role": "user", "content": question},
                      {"role": "assistant", "content": answer}]
     return messages + [{"role": "user",
                         "content": f"Feature explanation: {explanation}\n\nText: {text}"}]
+
+
+def detection_prompt(explanation: str, text: str) -> list[Message]:
+    """The detection scorer's chat for one text."""
+    return _scorer_chat(DETECT_SYSTEM, DETECT_SHOTS, explanation, text)
 
 
 FUZZ_SYSTEM = (
@@ -128,14 +134,8 @@ FUZZ_SHOTS = (
 
 
 def fuzzing_prompt(explanation: str, text: str) -> list[Message]:
-    """The fuzzing scorer's chat for one marked text: instructions, two worked answers, the
-    question."""
-    messages = [{"role": "system", "content": FUZZ_SYSTEM}]
-    for question, answer in FUZZ_SHOTS:
-        messages += [{"role": "user", "content": question},
-                     {"role": "assistant", "content": answer}]
-    return messages + [{"role": "user",
-                        "content": f"Feature explanation: {explanation}\n\nText: {text}"}]
+    """The fuzzing scorer's chat for one marked text."""
+    return _scorer_chat(FUZZ_SYSTEM, FUZZ_SHOTS, explanation, text)
 
 
 def mark(pieces: Sequence[str], i: int) -> str:
