@@ -1,9 +1,10 @@
 -- The explanations' views and search (atlas/analyses/explanations).
 
--- Every explanation with its detection score and the baseline (the same explanation judged on
--- another feature's texts), per scorer.
+-- Every explanation with its scores (one row per scoring method and scorer; NULL when not
+-- scored) and the baseline's (the same explanation judged on another feature's texts).
 CREATE OR REPLACE VIEW explained_features AS
-SELECT e.sae_id, s2.layer, e.feature, e.explainer, e.template, e.explanation, sc.scorer,
+SELECT e.sae_id, s2.layer, e.feature, e.explainer, e.template, e.explanation, sc.method,
+       sc.scorer,
        sc.balanced_accuracy, sc.baseline_balanced_accuracy, sc.accuracy, sc.n_failed,
        f.label, f.firing_count
 FROM explanations e
