@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from atlas import access
+from atlas.analyses.explanations.neuronpedia import neuronpedia_explanations
 from atlas.errors import AtlasError
 from atlas.store import quote_identifier
 
@@ -133,16 +134,7 @@ def _features(cur, sae_id: str, corpus: str, n_tokens: int, lo: int, hi: int,
     for group in top.values():   # the top group's range ends at the feature's maximum
         for r in group:
             r["bin_max"] = group[0]["act"]
-    explained = _by_feature(_rows(cur, f"""
-        SELECT feature, explanation, explainer, template,
-               coalesce(list({{'method': method, 'scorer': scorer,
-                               'balanced_accuracy': balanced_accuracy,
-                               'baseline_balanced_accuracy': baseline_balanced_accuracy}})
-                        FILTER (method IS NOT NULL), []) AS scores
-        FROM explanations LEFT JOIN explanation_scores
-             USING (sae_id, feature, explainer, template)
-        WHERE {where} GROUP BY ALL ORDER BY feature, explainer""", params)
-                            ) if _has(cur, "explanations") else {}
+    explained = neuronpedia_explanations(cur, sae_id, lo, hi)
     blocks = sorted({r["block_id"] for g in (*top.values(), *deciles.values()) for r in g})
     # Each block's tokens up to its end (a document's last block is padded).
     ids = {r["block_id"]: r["token_ids"][:r["n_tokens"]] for r in _rows(
@@ -174,16 +166,9 @@ def _features(cur, sae_id: str, corpus: str, n_tokens: int, lo: int, hi: int,
             "num_tokens_for_dashboard": int(n_tokens),
             "activations": [_activation(r, ids[r["block_id"]], text)
                             for r in (*top.get(f, []), *deciles.get(f, []))],
-            "explanations": [{"description": e["explanation"],
-                              "explanationModelName": e["explainer"],
-                              "typeName": e["template"], "scores": e["scores"]}
-                             for e in explained.get(f, [])]})
+            "explanations": explained.get(f, [])})
     return features
 
-
-def _has(cur, table: str) -> bool:
-    return bool(_rows(cur, "SELECT count(*) AS n FROM information_schema.tables WHERE "
-                           "table_name = ?", [table])[0]["n"])
 
 
 def _centre(lo: float, hi: float) -> float:

@@ -7,7 +7,7 @@ import pytest
 from tests.appdriver import chromium, render, serve
 
 PAGES = ("Overview", "Feature", "Analogy", "Lobes", "Crystals", "Galaxy", "Universality",
-         "Absorption", "SQL")
+         "Absorption", "Explanations", "SQL")
 
 needs_chromium = pytest.mark.skipif(
     chromium() is None or shutil.which("chromedriver") is None,

@@ -36,7 +36,7 @@ from atlas.store import utc_now
 log = logging.getLogger(__name__)
 
 DEFINITION = "delphi"
-TABLES = ("explanations", "explanation_scores", "explanation_terms")
+TABLES = ("explanations", "explanation_scores", "explanation_terms", "explanation_embeddings")
 LEFT, RIGHT = 12, 4
 """Tokens of a non-activating text around its middle token (the stored examples' window)."""
 
