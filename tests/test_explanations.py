@@ -119,7 +119,7 @@ def test_non_activating_texts_are_zero_for_the_feature(explained, tiny_lm, tiny_
             "SELECT DISTINCT feature FROM explanations").fetchall()], 4)
         sae = catalog.load_sae(con, sae_id)
     args = argparse.Namespace(db=db, blocks=8, held_out=3, seed=0, device="cpu")
-    cmd._find_negatives(args, sae_id, features)
+    cmd._find_negatives(args, sae_id, features, cmd._loader("cpu"))
     hook = hook_of(sae)
     for f in features:
         assert len(f.negatives) == 3 and len(f.decoys) == 3
@@ -243,7 +243,7 @@ def test_an_openai_compatible_endpoint_explains_and_scores_like_the_local_model(
     import argparse
 
     cmd._find_negatives(argparse.Namespace(db=db, blocks=8, held_out=3, seed=0, device="cpu"),
-                        sae, features)
+                        sae, features, cmd._loader("cpu"))
     by = {f.feature: f for f in features}
     order = [f.feature for f in features]
     top5 = _Top5(_Server.backend_of(endpoint))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Protocol
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -159,16 +159,14 @@ class OpenAICompatible:
         return out
 
 
-def backend(spec: str, model: str = "", *, device: str = "auto", batch: int = 8) -> Backend:
+def backend(spec: str, model: str = "", *, load: Callable[[str], Any],
+            batch: int = 8) -> Backend:
     """The backend a --explainer / --scorer names: an http(s) URL (an OpenAI-compatible
     endpoint serving `model`), else a model `atlas build --model` takes ('smollm2-135m', a
-    folder, a hub id), loaded through transformers."""
+    folder, a hub id), loaded by `load` (spec -> `LoadedModel`)."""
     if spec.startswith(("http://", "https://")):
         return OpenAICompatible(spec, model)
-    from atlas.models import load_model
-
-    log.info("loading the model %s", spec)
-    return HuggingFace(load_model(spec, device=device), batch=batch)
+    return HuggingFace(load(spec), batch=batch)
 
 
 class Embedder:

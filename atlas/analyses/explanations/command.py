@@ -20,7 +20,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
         sae_id = catalog.resolve_sae(con, args.sae)
         feats = _chosen(con, sae_id, args)
         features = _read_features(con, sae_id, feats, args.examples)
-    explainer = backend(args.explainer, args.explainer_model, device=args.device,
-                        batch=args.batch)
+    load = _loader(args.device)
+    explainer = backend(args.explainer, args.explainer_model, load=load, batch=args.batch)
     t0 = time.perf_counter()
     written = explain_features(args.db, sae_id, features, explainer, max_tokens=args.max_tokens,
                                batch=args.batch)
@@ -130,9 +131,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_score:
         scorer = (explainer if not args.scorer or (args.scorer, args.scorer_model)
                   == (args.explainer, args.explainer_model)
-                  else backend(args.scorer, args.scorer_model, device=args.device,
-                               batch=args.batch))
-        _find_negatives(args, sae_id, features)
+                  else backend(args.scorer, args.scorer_model, load=load, batch=args.batch))
+        _find_negatives(args, sae_id, features, load)
         scored = score_features(args.db, sae_id, features, [explainer.name, ex.TOP_TOKENS],
                                 scorer, n=args.held_out, batch=args.batch, methods=methods)
     embedded = 0
@@ -153,6 +153,22 @@ def run(args: argparse.Namespace) -> int:
                   f"{_num(row['balanced_accuracy'])} (another feature's texts: "
                   f"{_num(row['baseline_balanced_accuracy'])})")
     return 0
+
+
+def _loader(device: str) -> Callable[[str], Any]:
+    """Load each model once per run: the atlas's own model, read for the non-activating texts,
+    is often the explainer and the scorer too (the embedded default)."""
+    from atlas.models import load_model
+
+    loaded: dict[str, Any] = {}
+
+    def load(spec: str):
+        if spec not in loaded:
+            log.info("loading the model %s", spec)
+            loaded[spec] = load_model(spec, device=device)
+        return loaded[spec]
+
+    return load
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -265,10 +281,11 @@ def _write_explanations(db: Path, sae_id: str, rows: list[tuple], *,
         con.execute("COMMIT")
 
 
-def _find_negatives(args: argparse.Namespace, sae_id: str, features: list[Feature]) -> None:
+def _find_negatives(args: argparse.Namespace, sae_id: str, features: list[Feature],
+                    load: Callable[[str], Any]) -> None:
     """For each feature, up to --held-out corpus texts on which it is zero at every token:
-    windows of --blocks random blocks, encoded with the atlas's model and SAE."""
-    from atlas.models import capture_residuals, load_model
+    windows of --blocks random blocks, encoded with the atlas's model (`load`ed) and SAE."""
+    from atlas.models import capture_residuals
     from atlas.saes import hook_of, sae_input
 
     with access.reading(args.db) as con:
@@ -279,7 +296,7 @@ def _find_negatives(args: argparse.Namespace, sae_id: str, features: list[Featur
                         .tolist())
         rows = con.execute("SELECT block_id, token_ids, n_tokens FROM blocks WHERE "
                            "list_contains(?, block_id) ORDER BY block_id", [chosen]).fetchall()
-        lm = load_model(spec, device=args.device)
+        lm = load(spec)
         sae = catalog.load_sae(con, sae_id, device=str(lm.device))
     ids = torch.tensor([r[1] for r in rows])
     lengths = np.array([r[2] for r in rows])
@@ -318,7 +335,9 @@ def score_features(db: Path, sae_id: str, features: Sequence[Feature], explainer
     run by `scorer`: on its feature's held-out texts, and (the baseline) on the next
     feature's. Returns the number of scores written."""
     by_feature = {f.feature: f for f in features}
-    order = [f.feature for f in features]
+    order = list(by_feature)
+    # the baseline's texts: the next feature's (in the run's order, wrapping around)
+    baseline = {a: by_feature[b] for a, b in zip(order, order[1:] + order[:1])}
     with access.reading(db) as con:
         stored = con.execute(
             "SELECT e.feature, e.explainer, e.template, e.explanation, m.method "
@@ -335,7 +354,7 @@ def score_features(db: Path, sae_id: str, features: Sequence[Feature], explainer
         for feature, explainer, template, text, method in stored[s:s + batch]:
             t = time.perf_counter()
             f = by_feature[feature]
-            other = by_feature[order[(order.index(feature) + 1) % len(order)]]
+            other = baseline[feature]
             own = _judge(scorer, text, f, n, method)
             base = _judge(scorer, text, other, n, method) if other is not f else None
             rows.append([sae_id, feature, explainer, template, scorer.name, method,
