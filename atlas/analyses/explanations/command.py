@@ -32,13 +32,14 @@ from atlas.analyses.explanations.backends import Backend, Embedder, backend
 from atlas.artifacts import EMBEDDED_MODEL
 from atlas.errors import AtlasError
 from atlas.progress import Progress
-from atlas.store import utc_now
+from atlas.export import WINDOW
+from atlas.store import transaction, utc_now
 
 log = logging.getLogger(__name__)
 
 DEFINITION = "delphi"
 TABLES = ("explanations", "explanation_scores", "explanation_terms", "explanation_embeddings")
-LEFT, RIGHT = 12, 4
+LEFT, RIGHT = WINDOW
 """Tokens of a non-activating text around its middle token (the stored examples' window)."""
 
 
@@ -263,8 +264,7 @@ def _write_explanations(db: Path, sae_id: str, rows: list[tuple], *,
     if not rows:
         return
     now = utc_now()
-    with access.writing(db) as con:
-        con.execute("BEGIN")
+    with access.writing(db) as con, transaction(con):
         for f, explainer, template, text, seconds in rows:
             key = [sae_id, f.feature, explainer, template]
             con.execute("DELETE FROM explanation_terms WHERE sae_id = ? AND feature = ? AND "
@@ -278,7 +278,6 @@ def _write_explanations(db: Path, sae_id: str, rows: list[tuple], *,
                                 [[*key, *t] for t in terms])
         if crash_point:
             faults.point("explain")   # a crash test's stop inside a later batch's write
-        con.execute("COMMIT")
 
 
 def _find_negatives(args: argparse.Namespace, sae_id: str, features: list[Feature],
@@ -461,10 +460,10 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"words": words, "meaning": meaning}, indent=1))
         return 0
-    for title, hits in (("by words (BM25)", words), ("by meaning (" + (
-            embedder.name if embedder else "") + ")", meaning)):
-        if title.startswith("by meaning") and embedder is None:
-            continue
+    sections = [("by words (BM25)", words)]
+    if embedder:
+        sections.append((f"by meaning ({embedder.name})", meaning))
+    for title, hits in sections:
         print(f"{title}:" if hits else f"{title}: nothing")
         for h in hits:
             print(f"  {h['score']:7.3f}  {h['sae_id']} #{h['feature']}  {h['explanation']}  "
