@@ -50,8 +50,10 @@ def main() -> None:
             raise SystemExit(done.stderr[-3000:])
         summary = json.loads(done.stdout)
         seconds = _seconds(db, summary["sae_id"])
-        prompt_tokens, explainer = _prompt_length(db, summary["sae_id"], args.rest)
-    bare = _bare_generation(args.model or explainer, prompt_tokens, _max_tokens(args.rest))
+        spec = args.model or _explainer(args.rest)
+        lm = None if spec.startswith("http") else _load(spec)
+        prompt_tokens = _prompt_length(db, summary["sae_id"], lm) if lm else 0
+    bare = _bare_generation(lm, prompt_tokens, _max_tokens(args.rest)) if lm else float("nan")
     n_llm = max([r["features"] for r in summary["explainers"]
                  if r["explainer"] != "top-tokens"], default=0)
     print(f"atlas explain on {summary['sae_id']}: {summary['explained']} explanations written, "
@@ -93,39 +95,39 @@ def _max_tokens(rest: list[str]) -> int:
     return int(rest[rest.index("--max-tokens") + 1]) if "--max-tokens" in rest else 60
 
 
-def _prompt_length(db: Path, sae_id: str, rest: list[str]) -> tuple[int, str]:
-    """The token count of the first explained feature's prompt, and the explainer's spec."""
+def _explainer(rest: list[str]) -> str:
+    from atlas.artifacts import EMBEDDED_MODEL
+
+    return rest[rest.index("--explainer") + 1] if "--explainer" in rest else EMBEDDED_MODEL
+
+
+def _load(spec: str):
+    from atlas.models import load_model
+
+    return load_model(spec, device="auto")
+
+
+def _prompt_length(db: Path, sae_id: str, lm) -> int:
+    """The token count of the first explained feature's prompt, as `lm` reads it."""
     import duckdb
 
     from atlas.analyses.explanations import command, explain
-    from atlas.artifacts import EMBEDDED_MODEL
-    from atlas.models import load_model
+    from atlas.analyses.explanations.backends import HuggingFace
 
-    spec = rest[rest.index("--explainer") + 1] if "--explainer" in rest else EMBEDDED_MODEL
-    if spec.startswith("http"):
-        return 0, spec
     with duckdb.connect(str(db), read_only=True) as con:
         feature = con.execute("SELECT min(feature) FROM explanations WHERE sae_id = ?",
                               [sae_id]).fetchone()[0]
         f = command._read_features(con, sae_id, [feature], 10)[0]
-    from atlas.analyses.explanations.backends import HuggingFace
-
-    backend = HuggingFace(load_model(spec, device="cpu"))
+    backend = HuggingFace(lm)
     text = backend._texts([explain.explain_prompt(f.top, f.promoted)])[0]
-    ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
-    return len(ids), spec
+    return len(backend.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _bare_generation(spec: str, prompt_tokens: int, max_tokens: int) -> float:
+def _bare_generation(lm, prompt_tokens: int, max_tokens: int) -> float:
     """Seconds of the explainer model's greedy generation of `max_tokens` after a prompt of
     `prompt_tokens` tokens (its start-of-text token repeated), one prompt, no atlas."""
-    if spec.startswith("http") or not prompt_tokens:
-        return float("nan")
     import torch
 
-    from atlas.models import load_model
-
-    lm = load_model(spec, device="auto")
     bos = lm.tokenizer.bos_token_id or lm.tokenizer.eos_token_id
     ids = torch.full((1, prompt_tokens), bos, device=lm.device)
     with torch.inference_mode():
