@@ -208,10 +208,10 @@ class SparseCodes:
     @classmethod
     def from_topk(cls, values: Float[torch.Tensor, "n k"],
                   indices: Int[torch.Tensor, "n k"]) -> SparseCodes:
-        rows = torch.arange(len(values), device=values.device).repeat_interleave(values.shape[1])
-        values, indices = values.reshape(-1), indices.reshape(-1)
-        keep = values > 0
-        return cls(rows[keep], indices[keep], values[keep])
+        flat = values.reshape(-1)
+        keep = (flat > 0).nonzero().squeeze(1)  # found once, then gathered by position
+        return cls(keep // values.shape[1], indices.reshape(-1).index_select(0, keep),
+                   flat.index_select(0, keep))
 
 
 def encode_sparse(sae: SAE, x: Float[torch.Tensor, "n d"]) -> SparseCodes:
@@ -222,9 +222,24 @@ def encode_sparse(sae: SAE, x: Float[torch.Tensor, "n d"]) -> SparseCodes:
     if (type(sae) is TopKSAE and not sae.cfg.rescale_acts_by_decoder_norm
             and not sae.use_error_term):
         pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
-        values, indices = pre.topk(sae.cfg.k, dim=-1, sorted=False)
+        values, indices = topk_codes(pre, sae.cfg.k)
         return SparseCodes.from_topk(values.relu(), indices)
     return SparseCodes.from_dense(sae.encode(x))
+
+
+def topk_codes(pre: Float[torch.Tensor, "n f"], k: int
+               ) -> tuple[Float[torch.Tensor, "n k"], Int[torch.Tensor, "n k"]]:
+    """Each row's k largest pre-activations (values, columns), in no particular order.
+
+    On a CPU, 16-bit floats are selected by their bits read as int16: positive floats order
+    as their bit patterns do and every negative one reads below every positive one, so the
+    positive values selected are the same (up to which of equal values is taken at the k-th
+    place, as with any top-k), and integer comparisons skip a float conversion per element
+    (~1.4x faster over 2,048 columns). The codes keep only positive values."""
+    if pre.device.type == "cpu" and pre.dtype in (torch.bfloat16, torch.float16):
+        indices = pre.view(torch.int16).topk(k, dim=-1, sorted=False).indices
+        return pre.gather(1, indices), indices
+    return pre.topk(k, dim=-1, sorted=False)
 
 
 TOKEN_BITS = 32
@@ -260,10 +275,10 @@ class TopPerFeature:
     def add(self, feats, vals, positions, payload=None) -> None:
         """Offer entries whose positions all follow the ones offered before."""
         # Only entries that beat a feature's n-th best (at the last sort) can enter its list.
-        better = vals > self.floor[feats]
-        self.pending.append((feats[better], vals[better], positions[better],
-                             None if payload is None else payload[better]))
-        self.n_pending += len(feats)  # a bound: counting the kept ones would sync the device
+        better = (vals > self.floor.index_select(0, feats)).nonzero().squeeze(1)
+        self.pending.append(tuple(None if x is None else x.index_select(0, better)
+                                  for x in (feats, vals, positions, payload)))
+        self.n_pending += len(better)  # known: finding them has read their number already
         if self.n_pending > max(TOP_PENDING, len(self.f)):
             self.fold()
 
@@ -275,14 +290,15 @@ class TopPerFeature:
         v = torch.cat([self.v, *(e[1] for e in self.pending)])
         p = torch.cat([self.p, *(e[2] for e in self.pending)])
         order = torch.sort(_feature_desc_key(f, v), stable=True).indices
-        f, v, p = f[order], v[order], p[order]
-        rank = torch.arange(len(f), device=f.device) - torch.searchsorted(f, f, side="left")
-        keep = rank < self.n
-        self.f, self.v, self.p = f[keep], v[keep], p[keep]
+        f, v, p = (x.index_select(0, order) for x in (f, v, p))
+        rank = run_rank(f)
+        keep = (rank < self.n).nonzero().squeeze(1)
+        self.f, self.v, self.p = (x.index_select(0, keep) for x in (f, v, p))
         if self.x is not None:
-            self.x = torch.cat([self.x, *(e[3] for e in self.pending)])[order][keep]
-        full = rank == self.n - 1
-        self.floor[f[full]] = v[full]
+            x = torch.cat([self.x, *(e[3] for e in self.pending)])
+            self.x = x.index_select(0, order.index_select(0, keep))
+        full = (rank == self.n - 1).nonzero().squeeze(1)
+        self.floor[f.index_select(0, full)] = v.index_select(0, full)
         self.pending, self.n_pending = [], 0
 
     def numpy(self) -> Triple:
@@ -431,11 +447,12 @@ class FeatureAccumulator:
         rows, feats, vals = codes.rows, codes.features, codes.values.float()
         if not masked:
             keep = mask[rows].nonzero().squeeze(1)
-            rows, feats, vals = rows[keep], feats[keep], vals[keep]
+            rows, feats, vals = (x.index_select(0, keep) for x in (rows, feats, vals))
         self.n_tokens += int(mask.sum())
-        # the firing entries, gathered once (a boolean index would find them again per use)
+        # the firing entries, found once and gathered (a boolean index would find them again
+        # per use, and `index_select` gathers ~2x faster than indexing on a CPU)
         fired = (vals > self.threshold).nonzero().squeeze(1)
-        f_rows, f_feats, f_vals = rows[fired], feats[fired], vals[fired]
+        f_rows, f_feats, f_vals = (x.index_select(0, fired) for x in (rows, feats, vals))
         self.firing_count += torch.bincount(f_feats, minlength=self.d_sae)
         self._shard_sum.index_add_(0, f_feats, f_vals.double())
         self.max_act.scatter_reduce_(0, feats, vals, reduce="amax")
@@ -446,7 +463,7 @@ class FeatureAccumulator:
         self.histogram.index_add_(0, keys, torch.ones_like(keys))
         self._samples.add(keys, sample_priority(feats, positions), positions, vals)
         self._blocks(start, len(token_ids), f_rows, f_feats, f_vals)
-        toks = token_ids.to(device).reshape(-1)[f_rows]
+        toks = token_ids.to(device).reshape(-1).index_select(0, f_rows)
         self._tokens.add(f_feats, toks)
 
     def _end_shard(self) -> None:
@@ -455,10 +472,13 @@ class FeatureAccumulator:
 
     def _blocks(self, start: int, n_blocks: int, rows, feats, vals) -> None:
         """Per (block, feature): block counts, co-occurrence and the block's top activation."""
+        # Each (block, feature) cell's best activation in a dense row of the batch's cells
+        # (no sort): the firing values are positive, so a cell fired if its best is above 0.
         keys = (rows // self.block_size) * self.d_sae + feats
-        uniq, inverse = torch.unique(keys, return_inverse=True)
-        best = torch.zeros(len(uniq), device=vals.device).scatter_reduce_(
-            0, inverse, vals, reduce="amax", include_self=False)
+        cells = torch.zeros(n_blocks * self.d_sae, device=vals.device)
+        cells.scatter_reduce_(0, keys, vals, reduce="amax")
+        uniq = (cells > 0).nonzero().squeeze(1)
+        best = cells.index_select(0, uniq)
         block, feature = uniq // self.d_sae, uniq % self.d_sae
         self.block_count += torch.bincount(feature, minlength=self.d_sae)
         self.gram.add(block, feature, n_blocks)
@@ -611,6 +631,15 @@ def select_samples(samples: Samples, per_bin: int) -> Samples:
     """Each (feature, bin)'s `per_bin` candidates of highest priority, ties to the earlier
     position: what one accumulator over the whole corpus keeps."""
     return select_top(samples[:3], per_bin, samples[3])
+
+
+def run_rank(f: Int[torch.Tensor, " m"]) -> Int[torch.Tensor, " m"]:
+    """Each entry's place within its run of equal values in sorted `f` (0 for a run's first):
+    its index less its run's start (linear in the entries, where searching each start costs a
+    log factor)."""
+    _, counts = torch.unique_consecutive(f, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(len(f), device=f.device) - starts.repeat_interleave(counts)
 
 
 def _feature_desc_key(f: Int[torch.Tensor, " m"], v: Float[torch.Tensor, " m"]

@@ -384,7 +384,8 @@ def encode_batch(sae: SAE, acts: Float[torch.Tensor, "b t d"],
     flat = sae_input(sae, acts.reshape(-1, acts.shape[-1])[rows].to(sae.W_dec.device,
                                                                     sae.W_dec.dtype))
     codes = encode_sparse(sae, flat)
-    return SparseCodes(rows.to(codes.rows.device)[codes.rows], codes.features, codes.values)
+    return SparseCodes(rows.to(codes.rows.device).index_select(0, codes.rows), codes.features,
+                      codes.values)
 
 
 @torch.no_grad()

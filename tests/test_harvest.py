@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from atlas.saes import SAEQuality
 from atlas.harvest import (FeatureAccumulator, SparseCodes, cooccurrence, encode_sparse,
-                           sink_free, top_tokens)
+                           run_rank, sink_free, top_tokens, topk_codes)
 
 QUALITY = SAEQuality(l0=0.0, explained_variance=0.0, dead_fraction=0.0, n_tokens=0)
 
@@ -449,3 +449,29 @@ def test_a_bfloat16_harvest_from_the_cache_equals_one_from_a_live_pass():
     assert np.array_equal(cached.firing_count, live.firing_count)
     assert np.array_equal(cached.histogram, live.histogram)
     np.testing.assert_array_equal(cached.max_act, live.max_act)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_codes_selected_by_their_bits_are_the_k_largest_positive_values(dtype):
+    # distinct integers (exact in 16 bits), so the k largest are one set; the second row has
+    # fewer than k positive values and the third none, whose places come back as non-positive
+    g = torch.Generator().manual_seed(0)
+    pre = torch.stack([torch.randperm(200, generator=g) - 100,
+                       torch.randperm(200, generator=g) - 195,
+                       -torch.randperm(200, generator=g) - 1]).to(dtype)
+    values, indices = topk_codes(pre, 16)
+    assert torch.equal(values, pre.gather(1, indices))
+    for row, want in enumerate([set(range(84, 100)), {1, 2, 3, 4}, set()]):
+        kept = {int(v) for v in values[row] if v > 0}
+        assert kept == want
+        # and the same columns a float32 top-k picks
+        ref_v, ref_i = pre[row].float().topk(16)
+        assert {int(i) for i, v in zip(indices[row], values[row]) if v > 0} == {
+            int(i) for i, v in zip(ref_i, ref_v) if v > 0}
+
+
+@given(st.lists(st.integers(0, 5), max_size=40))
+def test_run_rank_is_the_place_within_each_run(values):
+    f = torch.tensor(sorted(values), dtype=torch.int64)
+    want = [i - sorted(values).index(v) for i, v in enumerate(sorted(values))]
+    assert run_rank(f).tolist() == want
