@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from atlas import analyses
+from atlas import allocator, analyses
 from atlas.config import BuildConfig, config_fields
 from atlas.errors import AtlasError, from_io_error
 
@@ -600,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    allocator.tune()
     try:
         return COMMANDS[args.command](args)
     except AtlasError as exc:

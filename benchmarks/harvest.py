@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from atlas import pipeline
+from atlas import allocator, pipeline
 from atlas.config import BuildConfig
 from atlas.harvest import forward_batches
 from atlas.models import HookPoint
@@ -116,6 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    allocator.tune()  # as `atlas build` runs
 
     scratch = tempfile.TemporaryDirectory()    # where wide SAEs' matrix files are written
     config = BuildConfig(db=Path(scratch.name) / "atlas.duckdb",

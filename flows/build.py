@@ -18,7 +18,7 @@ from collections.abc import Callable
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from atlas import distributed
+from atlas import allocator, distributed
 from atlas.builder import BuildResult, build
 from atlas.config import BuildConfig
 
@@ -76,6 +76,7 @@ def run_build_flow(config: BuildConfig) -> BuildResult:
 def deployed_build(config: BuildConfig = BuildConfig()) -> BuildResult:  # noqa: B008
     """The deployments' entry point: runs `atlas-build` as a subflow on the task runner that
     `config.runner` names (a deployment cannot choose its flow's task runner per run)."""
+    allocator.tune()
     return run_build_flow(config)
 
 
