@@ -7,8 +7,11 @@ after the deepest block it needs, so harvesting layer 15 of a 30-layer model cos
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import logging
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -129,6 +132,9 @@ def load_tokenizer(spec: str):
     path = embedded_gguf() if spec == EMBEDDED else Path(spec)
     try:
         if path.suffix == ".gguf":
+            folder = converted_dir(path) if path.is_file() else None
+            if folder is not None and (folder / "tokenizer.json").is_file():
+                return AutoTokenizer.from_pretrained(str(folder))
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return AutoTokenizer.from_pretrained(spec)
     except Exception as exc:  # transformers raises many types for a missing model
@@ -168,7 +174,83 @@ def _quiet_gguf_bar() -> Iterator[None]:
         gguf_utils.tqdm = original
 
 
+CACHE_ENV = "ATLAS_CACHE"
+"""Where converted GGUF models are kept (default `$XDG_CACHE_HOME/feature-atlas`, else
+~/.cache/feature-atlas); 'off' converts on every load."""
+CACHE_FORMAT = 1
+
+
+def converted_dir(path: Path) -> Path | None:
+    """The folder holding `path`'s converted copy (weights as safetensors, the tokenizer as
+    tokenizer.json), named by the file's path, size and modification time and by the
+    transformers version that converted it; None when caching is off."""
+    import transformers
+
+    root = os.environ.get(CACHE_ENV)
+    if root == "off":
+        return None
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or
+                                        Path.home() / ".cache") / "feature-atlas"
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|"
+                       f"{transformers.__version__}|{CACHE_FORMAT}".encode()).hexdigest()[:16]
+    return base / "gguf" / f"{path.stem}-{key}"
+
+
+def _load_converted(folder: Path) -> tuple[nn.Module, object] | None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    except Exception as exc:  # a damaged copy is converted again
+        log.warning("the converted copy in %s is unreadable (%s); converting again", folder,
+                    exc)
+        return None
+    log.info("loaded %s (converted copy)", folder)
+    return model, tok
+
+
+def _save_converted(folder: Path, model: Any, tok: Any) -> None:
+    """Write the converted copy beside its final name and rename it into place (a concurrent
+    load sees the whole copy or none); a cache that cannot be written is only logged."""
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        # the GGUF loader marks the model as quantized, but its weights are dequantised
+        # float tensors already: saved as what they are
+        quantizer, model.hf_quantizer = getattr(model, "hf_quantizer", None), None
+        try:
+            model.save_pretrained(str(tmp))
+        finally:
+            model.hf_quantizer = quantizer
+        tok.save_pretrained(str(tmp))
+        if folder.exists():  # a damaged copy, replaced
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        log.info("kept the converted model in %s (%s=off converts every time)", folder,
+                 CACHE_ENV)
+    except OSError as exc:
+        log.warning("could not keep the converted model in %s (%s)", folder, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _load_gguf(path: Path) -> tuple[nn.Module, object]:
+    """A GGUF model, from its converted copy when there is one (reading the GGUF's metadata
+    and dequantising it take ~20 s for SmolLM2-135M; the copy loads in ~2 s)."""
+    folder = converted_dir(path)
+    if folder is not None and (loaded := _load_converted(folder)) is not None:
+        return loaded
+    model, tok = _convert_gguf(path)
+    if folder is not None:
+        _save_converted(folder, model, tok)
+    return model, tok
+
+
+def _convert_gguf(path: Path) -> tuple[nn.Module, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_bars()

@@ -7,6 +7,14 @@ import os
 # Tests never reach a hub: fail fast instead of retrying for ~40 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Converted GGUF models go to a folder of this run's, removed at its end, not the user's cache.
+if "ATLAS_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["ATLAS_CACHE"] = tempfile.mkdtemp(prefix="atlas-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["ATLAS_CACHE"], ignore_errors=True)
 
 from pathlib import Path  # noqa: E402
 

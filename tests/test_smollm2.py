@@ -1,14 +1,67 @@
-"""The real embedded model on a few blocks (slow: loading the GGUF takes ~30 s on CPU)."""
+"""The real embedded model on a few blocks (slow: converting the GGUF takes ~25 s on CPU)."""
+
+import logging
 
 import duckdb
 import pytest
+import torch
 
 from atlas.config import BuildConfig
+from atlas.models import EMBEDDED, converted_dir, embedded_gguf, load_model, load_tokenizer
 
 pytestmark = pytest.mark.slow
 
+TEXTS = ["Hello world", "  def f(x):\n\treturn x**2  # ünïcödé 日本語",
+         "<|im_start|>user\nhi<|im_end|>", ""]
 
-def test_smollm2_builds_an_atlas_on_a_few_blocks(tmp_path):
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    """One converted-model cache for this module: the first test converts into it, the build
+    test after it loads the converted copy."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATLAS_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def test_the_converted_copy_is_the_gguf_s_model_and_tokenizer(model_cache, caplog):
+    caplog.set_level(logging.INFO, logger="atlas.models")
+    folder = converted_dir(embedded_gguf())
+    assert folder is not None and not folder.exists()
+    gguf = load_model(EMBEDDED, device="cpu", dtype="float32")     # converted, then kept
+    assert "dequantising GGUF" in caplog.text and (folder / "model.safetensors").is_file()
+    caplog.clear()
+    copy = load_model(EMBEDDED, device="cpu", dtype="float32")
+    assert "converted copy" in caplog.text and "dequantising" not in caplog.text
+    want, got = gguf.model.state_dict(), copy.model.state_dict()
+    assert sorted(want) == sorted(got) and all(torch.equal(want[k], got[k]) for k in want)
+    assert (copy.model_id, copy.source, copy.spec) == (gguf.model_id, gguf.source, gguf.spec)
+    chat = [{"role": "user", "content": "Explain this feature."}]
+    for tok in (copy.tokenizer, load_tokenizer(EMBEDDED)):
+        assert [tok(t)["input_ids"] for t in TEXTS] == [gguf.tokenizer(t)["input_ids"]
+                                                         for t in TEXTS]
+        assert (tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+                == gguf.tokenizer.apply_chat_template(chat, tokenize=False,
+                                                      add_generation_prompt=True))
+        assert (tok.eos_token_id, tok.pad_token_id) == (gguf.tokenizer.eos_token_id,
+                                                         gguf.tokenizer.pad_token_id)
+    # a damaged copy is converted again, and replaced
+    (folder / "config.json").write_text("{")
+    caplog.clear()
+    again = load_model(EMBEDDED, device="cpu", dtype="float32")
+    assert "unreadable" in caplog.text and "dequantising GGUF" in caplog.text
+    assert torch.equal(again.model.state_dict()["model.norm.weight"], want["model.norm.weight"])
+    caplog.clear()
+    assert load_model(EMBEDDED, device="cpu").d_model == 576
+    assert "converted copy" in caplog.text
+
+
+def test_caching_off_converts_every_time(monkeypatch):
+    monkeypatch.setenv("ATLAS_CACHE", "off")
+    assert converted_dir(embedded_gguf()) is None
+
+
+def test_smollm2_builds_an_atlas_on_a_few_blocks(model_cache, tmp_path):
     from atlas.builder import build
 
     config = BuildConfig(db=tmp_path / "smol.duckdb", layers=(3,), tokens=256 * 12, d_sae=256,
