@@ -240,7 +240,7 @@ def _save_converted(folder: Path, model: Any, tok: Any) -> None:
 
 def _load_gguf(path: Path) -> tuple[nn.Module, object]:
     """A GGUF model, from its converted copy when there is one (reading the GGUF's metadata
-    and dequantising it take ~20 s for SmolLM2-135M; the copy loads in ~2 s)."""
+    and dequantising it take ~25 s for SmolLM2-135M on 2 cores; the copy loads in ~1 s)."""
     folder = converted_dir(path)
     if folder is not None and (loaded := _load_converted(folder)) is not None:
         return loaded
