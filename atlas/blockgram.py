@@ -2,16 +2,17 @@
 SAE runs, and the forms in which the atlas stores it.
 
 n_ij = number of blocks in which features i and j both fire = (F^T F)_ij for the (blocks x
-features) 0/1 indicator matrix F. The counter keeps the upper triangle of F^T F in row tiles
-(tile t holds rows t0..t1 and columns t0..d; within its diagonal block the upper
-triangle counts), adds one buffer of up to `flush_blocks` blocks
-at a time with a dense matrix product (cuBLAS in half precision on a GPU, BLAS in single
-precision on the CPU) and accumulates in float32. Every value involved is an integer: a flush
-adds at most 1024 per cell (exact in float16, which holds integers up to 2048) and the running
-counts stay exact in float32 below 2^24 blocks. The diagonal is each feature's block count.
+features) 0/1 indicator matrix F. The counter holds the (d, d) counts as integers. It adds one
+buffer of up to `flush_blocks` blocks at a time with a dense matrix product per row tile (tile
+t: rows t0..t1 against columns t0..d, the upper triangle's tiles; cuBLAS in half precision on
+a GPU, BLAS in single precision on the CPU), and mirrors the part left of each tile once, when
+full rows are read. Every value involved is an integer: a flush adds at most 2048 per cell
+(exact in float16, which holds integers up to 2048), and counts stay in int16 up to 32,767
+blocks (int32 beyond). The diagonal is each feature's block count. Full rows are views of the
+counts, written to the 'matrix' file as they are, with no conversion or copy.
 
-Memory: d^2/2 float32 per SAE (537 MB at 16,384 features, 8.6 GB at 65,536) plus the buffer;
-nothing grows with the corpus.
+Memory: d^2 int16 per SAE (512 MiB at 16,384 features, 8.6 GB at 65,536; twice that past
+32,767 blocks) plus the buffer; nothing grows with the corpus.
 
 Storage forms (`harvests.cooccurrence_storage`), chosen by the SAE's width:
 - 'pairs' (d_sae <= PAIRS_MAX_FEATURES): every pair with n_ij > 0 as a row (i < j) of the
@@ -32,7 +33,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 
 FLUSH_BLOCKS = 1024
 """Blocks added per matrix product (at most 2048, so that half-precision sums stay exact)."""
@@ -45,7 +46,9 @@ MATRIX_MAX_FEATURES = 16384
 TOP_PARTNERS = 64
 """Partners kept per feature and affinity in `cooccurrence_rows` ('matrix' and 'top-m' forms)."""
 MAX_BLOCKS = 1 << 24
-"""Float32 counts are exact below this many blocks."""
+"""Counts are ranked in float32 (`top_partners`), exact below this many blocks."""
+INT16_COUNTS = (1 << 15) - 1
+"""Counts are kept in int16 while none can pass this (32,767 blocks), in int32 beyond."""
 
 
 def storage_for(d_sae: int, *, top: int = TOP_PARTNERS) -> str:
@@ -66,23 +69,36 @@ class BlockGram:
         self.flush_blocks, self.tile = flush_blocks, tile
         self.starts = list(range(0, d_sae, tile))
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.tiles: list[torch.Tensor] | None = None
+        """The products' dtype (the counts are integers)."""
+        self.counts: torch.Tensor | None = None
+        """(d, d) counts, int16 (int32 once a count could pass INT16_COUNTS); row tile t's
+        columns from t0 on are counted, the part left of them mirrored on reading."""
         self.buffer: torch.Tensor | None = None
         self.filled = 0
         self.n_blocks = 0
+        self.bound = 0
+        """An upper bound on every count (blocks added, pairs' largest counts)."""
+        self.mirrored = True
 
-    def _alloc(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The count tiles and the block buffer, allocated on first use."""
-        if self.tiles is None or self.buffer is None:
+    def _alloc(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The counts and the block buffer, allocated on first use."""
+        if self.counts is None or self.buffer is None:
             d = self.d_sae
-            self.tiles = [torch.zeros((min(self.tile, d - r0), d - r0), device=self.device)
-                          for r0 in self.starts]
+            self.counts = torch.zeros((d, d), dtype=torch.int16, device=self.device)
             self.buffer = torch.zeros((self.flush_blocks, d), dtype=self.dtype,
                                       device=self.device)
-        return self.tiles, self.buffer
+        return self.counts, self.buffer
 
-    def _tiles(self) -> list[torch.Tensor]:
+    def _counts(self) -> torch.Tensor:
         return self._alloc()[0]
+
+    def _room(self, more: int) -> torch.Tensor:
+        """The counts, widened to int32 first if `more` could carry one past int16."""
+        counts = self._counts()
+        self.bound += more
+        if counts.dtype == torch.int16 and self.bound > INT16_COUNTS:
+            self.counts = counts = counts.to(torch.int32)
+        return counts
 
     @torch.no_grad()
     def add(self, blocks: Int[torch.Tensor, " m"], features: Int[torch.Tensor, " m"],
@@ -105,48 +121,67 @@ class BlockGram:
 
     @torch.no_grad()
     def flush(self) -> None:
-        """Fold the buffered blocks into the counts."""
+        """Fold the buffered blocks into the counts: each row tile's product with the columns
+        from its own on (the upper triangle's tiles; the rest is their mirror)."""
         if not self.filled:
             return
-        tiles, buffer = self._alloc()
+        _, buffer = self._alloc()
+        counts = self._room(self.filled)
         f = buffer[:self.filled]
-        for r0, tile in zip(self.starts, tiles):
-            rows = f[:, r0:r0 + len(tile)].T
-            if f.dtype == torch.float32:
-                tile.addmm_(rows, f[:, r0:])
-            else:
-                tile += rows @ f[:, r0:]
+        for r0 in self.starts:
+            r1 = min(r0 + self.tile, self.d_sae)
+            # whole numbers up to flush_blocks: exact in the product's dtype and in int16
+            counts[r0:r1, r0:] += (f[:, r0:r1].T @ f[:, r0:]).to(counts.dtype)
         f.zero_()
         self.filled = 0
+        self.mirrored = False
 
     @torch.no_grad()
     def add_pairs(self, i: np.ndarray, j: np.ndarray, n: np.ndarray) -> None:
         """Add counted pairs (i <= j; i == j adds to a feature's block count)."""
         ti, tj, tn = (torch.from_numpy(np.array(x, dtype=dt)).to(self.device)
-                      for x, dt in ((i, np.int64), (j, np.int64), (n, np.float32)))
-        for r0, tile in zip(self.starts, self._tiles()):
-            sel = (ti >= r0) & (ti < r0 + len(tile))
-            tile.index_put_((ti[sel] - r0, tj[sel] - r0), tn[sel], accumulate=True)
+                      for x, dt in ((i, np.int64), (j, np.int64), (n, np.int64)))
+        if not len(tn):
+            return
+        counts = self._room(int(tn.max()))
+        off = ti != tj
+        # both (i, j) and (j, i): within a diagonal tile both are counted cells
+        counts.index_put_((torch.cat([ti, tj[off]]), torch.cat([tj, ti[off]])),
+                          torch.cat([tn, tn[off]]).to(counts.dtype), accumulate=True)
+        self.mirrored = False
 
     def merge(self, other: BlockGram) -> None:
         """Add another counter's counts (other blocks of the same SAE)."""
         other.flush()
-        if other.tiles is None:
+        if other.counts is None:
             return
-        for a, b in zip(self._tiles(), other.tiles):
-            a += b.to(self.device)
+        counts = self._room(other.bound)
+        counts += other._full().to(self.device, counts.dtype)
         self.n_blocks += other.n_blocks
+        self.mirrored = False
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _ready(self) -> list[torch.Tensor]:
+    def _ready(self) -> torch.Tensor:
         self.flush()
-        return self._tiles()
+        return self._counts()
+
+    def _full(self) -> torch.Tensor:
+        """The full symmetric counts: each row tile's left part mirrored from the tiles above."""
+        counts = self._ready()
+        if not self.mirrored:
+            for r0 in self.starts[1:]:
+                r1 = min(r0 + self.tile, self.d_sae)
+                counts[r0:r1, :r0] = counts[:r0, r0:r1].T
+            self.mirrored = True
+        return counts
 
     def pairs(self) -> tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"], Int[np.ndarray, " p"]]:
         """(i, j, n_ij) for every pair i < j with n_ij > 0, sorted by (i, j)."""
         out: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = [], [], []
-        for r0, tile in zip(self.starts, self._ready()):
+        counts = self._ready()
+        for r0 in self.starts:
+            tile = counts[r0:r0 + self.tile, r0:]
             upper = torch.ones(tile.shape, dtype=torch.bool, device=tile.device).triu_(1)
             r, c = ((tile > 0) & upper).nonzero(as_tuple=True)  # row-major: sorted
             out[0].append((r + r0).cpu().numpy())
@@ -157,21 +192,16 @@ class BlockGram:
 
     def diagonal(self) -> Int[np.ndarray, " f"]:
         """n_ii: the blocks where each feature fires."""
-        return np.concatenate([torch.diagonal(t).cpu().numpy()
-                               for t in self._ready()]).astype(np.int64)
+        if not self.d_sae:
+            return np.zeros(0, np.int64)
+        return torch.diagonal(self._ready()).cpu().numpy().astype(np.int64)
 
-    def full_rows(self) -> Iterator[tuple[int, Float[torch.Tensor, "r f"]]]:
-        """The full symmetric rows, tile by tile: (first feature, float32 counts (rows, d)),
-        where the counter is."""
-        tiles = self._ready()
-        for t, (t0, tile) in enumerate(zip(self.starts, tiles)):
-            width = len(tile)
-            left = [tiles[q][:, t0 - q0:t0 - q0 + width].T
-                    for q, q0 in enumerate(self.starts[:t])]
-            # within the diagonal block only the upper triangle is authoritative
-            own = tile[:, :width].triu()
-            own = own + own.triu(1).T
-            yield t0, torch.cat([*left, own, tile[:, width:]], dim=1)
+    def full_rows(self) -> Iterator[tuple[int, Int[torch.Tensor, "r f"]]]:
+        """The full symmetric rows, tile by tile: (first feature, integer counts (rows, d),
+        a view of the counter's), where the counter is."""
+        counts = self._full()
+        for r0 in self.starts:
+            yield r0, counts[r0:r0 + self.tile]
 
     def row_tiles(self) -> Iterator[tuple[int, Int[np.ndarray, "r f"]]]:
         """`full_rows` as int32 arrays on the host."""
@@ -201,10 +231,14 @@ class MatrixWriter:
             "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
             "shape": (d, d)})
 
-    def write(self, rows: Float[torch.Tensor, "r f"]) -> None:
-        """Append rows (float32 counts: whole numbers below 2^24, exact in either dtype)."""
-        torch_dtype = torch.uint16 if self.dtype == np.uint16 else torch.uint32
-        rows.cpu().to(torch_dtype).numpy().tofile(self.out)
+    def write(self, rows: Int[torch.Tensor, "r f"]) -> None:
+        """Append rows of non-negative integer counts (each at most n_blocks): read as the
+        file's unsigned type where the widths agree (no copy), converted otherwise."""
+        counts = rows.cpu().numpy()
+        if counts.dtype.itemsize == self.dtype.itemsize:
+            counts.view(self.dtype).tofile(self.out)
+        else:
+            counts.astype(self.dtype).tofile(self.out)
 
 
 def read_matrix(path) -> np.ndarray:
@@ -216,6 +250,9 @@ def read_matrix(path) -> np.ndarray:
 
 PARTNER_ROWS = 64
 """Rows scored at a time by `top_partners` (their temporaries stay in cache)."""
+APART = 1e30
+"""Subtracted from the smc and phi scores of pairs that never fire together: far beyond any
+score (|phi score| <= n^2 < 2.9e14 below MAX_BLOCKS), far within float32's range."""
 
 
 @torch.no_grad()
@@ -230,7 +267,7 @@ def top_partners(rows: Int[np.ndarray, "r f"] | torch.Tensor, first: int,
     n_ij / min(n_i, n_j), smc by 2 n_ij - n_j, phi by (n n_ij - n_i n_j) / sqrt(n_j (n - n_j))
     (its positive row factor dropped). Computed in float32 where the counts are,
     PARTNER_ROWS rows at a time."""
-    rows = torch.as_tensor(rows).float()
+    rows = torch.as_tensor(rows)
     n_i = torch.as_tensor(n_i, device=rows.device).float()
     n = float(n_blocks)
     r, d = rows.shape
@@ -243,18 +280,21 @@ def top_partners(rows: Int[np.ndarray, "r f"] | torch.Tensor, first: int,
     live = (n_i[first:first + r] > 0).nonzero().squeeze(1)
     for lo in range(0, len(live), PARTNER_ROWS):
         at = live[lo:lo + PARTNER_ROWS]
-        c = rows[at]                               # a copy
+        c = rows[at].float()                       # a copy
         h = len(c)
         c[torch.arange(h, device=c.device), at + first] = 0   # not its own partner
         apart = c <= 0
+        # ranks pairs that never fire together below every other (adding 0 elsewhere keeps
+        # the other scores as they are): one float add, cheaper than a masked fill
+        below = apart.to(c.dtype).mul_(-APART)
         a = n_i[at + first, None]
         keep = torch.zeros((h, d), dtype=torch.bool, device=c.device)
         s = torch.empty_like(c)
         if m > 0:
             for score, masked in _ranked(c, a, b, q, n, s):
                 if masked:
-                    score.masked_fill_(apart, -torch.inf)
-                keep.scatter_(1, score.topk(m, dim=1).indices, True)
+                    score.add_(below)
+                keep.scatter_(1, score.topk(m, dim=1, sorted=False).indices, True)
         keep &= ~apart
         rr, cc = keep.nonzero(as_tuple=True)
         found_r.append(at[rr])

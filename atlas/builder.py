@@ -120,7 +120,7 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
                                                 batch_blocks=config.batch_blocks))
             stats, quality = timed_step(pipeline.harvest)(config, todo, batches,
                                                           n_blocks=blocks.n_blocks,
-                                                          total_tokens=int(blocks.token_ids.size))
+                                                          block_tokens=blocks.mask.sum(1))
         del cache
         for p in todo:
             with access.writing(db) as con:

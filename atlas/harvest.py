@@ -221,7 +221,8 @@ def encode_sparse(sae: SAE, x: Float[torch.Tensor, "n d"]) -> SparseCodes:
     rule, so they go through their own `encode`."""
     if (type(sae) is TopKSAE and not sae.cfg.rescale_acts_by_decoder_norm
             and not sae.use_error_term):
-        pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+        # one pass: the bias is added in the product's accumulator (x @ W_enc + b_enc)
+        pre = torch.addmm(sae.b_enc, sae.process_sae_in(x), sae.W_enc)
         values, indices = topk_codes(pre, sae.cfg.k)
         return SparseCodes.from_topk(values.relu(), indices)
     return SparseCodes.from_dense(sae.encode(x))

@@ -90,8 +90,10 @@ class LogitLens:
     bottom_values: Float[np.ndarray, "f k"]
 
 
-SCREEN_CANDIDATES = 64
-"""Tokens per feature and direction that the bfloat16 screen hands to the exact float32 pass."""
+SCREEN_CANDIDATES = 32
+"""Tokens per feature and direction that the bfloat16 screen hands to the exact float32 pass
+(on 16,384 random unit decoders and SmolLM2's vocabulary: 64 took 13.4 s with every row
+proven, 32 took 6.6 s with 6% of rows recomputed, 24 took 10.4 s with 31% recomputed)."""
 
 
 @torch.no_grad()

@@ -133,8 +133,9 @@ def load_tokenizer(spec: str):
     try:
         if path.suffix == ".gguf":
             folder = converted_dir(path) if path.is_file() else None
-            if folder is not None and (folder / "tokenizer.json").is_file():
-                return AutoTokenizer.from_pretrained(str(folder))
+            tok = _converted_tokenizer(folder) if folder is not None else None
+            if tok is not None:
+                return tok
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return AutoTokenizer.from_pretrained(spec)
     except Exception as exc:  # transformers raises many types for a missing model
@@ -197,13 +198,30 @@ def converted_dir(path: Path) -> Path | None:
     return base / "gguf" / f"{path.stem}-{key}"
 
 
+def _converted_tokenizer(folder: Path) -> object | None:
+    """The tokenizer of a converted copy; None where there is none or it is unreadable (the
+    GGUF's own is read instead)."""
+    from transformers import AutoTokenizer
+
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # a damaged copy: the GGUF is read instead
+        log.warning("the converted tokenizer in %s is unreadable (%s); reading the GGUF's",
+                    folder, exc)
+        return None
+
+
 def _load_converted(folder: Path) -> tuple[nn.Module, object] | None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if not (folder / "config.json").is_file():
         return None
+    tok = _converted_tokenizer(folder)
+    if tok is None:
+        return None
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     except Exception as exc:  # a damaged copy is converted again
         log.warning("the converted copy in %s is unreadable (%s); converting again", folder,

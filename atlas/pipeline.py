@@ -390,26 +390,30 @@ def encode_batch(sae: SAE, acts: Float[torch.Tensor, "b t d"],
 
 @torch.no_grad()
 def harvest(config: BuildConfig, saes: Sequence[AtlasSAE], batches: Iterator[ActivationBatch],
-            *, n_blocks: int, total_tokens: int | None = None
+            *, n_blocks: int, block_tokens: np.ndarray | None = None
             ) -> tuple[dict[str, FeatureStats], dict[str, SAEQuality]]:
     """Encode every batch with every SAE into one accumulator per SAE; activation sums and
     held-out quality sums are added shard by shard (`config.shard_blocks` blocks), as a
     sharded build merges them, so that both give the same atlas.
 
     SAEs without a measured quality (loaded ones) are evaluated on the held-out blocks.
+    `block_tokens` (each block's corpus tokens, padding left out) sizes the progress bar.
     """
     accs = accumulators(config, saes, n_blocks, shard_blocks=config.shard_blocks)
     measure = [s for s in saes if s.quality is None]
     parts: dict[str, list[QualityPartial]] = {s.sae_id: [] for s in measure}
     held = held_out_blocks(config, n_blocks)
     encoders = Encoders(config.sae_dtype)
-    bar = Progress("harvest", total=total_tokens, unit="tok")
+    bar = Progress("harvest", total=None if block_tokens is None else int(block_tokens.sum()),
+                   unit="tok")
     for _, shard in itertools.groupby(batches, key=lambda b: b.start // config.shard_blocks):
         quality = {s.sae_id: QualityPartial.empty(s.loaded.cfg.d_sae, output_width(s.loaded))
                    for s in measure}
         for batch in shard:
             harvest_batch(saes, accs, quality, batch, held, encoders)
-            bar.update(batch.token_ids.numel())
+            n = len(batch.token_ids)
+            bar.update(batch.token_ids.numel() if block_tokens is None
+                       else int(block_tokens[batch.start:batch.start + n].sum()))
         for sid, q in quality.items():
             parts[sid].append(q)
         faults.point("harvest")

@@ -142,7 +142,8 @@ def main() -> None:
 
     def harvest():
         batches = forward_batches(lm, blocks, hooks, batch_blocks=config.batch_blocks)
-        results["stats"], _ = pipeline.harvest(config, saes, batches, n_blocks=blocks.n_blocks)
+        results["stats"], _ = pipeline.harvest(config, saes, batches, n_blocks=blocks.n_blocks,
+                                               block_tokens=blocks.mask.sum(1))
 
     def rows():
         for s in saes:

@@ -100,3 +100,34 @@ def test_half_precision_products_on_the_gpu_are_exact():
     on_gpu = counted(fires, flush=2048, tile=128, step=700, device="cuda")
     want = fires.astype(np.int64).T @ fires.astype(np.int64)
     assert np.array_equal(on_gpu.dense(), want)
+
+
+def test_counts_widen_past_int16_and_stay_exact():
+    fires = np.zeros((40_000, 3), dtype=bool)
+    fires[:, 0] = True
+    fires[::2, 1] = True
+    fires[:5, 2] = True
+    gram = counted(fires, flush=2048, tile=2, step=4000)
+    want = fires.astype(np.int64).T @ fires.astype(np.int64)
+    assert gram.counts is not None and gram.counts.dtype == torch.int32
+    assert np.array_equal(gram.dense(), want)
+    pairs = BlockGram(3, tile=1)
+    pairs.add_pairs(*gram.pairs())
+    pairs.add_pairs(np.arange(3), np.arange(3), gram.diagonal())
+    assert np.array_equal(pairs.dense(), want)
+
+
+def test_counters_of_other_tilings_merge_and_read_alike():
+    fires = np.random.default_rng(5).random((50, 13)) < 0.35
+    want = fires.astype(np.int64).T @ fires.astype(np.int64)
+    first, second = counted(fires[:20], flush=7, tile=3, step=4), counted(fires[20:], flush=9,
+                                                                         tile=5, step=6)
+    first.merge(second)
+    assert np.array_equal(first.dense(), want)
+    # reading mirrors once; counting more afterwards is mirrored again on the next read
+    third = counted(fires[:1], flush=2, tile=4, step=1)
+    first.merge(third)
+    want += fires[:1].astype(np.int64).T @ fires[:1].astype(np.int64)
+    assert np.array_equal(first.dense(), want)
+    rows = np.concatenate([r.numpy() for _, r in first.full_rows()])
+    assert np.array_equal(rows, want)

@@ -51,6 +51,17 @@ def test_the_converted_copy_is_the_gguf_s_model_and_tokenizer(model_cache, caplo
     again = load_model(EMBEDDED, device="cpu", dtype="float32")
     assert "unreadable" in caplog.text and "dequantising GGUF" in caplog.text
     assert torch.equal(again.model.state_dict()["model.norm.weight"], want["model.norm.weight"])
+    # a damaged tokenizer in the copy: the tokenizer is read from the GGUF, the copy converted
+    # again on the next model load
+    (folder / "tokenizer.json").write_text("{")
+    caplog.clear()
+    tok = load_tokenizer(EMBEDDED)
+    assert "converted tokenizer" in caplog.text and "unreadable" in caplog.text
+    assert [tok(t)["input_ids"] for t in TEXTS] == [gguf.tokenizer(t)["input_ids"]
+                                                     for t in TEXTS]
+    caplog.clear()
+    load_model(EMBEDDED, device="cpu", dtype="float32")
+    assert "dequantising GGUF" in caplog.text
     caplog.clear()
     assert load_model(EMBEDDED, device="cpu").d_model == 576
     assert "converted copy" in caplog.text
