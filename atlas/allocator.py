@@ -39,3 +39,17 @@ def tune() -> bool:
             and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
     log.debug("allocator thresholds %s", "set" if done else "refused")
     return done
+
+
+def release() -> bool:
+    """Hand the freed memory held by the C allocator (in every arena, holes included) back to
+    the kernel, after a phase whose temporaries will not be allocated again soon; whether any
+    was returned (False off glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return malloc_trim(0) == 1

@@ -160,6 +160,13 @@ class BlockGram:
         self.n_blocks += other.n_blocks
         self.mirrored = False
 
+    def release(self) -> None:
+        """Free the counts and the buffer (once what is stored has been read from them); the
+        counter reads as empty afterwards."""
+        self.counts = self.buffer = None
+        self.filled = self.n_blocks = self.bound = 0
+        self.mirrored = True
+
     # --- reading ---------------------------------------------------------------------------
 
     def _ready(self) -> torch.Tensor:

@@ -123,9 +123,10 @@ def build(config: BuildConfig, *, records: Iterable[object] | None = None,
                                                           block_tokens=blocks.mask.sum(1))
         del cache
         for p in todo:
+            # each SAE's statistics are dropped once stored: host memory shrinks as they go
             with access.writing(db) as con:
-                timed_step(pipeline.store_harvest)(con, config, lm, p, blocks, stats[p.sae_id],
-                                                   quality[p.sae_id])
+                timed_step(pipeline.store_harvest)(con, config, lm, p, blocks,
+                                                   stats.pop(p.sae_id), quality[p.sae_id])
     with access.reading(db) as con:
         timed_step(pipeline.index_saes)(con, config, [p.sae_id for p in planned])
     timed_step(pipeline.word_tables)(config, lm, planned)

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Bool, Float
 from sae_lens import SAE
 
-from atlas import access, faults, shards, store
+from atlas import access, allocator, faults, shards, store
 from atlas.architectures import architecture
 from atlas.artifacts import cooccurrence_dir, safe_name, sae_path
 from atlas.blockgram import (TOP_PARTNERS, BlockGram, MatrixWriter, storage_for,
@@ -498,6 +498,7 @@ def _harvest_tables(config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blo
     # the lens has overlapped the Python work above; tensor work beside tensor work would only
     # add the two's memory on the same cores
     lens = lens_job.result()
+    allocator.release()  # the lens's temporaries (hundreds of MB at 16k features), freed
     storage = storage_for(d_sae)
     matrix_file = None
     if storage == "matrix":
@@ -577,8 +578,10 @@ def _list_column(values: np.ndarray, sizes: np.ndarray) -> pa.Array:
 
 def store_harvest(con, config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, blocks: Blocks,
                   stats: FeatureStats, quality: SAEQuality) -> None:
-    """Write one SAE's harvest, replacing any earlier one whole."""
+    """Write one SAE's harvest, replacing any earlier one whole. The co-occurrence counter is
+    released once its rows and file are made, before the write (512 MiB at 16k features)."""
     tables = harvest_tables(config, lm, planned, blocks, stats)
+    stats.cooccurrence.release()
     record = dataclasses.replace(sae_record(lm, planned, quality),
                                  decoder_checksum=tables.harvest["decoder_checksum"])
     store.write_harvest(con, record, tables)
@@ -586,6 +589,8 @@ def store_harvest(con, config: BuildConfig, lm: LoadedModel, planned: AtlasSAE, 
     log.info("stored %s: %d live features, %d co-occurring pairs, %d examples", planned.sae_id,
              int((stats.firing_count > 0).sum()), tables.cooccurrence.num_rows,
              tables.examples.num_rows)
+    del tables
+    allocator.release()
 
 
 def index_saes(con, config: BuildConfig, sae_ids: Sequence[str]) -> list[dict]:

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -39,3 +40,33 @@ def test_tuned_allocator_reuses_freed_blocks_instead_of_faulting_them_in_again()
 def test_a_user_s_own_threshold_is_kept(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     assert allocator.tune() is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_hands_freed_heap_back_to_the_kernel():
+    """Freed blocks held in the heap (below the raised mmap threshold) leave the process's
+    resident memory on release."""
+    code = textwrap.dedent("""
+        import ctypes
+        from atlas import allocator
+        assert allocator.tune()
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        def rss():
+            return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+        blocks = [libc.malloc(8 << 20) for _ in range(40)]       # 320 MiB on the heap
+        for b in blocks:
+            ctypes.memset(b, 1, 8 << 20)
+        keep = libc.malloc(1 << 20)                              # pins the heap's top
+        for b in blocks:
+            libc.free(b)
+        held = rss()
+        assert allocator.release()
+        print(held - rss())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items()
+                              if k not in allocator.USER_SETTINGS})
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) > 200_000   # KiB returned
