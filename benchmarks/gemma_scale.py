@@ -144,7 +144,7 @@ def instrumented_harvest(config: BuildConfig, lm: LoadedModel, saes: list[AtlasS
         gram.flush = lambda: stages.time("co-occurrence", flush)
 
         def timed_alloc():
-            if gram.tiles is not None:
+            if gram.counts is not None:
                 return alloc()
             t0 = time.perf_counter()
             out = stages.time("co-occurrence", alloc)
