@@ -14,6 +14,7 @@ import ctypes
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,27 @@ USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 """Environment variables through which a user sets the same (theirs are kept)."""
 
 
+def _glibc(name: str, argtypes: list, restype) -> Callable[..., int] | None:
+    """glibc's function `name` with its C signature; None off Linux or off glibc (musl has
+    no mallopt or malloc_trim)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
 def tune() -> bool:
     """Apply the settings once at a command's start; whether they were applied (False off
     glibc, or where the user set either threshold)."""
-    if not sys.platform.startswith("linux") or any(v in os.environ for v in USER_SETTINGS):
+    if any(v in os.environ for v in USER_SETTINGS):
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     done = (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
             and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
     log.debug("allocator thresholds %s", "set" if done else "refused")
@@ -45,11 +57,5 @@ def release() -> bool:
     """Hand the freed memory held by the C allocator (in every arena, holes included) back to
     the kernel, after a phase whose temporaries will not be allocated again soon; whether any
     was returned (False off glibc)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return malloc_trim(0) == 1
+    malloc_trim = _glibc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+    return malloc_trim is not None and malloc_trim(0) == 1
