@@ -6,6 +6,7 @@ live forward pass or from cached activations) and never holds more than one batc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -236,11 +237,31 @@ def topk_codes(pre: Float[torch.Tensor, "n f"], k: int
     as their bit patterns do and every negative one reads below every positive one, so the
     positive values selected are the same (up to which of equal values is taken at the k-th
     place, as with any top-k), and integer comparisons skip a float conversion per element
-    (~1.4x faster over 2,048 columns). The codes keep only positive values."""
+    (~1.4x faster over 2,048 columns), and the selection runs in two stages (`group_topk`,
+    1.1-1.5x faster again over 2,048-65,536 columns). The codes keep only positive values."""
     if pre.device.type == "cpu" and pre.dtype in (torch.bfloat16, torch.float16):
-        indices = pre.view(torch.int16).topk(k, dim=-1, sorted=False).indices
+        indices = group_topk(pre.view(torch.int16), k)
         return pre.gather(1, indices), indices
     return pre.topk(k, dim=-1, sorted=False)
+
+
+def group_topk(keys: torch.Tensor, k: int) -> Int[torch.Tensor, "n k"]:
+    """Columns of each row's k largest keys, in no particular order: the k largest among
+    the k groups of g consecutive columns with the largest maxima (g the power of two nearest
+    sqrt(columns / k), so that both stages' top-k are short).
+
+    Exact, up to which of equal keys is taken at the k-th place: let t be the k-th largest
+    key. Fewer than k groups hold a key above t, so all of them are chosen and every key
+    above t is a candidate; and either every group holding a key >= t is chosen, or the k
+    chosen groups' maxima are k candidates >= t."""
+    n, f = keys.shape
+    g = 1 << max(0, round(math.log2(max(f / k, 1.0)) / 2))
+    if g < 2 or f % g or k * g >= f:
+        return keys.topk(k, dim=-1, sorted=False).indices
+    groups = keys.view(n, f // g, g).amax(-1).topk(k, dim=-1, sorted=False).indices
+    columns = (groups.unsqueeze(-1) * g + torch.arange(g, device=keys.device)).reshape(n, -1)
+    best = keys.gather(1, columns).topk(k, dim=-1, sorted=False).indices
+    return columns.gather(1, best)
 
 
 TOKEN_BITS = 32
@@ -367,12 +388,14 @@ class TokenCounts:
     def fold(self) -> None:
         if not self.pending:
             return
-        keys = torch.cat([self.keys, *self.pending])
+        # one sort, then each run of equal keys summed by differences of a running sum
+        # (~2x faster on a CPU than `unique` with its inverse and a scatter-add)
+        keys, order = torch.sort(torch.cat([self.keys, *self.pending]))
         weights = torch.cat([self.counts, torch.ones(self.n_pending, dtype=torch.int64,
                                                      device=keys.device)])
-        self.keys, inverse = torch.unique(keys, return_inverse=True)
-        self.counts = torch.zeros(len(self.keys), dtype=torch.int64,
-                                  device=keys.device).index_add_(0, inverse, weights)
+        self.keys, runs = torch.unique_consecutive(keys, return_counts=True)
+        running = weights.index_select(0, order).cumsum(0).index_select(0, runs.cumsum(0) - 1)
+        self.counts = torch.diff(running, prepend=running.new_zeros(1))
         self.pending, self.n_pending = [], 0
 
     def numpy(self) -> Triple:

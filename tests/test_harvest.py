@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from atlas.saes import SAEQuality
 from atlas.harvest import (FeatureAccumulator, SparseCodes, cooccurrence, encode_sparse,
-                           run_rank, sink_free, top_tokens, topk_codes)
+                           group_topk, run_rank, sink_free, top_tokens, topk_codes)
 
 QUALITY = SAEQuality(l0=0.0, explained_variance=0.0, dead_fraction=0.0, n_tokens=0)
 
@@ -468,6 +468,24 @@ def test_16_bit_codes_selected_by_their_bits_are_the_k_largest_positive_values(d
         ref_v, ref_i = pre[row].float().topk(16)
         assert {int(i) for i, v in zip(indices[row], values[row]) if v > 0} == {
             int(i) for i, v in zip(ref_i, ref_v) if v > 0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([16, 64, 96, 256, 1000]), st.integers(1, 40),
+       st.integers(1, 50), st.integers(0, 2**31 - 1))
+def test_group_topk_takes_the_k_largest_keys_with_ties(rows, width, k, spread, seed):
+    # keys from a small range, so equal keys at the k-th place are the rule; the k keys
+    # taken must be the k largest as a multiset (which of equal ones is free), from k
+    # distinct columns
+    k = min(k, width)
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randint(-spread, spread + 1, (rows, width), generator=g, dtype=torch.int16)
+    columns = group_topk(keys, k)
+    assert columns.shape == (rows, k)
+    for row in range(rows):
+        assert len(set(columns[row].tolist())) == k
+        got = keys[row, columns[row]].sort().values
+        assert torch.equal(got, keys[row].sort().values[-k:])
 
 
 @given(st.lists(st.integers(0, 5), max_size=40))
