@@ -6,7 +6,6 @@ live forward pass or from cached activations) and never holds more than one batc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from atlas.blockgram import BlockGram
 from atlas.corpus import Blocks
 from atlas.errors import AtlasError
 from atlas.models import HookPoint, LoadedModel, capture_residuals
+from atlas.selection import group_topk
 
 SINK_FACTOR = 20.0
 """A token whose residual norm exceeds this many times the batch median is an attention sink
@@ -243,25 +243,6 @@ def topk_codes(pre: Float[torch.Tensor, "n f"], k: int
         indices = group_topk(pre.view(torch.int16), k)
         return pre.gather(1, indices), indices
     return pre.topk(k, dim=-1, sorted=False)
-
-
-def group_topk(keys: torch.Tensor, k: int) -> Int[torch.Tensor, "n k"]:
-    """Columns of each row's k largest keys, in no particular order: the k largest among
-    the k groups of g consecutive columns with the largest maxima (g the power of two nearest
-    sqrt(columns / k), so that both stages' top-k are short).
-
-    Exact, up to which of equal keys is taken at the k-th place: let t be the k-th largest
-    key. Fewer than k groups hold a key above t, so all of them are chosen and every key
-    above t is a candidate; and either every group holding a key >= t is chosen, or the k
-    chosen groups' maxima are k candidates >= t."""
-    n, f = keys.shape
-    g = 1 << max(0, round(math.log2(max(f / k, 1.0)) / 2))
-    if g < 2 or f % g or k * g >= f:
-        return keys.topk(k, dim=-1, sorted=False).indices
-    groups = keys.view(n, f // g, g).amax(-1).topk(k, dim=-1, sorted=False).indices
-    columns = (groups.unsqueeze(-1) * g + torch.arange(g, device=keys.device)).reshape(n, -1)
-    best = keys.gather(1, columns).topk(k, dim=-1, sorted=False).indices
-    return columns.gather(1, best)
 
 
 TOKEN_BITS = 32

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from atlas.analyses.crystals.geometry import (Crystal, analogy_scores, crystal_error, crystal_relation,
-                                     find_crystals, lda_silhouettes, pair_differences,
+                                     find_crystals, lda_silhouettes, nearest_by_abs_cosine,
+                                     pair_differences,
                                      parallelogram_error, parallelogram_quality,
                                      remove_distractors, same_relation_chance, split_pairs,
                                      trapezoid_error, word_pair_tasks)
@@ -220,3 +221,21 @@ def test_sampled_words_keep_pairs_whole():
     assert len({w for p in whole for w in p}) == len(words)
     assert len(sample_words(tasks, 10_000)) == len({w for ps in tasks.values() for p in ps
                                                     for w in p})
+
+
+@pytest.mark.parametrize("n,d,k,chunk", [(300, 12, 11, 64), (40, 5, 11, 1024), (3, 4, 11, 2)])
+def test_nearest_by_abs_cosine_equals_a_brute_force_ranking(n, d, k, chunk):
+    # |cosine| ranked in float64 by numpy: the same k columns per row (itself among them) and
+    # the sign of each cosine; chunks of any size give the same answer
+    rng = np.random.default_rng(n)
+    units = rng.standard_normal((n, d))
+    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    cos = units @ units.T
+    want = np.sort(np.argsort(-np.abs(cos), axis=1, kind="stable")[:, :min(k, n)], axis=1)
+    got = list(nearest_by_abs_cosine(units.astype(np.float32), k, chunk=chunk))
+    assert [start for start, _, _ in got] == list(range(0, n, chunk))
+    columns = np.concatenate([c for _, c, _ in got])
+    negative = np.concatenate([f for _, _, f in got])
+    assert np.array_equal(columns, want)
+    assert (columns == np.arange(n)[:, None]).any(1).all()
+    assert np.array_equal(negative, np.take_along_axis(cos, want, 1) < 0)

@@ -346,21 +346,13 @@ def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 10, max_w
     _, sv, vt = np.linalg.svd(mat, full_matrices=False)
     basis = (mat @ vt[:int(np.sum(sv > sv[0] * 1e-9))].T).astype(np.float32)   # exact, rank-sized
     units = unit(basis[j, :search_dims] - basis[i, :search_dims])
-    import faiss
-
-    n = len(units)
-    k = min(neighbours + 1, 2 * n)
-    index = faiss.IndexFlatIP(units.shape[1])
-    index.add(np.concatenate([units, -units]))     # a reversed difference matches too
     found: list[np.ndarray] = []
-    for start in range(0, n, 4096):
-        _, near = index.search(units[start:start + 4096], k)
-        p = np.repeat(np.arange(start, start + len(near)), k)
-        hit = near.ravel()
-        flip, q = hit >= n, hit % n
+    for start, near, flip in nearest_by_abs_cosine(units, neighbours + 1):
+        p = np.repeat(np.arange(start, start + len(near)), near.shape[1])
+        q, flip = near.ravel(), flip.ravel()
         a, b = i[p], j[p]
         c, d = np.where(flip, j[q], i[q]), np.where(flip, i[q], j[q])
-        keep = (hit >= 0) & (q != p) & (a != c) & (a != d) & (b != c) & (b != d)
+        keep = (q != p) & (a != c) & (a != d) & (b != c) & (b != d)
         a, b, c, d = a[keep], b[keep], c[keep], d[keep]
         found.append(np.stack([_crystal_errors(basis, a, b, c, d), a, b, c, d], 1))
     table = np.concatenate(found) if found else np.zeros((0, 5))
@@ -381,6 +373,32 @@ def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 10, max_w
         if len(out) >= limit:
             break
     return out
+
+
+def nearest_by_abs_cosine(units: Float[np.ndarray, "n d"], k: int, *, chunk: int = 1024):
+    """Each unit row's k rows of largest |cosine| (itself among them), exactly, `chunk` rows
+    at a time: yields (first row, columns (rows x k, ascending), whether each cosine is
+    negative). A difference and its reverse are the same direction, hence |cosine|.
+
+    One float32 product per chunk into one reused block, then the top k of its absolute
+    values selected by their bits read as int32 (non-negative floats order as their bit
+    patterns do) in two stages (`group_topk`); the signs are recomputed for the k chosen.
+    About 1.5x faster on 2 cores than FAISS's flat search over the units and their negatives
+    at 240 words (28,680 differences). Memory: one chunk x n float32 block."""
+    import torch
+
+    from atlas.selection import group_topk
+
+    U = torch.from_numpy(np.ascontiguousarray(units, dtype=np.float32))
+    k = min(k, len(U))
+    block = torch.empty((min(chunk, len(U)), len(U)))
+    with torch.no_grad():
+        for start in range(0, len(U), chunk):
+            rows = U[start:start + chunk]
+            cos = torch.mm(rows, U.T, out=block[:len(rows)])
+            columns = group_topk(cos.abs_().view(torch.int32), k).sort(dim=1).values
+            negative = torch.einsum("rd,rkd->rk", rows, U[columns]) < 0
+            yield start, columns.numpy(), negative.numpy()
 
 
 def _crystal_errors(mat, a, b, c, d) -> np.ndarray:
