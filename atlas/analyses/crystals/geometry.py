@@ -392,13 +392,12 @@ def nearest_by_abs_cosine(units: Float[np.ndarray, "n d"], k: int, *, chunk: int
     U = torch.from_numpy(np.ascontiguousarray(units, dtype=np.float32))
     k = min(k, len(U))
     block = torch.empty((min(chunk, len(U)), len(U)))
-    with torch.no_grad():
-        for start in range(0, len(U), chunk):
-            rows = U[start:start + chunk]
-            cos = torch.mm(rows, U.T, out=block[:len(rows)])
-            columns = group_topk(cos.abs_().view(torch.int32), k).sort(dim=1).values
-            negative = torch.einsum("rd,rkd->rk", rows, U[columns]) < 0
-            yield start, columns.numpy(), negative.numpy()
+    for start in range(0, len(U), chunk):   # tensors from numpy: no gradients are recorded
+        rows = U[start:start + chunk]
+        cos = torch.mm(rows, U.T, out=block[:len(rows)])
+        columns = group_topk(cos.abs_().view(torch.int32), k).sort(dim=1).values
+        negative = torch.einsum("rd,rkd->rk", rows, U[columns]) < 0
+        yield start, columns.numpy(), negative.numpy()
 
 
 def _crystal_errors(mat, a, b, c, d) -> np.ndarray:
