@@ -3,11 +3,11 @@ fix (exit status 2, no traceback), and the atlas on disk is left exactly as it w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import random_sae, save_sae
+from tests.helpers import random_sae, run_cli, save_sae
 
 
 def content(db: Path) -> dict[str, str]:
@@ -29,11 +29,11 @@ def content(db: Path) -> dict[str, str]:
 
 
 def build(db: Path, model: str, *extra: str, env: dict | None = None, preexec=None):
-    argv = [sys.executable, "-m", "atlas.cli", "build", "--db", str(db), "--model", model,
-            "--layers", "1", "--tokens", "1280", "--block-size", "64", "--d-sae", "32",
-            "--k", "4", "--epochs", "1", "--quick", *extra]
-    return subprocess.run(argv, capture_output=True, text=True, preexec_fn=preexec,
-                          env={**os.environ, "PYTHONPATH": os.getcwd(), **(env or {})})
+    """`atlas build` on the atlas in a child process; `preexec` runs there first."""
+    argv = ["build", "--db", str(db), "--model", model, "--layers", "1", "--tokens", "1280",
+            "--block-size", "64", "--d-sae", "32", "--k", "4", "--epochs", "1", "--quick",
+            *extra]
+    return run_cli(argv, env={**os.environ, **(env or {})}, before=preexec)
 
 
 def one_line_error(proc, *needles: str) -> None:
@@ -122,12 +122,18 @@ def _small_disk(path: Path, megabytes: int):
     return ok
 
 
-def test_a_disk_that_fills_during_a_write_loses_nothing(tiny_atlas, tmp_path):
-    """On a small tmpfs where the machine allows mounting one; elsewhere under a file-size
-    limit (RLIMIT_FSIZE), which fails writes the same way (EFBIG instead of ENOSPC)."""
+def _cap_file_size(limit: int) -> None:
+    """Fail writes past `limit` bytes in this process (EFBIG, not a signal)."""
     import resource
     import signal
 
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_disk_that_fills_during_a_write_loses_nothing(tiny_atlas, tmp_path):
+    """On a small tmpfs where the machine allows mounting one; elsewhere under a file-size
+    limit (RLIMIT_FSIZE), which fails writes the same way (EFBIG instead of ENOSPC)."""
     disk = tmp_path / "disk"
     disk.mkdir()
     size = Path(tiny_atlas[0].db).stat().st_size
@@ -136,15 +142,7 @@ def test_a_disk_that_fills_during_a_write_loses_nothing(tiny_atlas, tmp_path):
         db = disk / "atlas.duckdb"
         shutil.copy(tiny_atlas[0].db, db)
         before = content(db)
-        limit = None
-        if not mounted:
-            limit = size + 2 * 2**20
-
-        def cap():
-            if limit:
-                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
+        cap = None if mounted else functools.partial(_cap_file_size, size + 2 * 2**20)
         # The atlas's own corpus (kept as stored), and a wide SAE whose harvest does not fit.
         proc = build(db, tiny_atlas[0].model, "--tokens", str(tiny_atlas[0].tokens), "--layers",
                      "2", "--d-sae", "4096", "--k", "32", preexec=cap)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pyarrow as pa
 
 from atlas import faults
 from tests.conftest import tiny_config
+from tests.helpers import CliProcess
 
 # Columns that differ between two builds of the same content: ids and times of runs, the
 # build's own settings (its path), timings.
@@ -27,7 +26,7 @@ VOLATILE = {"run_id", "created_at", "seconds", "setup_seconds", "config", "built
 
 
 def build_argv(config) -> list[str]:
-    return [sys.executable, "-m", "atlas.cli", "build", "--db", str(config.db),
+    return ["build", "--db", str(config.db),
             "--model", config.model, "--layers", ",".join(map(str, config.layers)),
             "--tokens", str(config.tokens), "--d-sae", str(config.d_sae), "--k", str(config.k),
             "--block-size", str(config.block_size), "--epochs", str(config.epochs),
@@ -41,20 +40,19 @@ def run_until(config, point: str | None, tmp: Path) -> str:
     Returns its log."""
     marker = tmp / f"reached-{point}"
     log = tmp / f"log-{point}.txt"
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "ATLAS_STOP_MARKER": str(marker)}
+    env = {**os.environ, "ATLAS_STOP_MARKER": str(marker)}
     env.pop("ATLAS_STOP_AT", None)
     if point:
         env["ATLAS_STOP_AT"] = point
-    with open(log, "w") as out:
-        proc = subprocess.Popen(build_argv(config), env=env, stdout=out, stderr=out)
-        deadline = time.time() + 300
-        while point and not marker.exists():
-            assert proc.poll() is None, f"the build ended before {point}:\n{log.read_text()}"
-            assert time.time() < deadline, f"the build never reached {point}"
-            time.sleep(0.05)
-        if point:
-            proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=300) == (-signal.SIGKILL if point else 0), log.read_text()
+    proc = CliProcess(build_argv(config), env=env, stdout=log)
+    deadline = time.time() + 300
+    while point and not marker.exists():
+        assert proc.poll() is None, f"the build ended before {point}:\n{log.read_text()}"
+        assert time.time() < deadline, f"the build never reached {point}"
+        time.sleep(0.05)
+    if point:
+        proc.kill()
+    assert proc.wait(timeout=300) == (-signal.SIGKILL if point else 0), log.read_text()
     return log.read_text()
 
 

@@ -527,26 +527,25 @@ def test_a_run_killed_mid_write_resumes_where_it_stopped(tiny_atlas, tmp_path):
     half-written, and a second run explains the rest without redoing the first."""
     import os
     import shutil
-    import signal
-    import subprocess
-    import sys
+
+    from tests.helpers import CliProcess, run_cli
 
     db = tmp_path / "killed.duckdb"
     shutil.copy(tiny_atlas[0].db, db)
     sae = tiny_atlas[1].sae_ids[0]
-    argv = [sys.executable, "-c", "import sys; from atlas.cli import main; sys.exit(main())",
-            "explain", "--db", str(db), "--sae", sae, "--explainer", str(tiny_model_dir()),
+    argv = ["explain", "--db", str(db), "--sae", sae, "--explainer", str(tiny_model_dir()),
             "--batch", "1", "--limit", "3", "--max-tokens", "4", "--no-score", "--device",
             "cpu"]
     marker = tmp_path / "reached"
     env = {**os.environ, "ATLAS_STOP_AT": "explain", "ATLAS_STOP_MARKER": str(marker)}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "explain.log"
+    proc = CliProcess(argv, env=env, stdout=log)
     deadline = time.time() + 300
     while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, log.read_text()[-2000:]
         assert time.time() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.kill()
     proc.wait(timeout=60)
     first = q(db, "SELECT feature, explanation, created_at FROM explanations WHERE explainer "
               "LIKE 'hf:%'")
@@ -555,7 +554,7 @@ def test_a_run_killed_mid_write_resumes_where_it_stopped(tiny_atlas, tmp_path):
     assert q(db, "SELECT count(DISTINCT feature) FROM explanation_terms WHERE explainer LIKE "
              "'hf:%'")[0][0] <= 1
     env.pop("ATLAS_STOP_AT")
-    assert subprocess.run(argv, env=env, capture_output=True).returncode == 0
+    assert run_cli(argv, env=env, tmp=tmp_path).returncode == 0
     after = q(db, "SELECT feature, explanation, created_at FROM explanations WHERE explainer "
               "LIKE 'hf:%'")
     assert len(after) == 3 and first[0] in after

@@ -17,23 +17,22 @@ import pytest
 
 from atlas import access
 from atlas.readonly import open_readonly, run_query
+from tests.helpers import CliProcess
 
 RUNS = "SELECT coalesce(string_agg(run_id, ',' ORDER BY run_id), '') FROM analysis_runs " \
        "WHERE analysis = 'galaxy'"
 
 
-def analyze(db: Path, tmp: Path, stop_at: str | None = None) -> tuple[subprocess.Popen, Path]:
+def analyze(db: Path, tmp: Path, stop_at: str | None = None) -> tuple[CliProcess, Path]:
     """`atlas analyze --analyses galaxy,lobes` in a child process (stopping for good at a
     commit point with `stop_at`); returns it and the file its stop is marked in."""
     marker = tmp / "reached"
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "ATLAS_STOP_MARKER": str(marker)}
+    env = {**os.environ, "ATLAS_STOP_MARKER": str(marker)}
     env.pop("ATLAS_STOP_AT", None)
     if stop_at:
         env["ATLAS_STOP_AT"] = stop_at
-    log = open(tmp / "analyze.log", "w")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen([sys.executable, "-m", "atlas.cli", "analyze", "--db", str(db),
-                             "--analyses", "galaxy,lobes", "--seed", "7"],
-                            env=env, stdout=log, stderr=log)
+    proc = CliProcess(["analyze", "--db", str(db), "--analyses", "galaxy,lobes", "--seed", "7"],
+                      env=env, stdout=tmp / "analyze.log")
     return proc, marker
 
 
