@@ -108,9 +108,9 @@ _cli_context: list = []
 
 
 def _cli_child(argv: list[str], env: dict[str, str], stdout: str, stderr: str,
-               before=None) -> None:
+               before=None, script: str | None = None) -> None:
     """The child: the given environment and output files, `before` (e.g. resource limits),
-    then `atlas <argv>`; its exit status is the command's."""
+    then `atlas <argv>` (or `python <script> <argv>`); its exit status is the command's."""
     os.environ.clear()
     os.environ.update(env)
     for fd, path in ((1, stdout), (2, stderr)):
@@ -120,15 +120,26 @@ def _cli_child(argv: list[str], env: dict[str, str], stdout: str, stderr: str,
     if before is not None:
         before()
     import atexit
+    import runpy
     import threading
     import traceback
 
     from atlas.cli import main
 
     try:
-        code = main(argv)
+        if script is None:
+            code = main(argv)
+        else:
+            sys.argv = [script, *argv]
+            sys.path.insert(0, str(Path(script).parent))
+            runpy.run_path(script, run_name="__main__")
+            code = 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:
+            sys.stderr.write(f"{exc.code}\n")  # as the interpreter reports SystemExit("...")
+            code = 1
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -143,7 +154,8 @@ def _cli_child(argv: list[str], env: dict[str, str], stdout: str, stderr: str,
 
 
 class CliProcess:
-    """`atlas <argv>` in a child forked from a process that has the atlas imported already
+    """`atlas <argv>` (or `python <script> <argv>`) in a child forked from a process that has
+    the atlas imported already
     (multiprocessing's forkserver): a real process, killed, waited on and exiting as
     `python -m atlas.cli` would, that starts in a fraction of a second instead of ~8 s.
 
@@ -152,7 +164,8 @@ class CliProcess:
     forkserver started: a test that changes one runs the command with `subprocess`."""
 
     def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
-                 stdout: Path, stderr: Path | None = None, before=None):
+                 stdout: Path, stderr: Path | None = None, before=None,
+                 script: Path | None = None):
         import multiprocessing
 
         if not _cli_context:
@@ -164,7 +177,8 @@ class CliProcess:
             path.write_text("")
         self.process = _cli_context[0].Process(
             target=_cli_child, args=(list(argv), dict(os.environ if env is None else env),
-                                     str(self.stdout), str(self.stderr), before))
+                                     str(self.stdout), str(self.stderr), before,
+                                     None if script is None else str(script)))
         self.process.start()
 
     @property
@@ -190,14 +204,15 @@ class CliProcess:
 
 
 def run_cli(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600,
-            before=None, tmp: Path | None = None) -> subprocess.CompletedProcess:
-    """`atlas <argv>` in a `CliProcess` until it ends: its exit status and output, as
-    `subprocess.run(..., capture_output=True, text=True)` gives them."""
+            before=None, tmp: Path | None = None, script: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    """`atlas <argv>` (or `python <script> <argv>`) in a `CliProcess` until it ends: its exit
+    status and output, as `subprocess.run(..., capture_output=True, text=True)` gives them."""
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=tmp) as folder:
         out, err = Path(folder, "stdout"), Path(folder, "stderr")
-        proc = CliProcess(argv, env=env, stdout=out, stderr=err, before=before)
+        proc = CliProcess(argv, env=env, stdout=out, stderr=err, before=before, script=script)
         code = proc.wait(timeout)
         return subprocess.CompletedProcess(["atlas", *argv], code, out.read_text(),
                                            err.read_text())

@@ -7,22 +7,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.appdriver import chromium
+from tests.helpers import run_cli
 from tests.tiny import tiny_model_dir
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
 def run(script: str, *args: str) -> str:
+    """`python benchmarks/<script> <args>` in a child process (forked with the atlas imported:
+    the benchmark's own imports are not what this smoke test runs)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli(list(args), env=env, timeout=300, script=BENCHMARKS / script)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 
