@@ -1,12 +1,15 @@
-"""Test helpers: SAELens SAEs of every architecture with small random weights, and a Hugging
-Face hub cache written in the hub's own layout (blobs, snapshot links, refs/main)."""
+"""Test helpers: SAELens SAEs of every architecture with small random weights, a Hugging
+Face hub cache written in the hub's own layout (blobs, snapshot links, refs/main), and `atlas`
+commands in child processes forked with the atlas imported (`CliProcess`, `run_cli`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -104,7 +107,16 @@ CLI_PRELOAD = ("atlas.cli", "atlas.builder", "atlas.analyses.runner", "atlas.ind
                "sklearn.cluster", "sklearn.metrics")
 """Modules the forkserver imports once (~8 s of torch, transformers and SAELens on 2 cores),
 so that each child starts as a fork with them imported instead of a fresh interpreter."""
-_cli_context: list = []
+
+
+@functools.cache
+def _forkserver():
+    """multiprocessing's forkserver context, preloading `CLI_PRELOAD` (started on first use)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(CLI_PRELOAD))
+    return ctx
 
 
 def _cli_child(argv: list[str], env: dict[str, str], stdout: str, stderr: str,
@@ -155,9 +167,9 @@ def _cli_child(argv: list[str], env: dict[str, str], stdout: str, stderr: str,
 
 class CliProcess:
     """`atlas <argv>` (or `python <script> <argv>`) in a child forked from a process that has
-    the atlas imported already
-    (multiprocessing's forkserver): a real process, killed, waited on and exiting as
-    `python -m atlas.cli` would, that starts in a fraction of a second instead of ~8 s.
+    the atlas imported already (multiprocessing's forkserver): a real process, killed, waited
+    on and exiting as `python -m atlas.cli` would, that starts in a fraction of a second
+    instead of ~8 s.
 
     Environment variables that libraries read when they are imported (HF_HUB_CACHE,
     TQDM_DISABLE, PREFECT_HOME, ...) keep the values the test process had when the
@@ -166,16 +178,10 @@ class CliProcess:
     def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
                  stdout: Path, stderr: Path | None = None, before=None,
                  script: Path | None = None):
-        import multiprocessing
-
-        if not _cli_context:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(list(CLI_PRELOAD))
-            _cli_context.append(ctx)
         self.stdout, self.stderr = Path(stdout), Path(stderr or stdout)
         for path in {self.stdout, self.stderr}:
             path.write_text("")
-        self.process = _cli_context[0].Process(
+        self.process = _forkserver().Process(
             target=_cli_child, args=(list(argv), dict(os.environ if env is None else env),
                                      str(self.stdout), str(self.stderr), before,
                                      None if script is None else str(script)))
@@ -193,6 +199,19 @@ class CliProcess:
 
     def kill(self) -> None:
         self.process.kill()
+
+    def wait_for(self, path: Path, timeout: float = 300) -> None:
+        """Wait until `path` exists (a commit point's marker), the process still running."""
+        deadline = time.time() + timeout
+        while not path.exists():
+            assert self.poll() is None, f"it ended before {path.name}:\n{self.output()}"
+            assert time.time() < deadline, f"it never reached {path.name}"
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        """What it wrote to stdout (and to stderr, where that is another file)."""
+        parts = [self.stdout] + ([self.stderr] if self.stderr != self.stdout else [])
+        return "".join(p.read_text() for p in parts)[-3000:]
 
     def wait(self, timeout: float | None = None) -> int:
         self.process.join(timeout)

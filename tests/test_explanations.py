@@ -540,11 +540,7 @@ def test_a_run_killed_mid_write_resumes_where_it_stopped(tiny_atlas, tmp_path):
     env = {**os.environ, "ATLAS_STOP_AT": "explain", "ATLAS_STOP_MARKER": str(marker)}
     log = tmp_path / "explain.log"
     proc = CliProcess(argv, env=env, stdout=log)
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None, log.read_text()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
+    proc.wait_for(marker)
     proc.kill()
     proc.wait(timeout=60)
     first = q(db, "SELECT feature, explanation, created_at FROM explanations WHERE explainer "

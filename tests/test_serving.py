@@ -104,11 +104,7 @@ def test_a_writer_killed_mid_write_leaves_readers_on_the_old_atlas(atlas_copy, t
     db, _ = atlas_copy
     before = read_runs(db)
     proc, marker = analyze(db, tmp_path, stop_at="analysis")
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None, (tmp_path / "analyze.log").read_text()
-        assert time.time() < deadline
-        time.sleep(0.05)
+    proc.wait_for(marker)
     # the writer holds the file inside its transaction: a reader waits for its turn ...
     result: list[str] = []
     reader = threading.Thread(target=lambda: result.append(read_runs(db)))
