@@ -291,17 +291,18 @@ class TopPerFeature:
             return
         f = torch.cat([self.f, *(e[0] for e in self.pending)])
         v = torch.cat([self.v, *(e[1] for e in self.pending)])
-        p = torch.cat([self.p, *(e[2] for e in self.pending)])
-        order = torch.sort(_feature_desc_key(f, v), stable=True).indices
-        f, v, p = (x.index_select(0, order) for x in (f, v, p))
+        key, order = torch.sort(_feature_desc_key(f, v), stable=True)
+        f = key >> 32  # the sorted features, read from the key (no gather of all entries)
         rank = run_rank(f)
         keep = (rank < self.n).nonzero().squeeze(1)
-        self.f, self.v, self.p = (x.index_select(0, keep) for x in (f, v, p))
+        kept = order.index_select(0, keep)  # only the kept entries are gathered
+        self.f, self.v = f.index_select(0, keep), v.index_select(0, kept)
+        self.p = torch.cat([self.p, *(e[2] for e in self.pending)]).index_select(0, kept)
         if self.x is not None:
             x = torch.cat([self.x, *(e[3] for e in self.pending)])
-            self.x = x.index_select(0, order.index_select(0, keep))
+            self.x = x.index_select(0, kept)
         full = (rank == self.n - 1).nonzero().squeeze(1)
-        self.floor[f.index_select(0, full)] = v.index_select(0, full)
+        self.floor[f.index_select(0, full)] = v.index_select(0, order.index_select(0, full))
         self.pending, self.n_pending = [], 0
 
     def numpy(self) -> Triple:
@@ -369,14 +370,18 @@ class TokenCounts:
     def fold(self) -> None:
         if not self.pending:
             return
-        # one sort, then each run of equal keys summed by differences of a running sum
-        # (~2x faster on a CPU than `unique` with its inverse and a scatter-add)
-        keys, order = torch.sort(torch.cat([self.keys, *self.pending]))
-        weights = torch.cat([self.counts, torch.ones(self.n_pending, dtype=torch.int64,
-                                                     device=keys.device)])
-        self.keys, runs = torch.unique_consecutive(keys, return_counts=True)
-        running = weights.index_select(0, order).cumsum(0).index_select(0, runs.cumsum(0) - 1)
-        self.counts = torch.diff(running, prepend=running.new_zeros(1))
+        # The new keys sorted and counted by their runs (no weights to carry through the
+        # permutation), then merged with the held counts: a sort of distinct pairs only.
+        new = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+        keys, counts = torch.unique_consecutive(torch.sort(new).values, return_counts=True)
+        if len(self.keys):
+            keys, order = torch.sort(torch.cat([self.keys, keys]))
+            counts = torch.cat([self.counts, counts]).index_select(0, order)
+            # each key at most twice (once held, once new): runs summed by a running sum
+            keys, runs = torch.unique_consecutive(keys, return_counts=True)
+            running = counts.cumsum(0).index_select(0, runs.cumsum(0) - 1)
+            counts = torch.diff(running, prepend=running.new_zeros(1))
+        self.keys, self.counts = keys, counts
         self.pending, self.n_pending = [], 0
 
     def numpy(self) -> Triple:
@@ -457,7 +462,10 @@ class FeatureAccumulator:
         # the firing entries, found once and gathered (a boolean index would find them again
         # per use, and `index_select` gathers ~2x faster than indexing on a CPU)
         fired = (vals > self.threshold).nonzero().squeeze(1)
-        f_rows, f_feats, f_vals = (x.index_select(0, fired) for x in (rows, feats, vals))
+        if len(fired) == len(vals):  # every code fires: nothing to gather
+            f_rows, f_feats, f_vals = rows, feats, vals
+        else:
+            f_rows, f_feats, f_vals = (x.index_select(0, fired) for x in (rows, feats, vals))
         self.firing_count += torch.bincount(f_feats, minlength=self.d_sae)
         self._shard_sum.index_add_(0, f_feats, f_vals.double())
         self.max_act.scatter_reduce_(0, feats, vals, reduce="amax")
