@@ -351,6 +351,14 @@ def sample_priority(features: torch.Tensor, positions: torch.Tensor) -> torch.Te
     return _shr(z, 40).float() / float(1 << 24)
 
 
+def sorted_values(x: Int[torch.Tensor, " n"]) -> Int[torch.Tensor, " n"]:
+    """`x` sorted ascending, without the permutation: on a CPU by numpy's vectorised sort
+    (~1.5x torch's for int64 keys), elsewhere by torch's."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy()))
+    return torch.sort(x).values
+
+
 class TokenCounts:
     """Firing counts per (feature, token) pair, folded as they come where the keys are: memory
     grows with the distinct pairs, not the tokens."""
@@ -373,7 +381,7 @@ class TokenCounts:
         # The new keys sorted and counted by their runs (no weights to carry through the
         # permutation), then merged with the held counts: a sort of distinct pairs only.
         new = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
-        keys, counts = torch.unique_consecutive(torch.sort(new).values, return_counts=True)
+        keys, counts = torch.unique_consecutive(sorted_values(new), return_counts=True)
         if len(self.keys):
             keys, order = torch.sort(torch.cat([self.keys, keys]))
             counts = torch.cat([self.counts, counts]).index_select(0, order)
