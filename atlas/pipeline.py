@@ -39,6 +39,7 @@ from atlas.harvest import (ActivationBatch, FeatureAccumulator, FeatureStats, Sp
                            bin_edges, decile_examples, encode_sparse, firings_kept,
                            forward_batches, top_tokens)
 from atlas.models import HookPoint, LoadedModel, cpu_has_bf16, load_model
+from atlas.tokens import decode_each
 from atlas.saes import (QualityPartial, SAEQuality, check_width, encode_dtype, encoding_copy,
                         evaluate, expand_sae_ids, hook_of, hook_out_of, load_published,
                         load_saved, merge_quality, neuronpedia_id, output_width, sae_input)
@@ -222,7 +223,7 @@ def store_corpus(con, lm: LoadedModel, blocks: Blocks) -> None:
     first = {"document": np.ones(blocks.n_blocks, np.int64),
              "li2024": blocks.block_lengths - (blocks.window or 0)}.get(
                  blocks.rule, np.zeros(blocks.n_blocks, np.int64))
-    texts = lm.tokenizer.batch_decode([ids[a:n].tolist() for ids, a, n
+    texts = decode_each(lm.tokenizer, [ids[a:n] for ids, a, n
                                        in zip(blocks.token_ids, first, blocks.block_lengths)])
     cid = blocks.corpus_id
     docs = pa.table({"corpus_id": [cid] * len(blocks.documents),
@@ -665,7 +666,7 @@ def sae_record(lm: LoadedModel, planned: AtlasSAE, quality: SAEQuality) -> store
 def _token_labels(lm: LoadedModel, stats: FeatureStats) -> list[tuple[list[str], list[int]]]:
     tops = top_tokens(stats, n=5)
     vocab = sorted({t for top in tops for t, _ in top})
-    text = dict(zip(vocab, lm.tokenizer.batch_decode([[t] for t in vocab])))
+    text = dict(zip(vocab, decode_each(lm.tokenizer, [[t] for t in vocab])))
     return [([text[t] for t, _ in top], [c for _, c in top]) for top in tops]
 
 
@@ -730,8 +731,8 @@ def feature_logits(lm: LoadedModel, sae_id: str, lens, unembed, seconds: float
     computed (stored in `harvests.logit_lens`)."""
     from atlas import logits
 
-    table = logits.logit_table(sae_id, lens, lambda ids: lm.tokenizer.batch_decode(
-        [[i] for i in ids]))
+    table = logits.logit_table(sae_id, lens, lambda ids: decode_each(
+        lm.tokenizer, [[i] for i in ids]))
     how = (f"{logits.DEFINITION}: W_dec @ W_U, "
            + (f"{unembed.norm} scale folded in" if unembed.norm else "no final norm scale")
            + ", centred over the vocabulary")
@@ -748,12 +749,13 @@ def _contexts(lm: LoadedModel, blocks: Blocks, blk: np.ndarray, pos: np.ndarray,
     # wide SAE share many top examples.
     spots, where = np.unique(blk.astype(np.int64) * ids.shape[1] + pos, return_inverse=True)
     sb, sp = spots // ids.shape[1], spots % ids.shape[1]
-    dec = lm.tokenizer.batch_decode
     ends = blocks.block_lengths
-    before = dec([ids[b, max(0, p - left):p].tolist() for b, p in zip(sb, sp)])
-    after = dec([ids[b, p + 1:min(p + 1 + right, ends[b])].tolist() for b, p in zip(sb, sp)])
+    tok = lm.tokenizer
+    before = decode_each(tok, [ids[b, max(0, p - left):p] for b, p in zip(sb, sp)])
+    after = decode_each(tok, [ids[b, p + 1:min(p + 1 + right, ends[b])]
+                              for b, p in zip(sb, sp)])
     vocab, which = np.unique(ids[sb, sp], return_inverse=True)
-    names = dec([[t] for t in vocab.tolist()])
+    names = decode_each(tok, [[t] for t in vocab.tolist()])
     token_at = [names[w] for w in which.reshape(-1)]
     before = [before[w] for w in where.reshape(-1)]
     after = [after[w] for w in where.reshape(-1)]

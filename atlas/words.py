@@ -21,6 +21,7 @@ from atlas.geometry.vectors import unit
 from atlas.index import FeatureIndex, blas_topk
 from atlas.hooks import HookPoint
 from atlas.query import Hit, describe
+from atlas.tokens import decode_each
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def vocabulary(tokenizer, *, limit: int = 5000) -> list[str]:
     (BPE merge order), as the candidate answers of word analogies."""
     ids = list(range(min(len(tokenizer), 200_000)))
     words = []
-    for word in tokenizer.batch_decode([[i] for i in ids]):
+    for word in decode_each(tokenizer, [[i] for i in ids]):
         if re.fullmatch(r" [a-z]{3,}", word):
             words.append(word[1:])
             if len(words) >= limit:
@@ -118,7 +119,7 @@ def word_vectors_at(lm, hooks: list[HookPoint], words: list[str], *,
                 acts = capture_residuals(lm, batch_ids, hooks)
             for name, x in acts.items():
                 vectors[name][group] = x[:, -1].float().cpu().numpy()
-    split = tuple(tuple(lm.tokenizer.batch_decode([[t] for t in ids[len(ids) - n:]]))
+    split = tuple(tuple(decode_each(lm.tokenizer, [[t] for t in ids[len(ids) - n:]]))
                   for ids, n in fed)
     return {name: WordVectors(tuple(words), v, split) for name, v in vectors.items()}
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlas.blockgram import BlockGram, storage_for, top_partners
+from atlas.blockgram import BlockGram, _best_columns, storage_for, top_partners
 from atlas.analyses.lobes.geometry import METRICS, affinity
 from atlas.harvest import FeatureAccumulator, SparseCodes, cooccurrence
 from tests.test_harvest import planted_batches
@@ -87,6 +87,22 @@ def test_top_partners_hold_each_affinity_s_best():
         assert set(partners[r].tolist()) <= union
         assert np.array_equal(values[r], counts[feature, partners[r]])
         assert (np.diff(partners[r]) > 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.sampled_from([8, 100, 1000, 4096]), st.integers(1, 64),
+       st.integers(0, 2**31))
+def test_best_columns_take_the_highest_signed_scores(rows, width, m, seed):
+    # negative, zero, minus zero, masked (-1e30) and repeated scores, as the affinities give
+    m = min(m, width)
+    rng = np.random.default_rng(seed)
+    pool = np.array([-1e30, -5.5, -1.0, -0.0, 0.0, 0.25, 3.0, 1e12], np.float32)
+    score = np.where(rng.random((rows, width)) < 0.5, rng.choice(pool, (rows, width)),
+                     rng.normal(0, 100, (rows, width))).astype(np.float32)
+    columns = _best_columns(torch.from_numpy(score), m).numpy()
+    for r in range(rows):
+        assert len(set(columns[r].tolist())) == m
+        assert np.array_equal(np.sort(score[r, columns[r]]), np.sort(score[r])[-m:])
 
 
 def test_storage_form_follows_the_width():

@@ -8,6 +8,7 @@ import torch
 
 from atlas.config import BuildConfig
 from atlas.models import EMBEDDED, converted_dir, embedded_gguf, load_model, load_tokenizer
+from atlas.tokens import decode_each
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +46,9 @@ def test_the_converted_copy_is_the_gguf_s_model_and_tokenizer(model_cache, caplo
                                                       add_generation_prompt=True))
         assert (tok.eos_token_id, tok.pad_token_id) == (gguf.tokenizer.eos_token_id,
                                                          gguf.tokenizer.pad_token_id)
+        # the atlas's one-call decoding reads every token and text as transformers does
+        seqs = [[i] for i in range(len(tok))] + [tok(t)["input_ids"] for t in TEXTS]
+        assert decode_each(tok, seqs) == gguf.tokenizer.batch_decode(seqs)
     # a damaged copy is converted again, and replaced
     (folder / "config.json").write_text("{")
     caplog.clear()
