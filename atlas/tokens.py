@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 
-def decode_each(tokenizer, sequences: Sequence[Sequence[int]]) -> list[str]:
+def decode_each(tokenizer, sequences: Iterable[Sequence[int] | np.ndarray]) -> list[str]:
     """Each sequence of token ids decoded as `tokenizer.batch_decode` would decode it.
 
     A fast tokenizer that cleans up no spaces decodes the whole list in one call of its Rust
