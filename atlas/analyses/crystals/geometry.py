@@ -375,7 +375,11 @@ def find_crystals(vectors: dict[str, np.ndarray], *, neighbours: int = 10, max_w
     return out
 
 
-def nearest_by_abs_cosine(units: Float[np.ndarray, "n d"], k: int, *, chunk: int = 1024):
+BLOCK_BYTES = 8 << 20
+"""Size of the similarity block `nearest_by_abs_cosine` fills per chunk (it stays in cache)."""
+
+
+def nearest_by_abs_cosine(units: Float[np.ndarray, "n d"], k: int, *, chunk: int | None = None):
     """Each unit row's k rows of largest |cosine| (itself among them), exactly, `chunk` rows
     at a time: yields (first row, columns (rows x k, ascending), whether each cosine is
     negative). A difference and its reverse are the same direction, hence |cosine|.
@@ -383,14 +387,18 @@ def nearest_by_abs_cosine(units: Float[np.ndarray, "n d"], k: int, *, chunk: int
     One float32 product per chunk into one reused block, then the top k of its absolute
     values selected by their bits read as int32 (non-negative floats order as their bit
     patterns do) in two stages (`group_topk`); the signs are recomputed for the k chosen.
-    About 1.5x faster on 2 cores than FAISS's flat search over the units and their negatives
-    at 240 words (28,680 differences). Memory: one chunk x n float32 block."""
+    The chunk (default: as many rows as make an 8 MiB block, 73 at 240 words) keeps the block
+    in cache between the product, the absolute values and the selection: 2.5x faster on 2
+    cores than 1,024-row chunks at 240 words (28,680 differences), which wrote and re-read a
+    117 MB block from memory. Memory: one chunk x n float32 block."""
     import torch
 
     from atlas.selection import group_topk
 
     U = torch.from_numpy(np.ascontiguousarray(units, dtype=np.float32))
     k = min(k, len(U))
+    if chunk is None:
+        chunk = max(1, BLOCK_BYTES // (4 * max(len(U), 1)))
     block = torch.empty((min(chunk, len(U)), len(U)))
     for start in range(0, len(U), chunk):   # tensors from numpy: no gradients are recorded
         rows = U[start:start + chunk]
