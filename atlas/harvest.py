@@ -20,7 +20,7 @@ from atlas.blockgram import BlockGram
 from atlas.corpus import Blocks
 from atlas.errors import AtlasError
 from atlas.models import HookPoint, LoadedModel, capture_residuals
-from atlas.selection import group_topk
+from atlas.selection import group_topk, ordered_int32
 
 SINK_FACTOR = 20.0
 """A token whose residual norm exceeds this many times the batch median is an attention sink
@@ -668,8 +668,7 @@ def _feature_desc_key(f: Int[torch.Tensor, " m"], v: Float[torch.Tensor, " m"]
     """One int64 per entry ordering by feature ascending, then value descending: the feature
     in the high 32 bits, the float32 value's bits made order-preserving and reversed in the
     low 32 (one stable sort instead of two)."""
-    b = v.float().contiguous().view(torch.int32).long()
-    mono = torch.where(b < 0, b ^ 0x7FFFFFFF, b)  # ascending with the value
+    mono = ordered_int32(v.float().contiguous()).long()  # ascending with the value
     return (f.long() << 32) | ((1 << 31) - 1 - mono)
 
 

@@ -8,6 +8,14 @@ import torch
 from jaxtyping import Int
 
 
+def ordered_int32(x: torch.Tensor) -> torch.Tensor:
+    """float32 values as int32 keys in the same order: non-negative floats order as their bit
+    patterns do; a negative one's magnitude bits are flipped, so larger magnitudes read lower
+    (-0.0 reads just below +0.0)."""
+    bits = x.view(torch.int32)
+    return torch.bitwise_right_shift(bits, 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits)
+
+
 def group_topk(keys: torch.Tensor, k: int) -> Int[torch.Tensor, "n k"]:
     """Columns of each row's k largest keys, in no particular order: the k largest among
     the k groups of g columns with the largest maxima (g the power of two nearest
