@@ -382,8 +382,8 @@ def encode_batch(sae: SAE, acts: Float[torch.Tensor, "b t d"],
     """An SAE's sparse codes of a batch of residuals; rows index the batch's flattened tokens.
     Only the positions in `mask` are encoded (padding and sinks never count)."""
     rows = mask.reshape(-1).nonzero().squeeze(1)
-    flat = sae_input(sae, acts.reshape(-1, acts.shape[-1])[rows].to(sae.W_dec.device,
-                                                                    sae.W_dec.dtype))
+    flat = sae_input(sae, acts.reshape(-1, acts.shape[-1]).index_select(0, rows).to(
+        sae.W_dec.device, sae.W_dec.dtype))
     codes = encode_sparse(sae, flat)
     return SparseCodes(rows.to(codes.rows.device).index_select(0, codes.rows), codes.features,
                       codes.values)

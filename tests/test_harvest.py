@@ -242,14 +242,18 @@ def splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
-def test_sample_priority_is_the_top_bits_of_splitmix64():
+def priority(feature: int, position: int) -> float:
+    """The top 24 bits of splitmix64(position) XOR splitmix64(feature + 2^62), in [0, 1)."""
+    return ((splitmix64(position) ^ splitmix64(feature + 2**62)) >> 40) / 2**24
+
+
+def test_sample_priority_is_the_top_bits_of_two_splitmix64_mixes():
     from atlas.harvest import sample_priority
 
     feats = torch.tensor([0, 1, 7, 65_535, 3, 3])
     pos = torch.tensor([0, 0, 123_456, 2**39 - 1, 1, 2])
     got = sample_priority(feats, pos).numpy()
-    want = [(splitmix64((f << 40) | p) >> 40) / 2**24 for f, p in zip(feats.tolist(),
-                                                                       pos.tolist())]
+    want = [priority(f, p) for f, p in zip(feats.tolist(), pos.tolist())]
     np.testing.assert_array_equal(got, np.float32(want))
 
 
@@ -276,9 +280,23 @@ def test_histogram_counts_equal_numpy_on_the_log_grid():
     assert stats.histogram.sum() == len(val)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_activations_are_binned_as_their_float32_values(dtype):
+    """Every positive finite 16-bit value lands in the bin numpy's search finds for it."""
+    from atlas.harvest import HIST_EDGES, HistogramBins
+
+    patterns = torch.arange(1, 1 << 15, dtype=torch.int32).to(torch.int16)
+    values = patterns.view(dtype)
+    values = values[torch.isfinite(values)]
+    got = HistogramBins(torch.device("cpu"))(values).numpy()
+    want = np.searchsorted(HIST_EDGES, values.float().numpy(), side="right")
+    assert np.array_equal(got, want)
+    assert got.min() == 0 and got.max() == len(HIST_EDGES)   # below and above the grid
+
+
 def test_decile_examples_are_the_highest_priority_entries_of_each_decile():
     """Deciles by the middle of each bin's cumulative share; in each, the `per_decile`
-    entries of highest splitmix64 priority (ties to the earlier position), found here by
+    entries of highest priority (ties to the earlier position), found here by
     brute force over every positive activation."""
     from atlas.harvest import decile_examples
 
@@ -288,8 +306,7 @@ def test_decile_examples_are_the_highest_priority_entries_of_each_decile():
     feat, pos, val = positive_entries(acts, mask)
     edges = np.float32(10.0) ** (np.arange(-30, 41) / np.float32(10))
     bins = np.searchsorted(edges, val.astype(np.float32), side="right")
-    prio = np.array([(splitmix64((int(f) << 40) | int(p)) >> 40) / 2**24
-                     for f, p in zip(feat, pos)])
+    prio = np.array([priority(int(f), int(p)) for f, p in zip(feat, pos)])
     n_checked = 0
     for f in range(9):
         counts = np.bincount(bins[feat == f], minlength=stats.histogram.shape[1])
