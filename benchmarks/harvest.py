@@ -10,8 +10,10 @@ Prints bare-forward tokens/s (the harvest's own pass without SAEs: stopping afte
 hooked layer, short document blocks run to each batch's longest; corpus tokens, padding left
 out), harvest tokens/s
 (forward + SAE encode + statistics for every layer, per-shard co-occurrence and the merge of
-the shards), their ratio (goal >= 0.85), and the
-once-per-build cost of turning the statistics into DuckDB rows.
+the shards), their ratio (goal >= 0.85) measured two ways: whole passes alternating, and
+within each harvest batch by batch (every batch's bare forward timed just before the harvest
+takes the same blocks: on a shared host whose speed drifts over seconds, this pairs times
+taken moments apart), and the once-per-build cost of turning the statistics into DuckDB rows.
 The SAEs are TopK SAEs of the default size with random weights unless --db names an atlas
 whose trained SAEs should be used; the harvest's cost does not depend on the weights' values.
 As in the default build, the SAEs carry the quality measured when they were trained, so the
@@ -149,10 +151,30 @@ def main() -> None:
         for s in saes:
             pipeline.harvest_tables(config, lm, s, blocks, results["stats"][s.sae_id])
 
+    def batchwise() -> tuple[float, float]:
+        # one harvest whose every batch is preceded by a bare forward of the same blocks:
+        # (seconds in the bare forwards, seconds of the harvest without them)
+        t_bare = 0.0
+        plain = forward_batches(lm, blocks, hooks, batch_blocks=config.batch_blocks)
+
+        def paced():
+            nonlocal t_bare
+            for batch in forward_batches(lm, blocks, hooks, batch_blocks=config.batch_blocks):
+                t0 = time.perf_counter()
+                next(plain)
+                t_bare += time.perf_counter() - t0
+                yield batch
+
+        t0 = time.perf_counter()
+        pipeline.harvest(config, saes, paced(), n_blocks=blocks.n_blocks,
+                         block_tokens=blocks.mask.sum(1))
+        return t_bare, time.perf_counter() - t0 - t_bare
+
     bare()  # warm-up
     bares, harvests = interleaved(bare, harvest, args.repeats)
     t_bare, t_harv = statistics.median(bares), statistics.median(harvests)
     pair_ratios = sorted(b / h for b, h in zip(bares, harvests))
+    by_batch = sorted(b / h for b, h in (batchwise() for _ in range(args.repeats)))
     t_rows = timed(rows, 1)
     deepest = max(h.layer for h in hooks)
     print(f"model {lm.model_id}, {len(saes)} SAEs (d_sae {saes[0].sae.cfg.d_sae}) at layers "
@@ -165,6 +187,10 @@ def main() -> None:
     print(f"harvest (forward + SAE encode + statistics): {n_tok / t_harv:8.0f} tok/s")
     print(f"ratio harvest / bare forward: {t_bare / t_harv:.3f}  (goal >= 0.85; runs "
           f"alternate, each pair's ratio {pair_ratios[0]:.3f}-{pair_ratios[-1]:.3f})")
+    print(f"ratio with batches alternating (each batch's bare forward just before its "
+          f"harvest, so a host whose speed drifts slows both alike): "
+          f"{statistics.median(by_batch):.3f}  (median of {args.repeats} harvests, "
+          f"{by_batch[0]:.3f}-{by_batch[-1]:.3f})")
     print(f"then, once per build: rows for DuckDB (labels, example contexts, Arrow tables) "
           f"{t_rows:.2f}s for {blocks.n_blocks} blocks = {t_rows / t_harv:.2f}x the harvest")
     if args.build:

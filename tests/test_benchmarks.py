@@ -44,6 +44,7 @@ def test_harvest_benchmark_prints_its_ratio():
     out = run("harvest.py", "--model", str(tiny_model_dir()), "--layers", "1,3", "--blocks", "8",
               "--block-size", "64", "--d-sae", "64", "--k", "4", "--repeats", "1")
     ratios(out, r"ratio harvest / bare forward: ([\d.]+)")
+    ratios(out, r"ratio with batches alternating .*: ([\d.]+) ")
     ratios(out, r"bare forward to layer 3:\s+([\d.]+) tok/s")
 
 
