@@ -374,19 +374,14 @@ FEATURE_SALT = 1 << 62
 """Features are mixed apart from token positions (`sample_priority`)."""
 
 
-def priority_bits(feature_mix: torch.Tensor, position_mix: torch.Tensor) -> torch.Tensor:
-    """`sample_priority` from the features' and the positions' mixes."""
+def sample_priority(feature_mix: torch.Tensor, position_mix: torch.Tensor) -> torch.Tensor:
+    """A pseudo-random number in [0, 1) per (feature, global token position), from their
+    mixes mix64(feature + FEATURE_SALT) and mix64(position): the top 24 bits of their XOR, as
+    float32 (exact). The decile examples of a feature are the entries of highest priority in
+    their range: a uniform sample (for one feature, XOR with its mix permutes the positions'
+    uniform numbers) that any split of the corpus into shards selects identically. The
+    harvest mixes each feature once and each token once, and combines them per entry."""
     return _shr(feature_mix ^ position_mix, 40).float() / float(1 << 24)
-
-
-def sample_priority(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """A pseudo-random number in [0, 1) per (feature, global token position): the top 24
-    bits of splitmix64(position) XOR splitmix64(feature + 2^62), as float32 (exact). The
-    decile examples of a feature are the entries of highest priority in their range: a
-    uniform sample (for one feature, XOR with its mix permutes the positions' uniform
-    numbers) that any split of the corpus into shards selects identically. The harvest
-    mixes each feature once and each token once, and combines them per entry."""
-    return priority_bits(mix64(features.long() + FEATURE_SALT), mix64(positions.long()))
 
 
 def sorted_values(x: Int[torch.Tensor, " n"]) -> Int[torch.Tensor, " n"]:
@@ -526,8 +521,8 @@ class FeatureAccumulator:
         token_mix = mix64(torch.arange(start * self.block_size,
                                        (start + len(token_ids)) * self.block_size,
                                        device=device))
-        priority = priority_bits(self._feature_mix.index_select(0, feats),
-                                 token_mix.index_select(0, rows))
+        priority = sample_priority(self._feature_mix.index_select(0, feats),
+                                   token_mix.index_select(0, rows))
         self._samples.add(keys, priority, positions, vals)
         self._blocks(start, len(token_ids), f_rows, f_feats, f_vals)
         toks = token_ids.to(device).reshape(-1).index_select(0, f_rows)

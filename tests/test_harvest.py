@@ -248,11 +248,11 @@ def priority(feature: int, position: int) -> float:
 
 
 def test_sample_priority_is_the_top_bits_of_two_splitmix64_mixes():
-    from atlas.harvest import sample_priority
+    from atlas.harvest import FEATURE_SALT, mix64, sample_priority
 
     feats = torch.tensor([0, 1, 7, 65_535, 3, 3])
     pos = torch.tensor([0, 0, 123_456, 2**39 - 1, 1, 2])
-    got = sample_priority(feats, pos).numpy()
+    got = sample_priority(mix64(feats + FEATURE_SALT), mix64(pos)).numpy()
     want = [priority(f, p) for f, p in zip(feats.tolist(), pos.tolist())]
     np.testing.assert_array_equal(got, np.float32(want))
 
